@@ -1,0 +1,42 @@
+//! Micro benchmarks of the pure core.
+use billsync_domain::{AccessTokenClaims, ApplicationId, BatchBody, Batcher, BillingEvent, BillingPolicy, TenantId};
+use criterion::{Criterion, criterion_group, criterion_main};
+use std::hint::black_box;
+
+const EVENT: &str = r#"{"event_id": "0193f6c2-7d1e-7c3a-9a4e-2b1f0c9d8e71", "device_id": "meter-0042", "meter": "energy.active", "quantity": "12.500", "unit": "kWh", "occurred_at": "2026-11-23T10:15:00Z", "attributes": {"site": "plant-7"}}"#;
+
+fn benches(c: &mut Criterion) {
+    let now = chrono::DateTime::parse_from_rfc3339("2026-11-23T12:00:00Z").unwrap().to_utc();
+    c.bench_function("event_parse_validate", |b| b.iter(|| BillingEvent::parse(black_box(EVENT), now).unwrap()));
+    // The baseline: parsing the same text into an untyped serde_json::Value, no rules.
+    c.bench_function("baseline_serde_value_parse", |b| {
+        b.iter(|| serde_json::from_str::<serde_json::Value>(black_box(EVENT)).unwrap())
+    });
+
+    let events: Vec<_> = (0..500)
+        .map(|i| {
+            BillingEvent::parse(&EVENT.replace("0193f6c2-7d1e-7c3a-9a4e-2b1f0c9d8e71", &format!("ev-{i}")), now)
+                .unwrap()
+                .encode()
+        })
+        .collect();
+    c.bench_function("batch_500_split_and_serialize", |b| {
+        b.iter(|| {
+            for batch in Batcher::default().split(black_box(&events)) {
+                black_box(BatchBody::new(batch));
+            }
+        })
+    });
+
+    let claims: AccessTokenClaims = serde_json::from_str(
+        r#"{"scope": "urn:oracle:iot:billing:write", "aud": ["https://iot.oraclecloud.com/billing"],
+            "tenant_id": "tenant-a", "client_id": "app-a", "iat": 1795000000, "exp": 1895000900}"#,
+    )
+    .unwrap();
+    let (t, a) = (TenantId::parse("tenant-a").unwrap(), ApplicationId::parse("app-a").unwrap());
+    let policy = BillingPolicy::default();
+    c.bench_function("policy_check", |b| b.iter(|| policy.check(black_box(&claims), &t, &a, now).unwrap()));
+}
+
+criterion_group!(domain, benches);
+criterion_main!(domain);

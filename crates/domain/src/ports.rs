@@ -1,0 +1,343 @@
+//! The ports: what the engine needs from the outside world, as object-safe async traits.
+//! Adapters are chosen at run time from the configuration, so the engine holds them as
+//! `Arc<dyn Outbox>` and friends. Each method's contract is in its docs; adapters MUST keep it.
+
+use std::fmt;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::batch::BatchBody;
+use crate::event::EncodedEvent;
+use crate::ids::{EventId, Tenant, TenantName};
+use crate::policy::{BillingRequestHeaders, Violations};
+use crate::response::{BillingResponse, RateLimitStatus};
+
+/// The time, injected so that tests control it.
+#[cfg_attr(feature = "mock", mockall::automock)]
+pub trait Clock: Send + Sync + fmt::Debug {
+    /// Now, in UTC.
+    fn now(&self) -> DateTime<Utc>;
+}
+
+/// The system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// A clock that only moves when told to (for tests and simulations).
+#[derive(Debug)]
+pub struct ManualClock(Mutex<DateTime<Utc>>);
+
+impl ManualClock {
+    /// A clock showing `t`.
+    pub fn new(t: DateTime<Utc>) -> Self {
+        Self(Mutex::new(t))
+    }
+    /// Moves the clock forward.
+    pub fn advance(&self, d: Duration) {
+        let mut t = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        *t += chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> DateTime<Utc> {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+// ---------------------------------------------------------------- tokens
+
+/// Why no billing headers could be had for a tenant.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// The token endpoint refused the request (RFC 6749 §5.2): a configuration problem.
+    #[error("the token endpoint refused the request: {error}{}", .description.as_deref().map(|d| format!(" ({d})")).unwrap_or_default())]
+    Refused {
+        /// `invalid_client`, `invalid_scope`, ...
+        error: String,
+        /// The server's `error_description`.
+        description: Option<String>,
+    },
+    /// A token was issued but fails the billing policy: the tenant is blocked until its
+    /// configuration (or the platform console) is fixed.
+    #[error("the token fails the billing policy: {0}")]
+    Policy(Violations),
+    /// The token endpoint could not be reached or failed transiently (5xx, timeout).
+    #[error("the token endpoint is unavailable: {0}")]
+    Unavailable(String),
+    /// The token endpoint answered something that is not a token response.
+    #[error("the token endpoint's answer is malformed: {0}")]
+    Malformed(String),
+}
+
+impl TokenError {
+    /// Whether trying again later may help without a configuration change.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unavailable(_) | Self::Malformed(_))
+    }
+}
+
+/// Gets billing request headers for a tenant: a token that passed the billing policy.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait TokenSource: Send + Sync {
+    /// Headers for the tenant's next billing request.
+    ///
+    /// - MUST only return headers whose token passed the billing policy for this tenant's
+    ///   `tenant_id` and `application_id` (the type guarantees the policy ran).
+    /// - SHOULD return a cached token until its refresh point, then a new one.
+    /// - MUST cause at most one token request at a time per tenant (single flight).
+    ///
+    /// # Errors
+    /// [`TokenError`]; [`TokenError::is_transient`] tells whether to retry.
+    async fn headers(&self, tenant: &Tenant) -> Result<BillingRequestHeaders, TokenError>;
+
+    /// The platform refused `refused` as an invalid token: drop it so that the next call to
+    /// [`TokenSource::headers`] fetches a new one. A no-op if a newer token is already cached.
+    async fn invalidate(&self, tenant: &Tenant, refused: &BillingRequestHeaders);
+}
+
+// ---------------------------------------------------------------- transport
+
+/// What came back from one billing request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BillingReply {
+    /// Its meaning.
+    pub response: BillingResponse,
+    /// The `X-RateLimit-*` headers, when present.
+    pub rate_limit: Option<RateLimitStatus>,
+}
+
+/// Why a billing request got no response at all. All are transient.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransportError {
+    /// No response in time.
+    #[error("the billing endpoint did not answer in time")]
+    Timeout,
+    /// The connection failed or was dropped.
+    #[error("could not reach the billing endpoint: {0}")]
+    Connection(String),
+}
+
+/// Posts batches of billing events.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait BillingApi: Send + Sync {
+    /// Posts one batch with all four required headers (and the idempotency key, if any).
+    ///
+    /// - MUST send `Authorization`, `X-Tenant-ID`, `X-Application-ID` and
+    ///   `Content-Type: application/json` exactly as `headers` gives them.
+    /// - MUST return every HTTP answer as `Ok`, classified; `Err` only when there was none.
+    ///
+    /// # Errors
+    /// [`TransportError`] when no response arrived.
+    async fn post_events(
+        &self,
+        headers: &BillingRequestHeaders,
+        body: &BatchBody,
+        idempotency_key: Option<&str>,
+    ) -> Result<BillingReply, TransportError>;
+}
+
+// ---------------------------------------------------------------- outbox
+
+/// Identifies one lease.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct LeaseId(String);
+
+impl LeaseId {
+    /// Wraps an adapter-generated id.
+    pub fn new(id: impl Into<String>) -> Self {
+        Self(id.into())
+    }
+    /// The id.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Events leased for delivery: invisible to other leases until acked, nacked, dead-lettered
+/// or expired.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    /// The lease.
+    pub id: LeaseId,
+    /// Whose events.
+    pub tenant: TenantName,
+    /// The events, in enqueue order.
+    pub events: Vec<EncodedEvent>,
+    /// When the lease lapses and the events become pending again.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// The outcome of an enqueue.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct EnqueueReport {
+    /// Newly stored events.
+    pub stored: usize,
+    /// Events already in the outbox (any state), not stored again.
+    pub duplicates: Vec<EventId>,
+}
+
+/// An event to dead-letter, with the platform's code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeadLetter {
+    /// The event.
+    pub event_id: EventId,
+    /// The platform's code (`invalid_quantity`).
+    pub code: String,
+    /// The platform's message.
+    pub message: String,
+}
+
+/// A dead-lettered event, as listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeadLetterRecord {
+    /// Whose event.
+    pub tenant: TenantName,
+    /// The event.
+    pub event_id: EventId,
+    /// The platform's code.
+    pub code: String,
+    /// The platform's message.
+    pub message: String,
+    /// Delivery attempts made.
+    pub attempts: u32,
+    /// When it was dead-lettered.
+    pub dead_at: DateTime<Utc>,
+}
+
+/// Counts for one tenant.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct TenantCounts {
+    /// Waiting for delivery (including those backing off).
+    pub pending: u64,
+    /// Leased right now.
+    pub in_flight: u64,
+    /// Delivered and not yet compacted.
+    pub delivered: u64,
+    /// Dead-lettered.
+    pub dead_lettered: u64,
+    /// Enqueue time of the oldest pending event.
+    pub oldest_pending: Option<DateTime<Utc>>,
+    /// The earliest time a backing-off pending event may be leased again.
+    pub next_attempt_at: Option<DateTime<Utc>>,
+}
+
+/// What went wrong in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OutboxError {
+    /// The database was written by a newer billsync.
+    #[error(
+        "the outbox was written by a newer billsync (schema version {found}, this one knows up to {supported}); upgrade billsync"
+    )]
+    SchemaTooNew {
+        /// The schema version found.
+        found: i64,
+        /// The newest this build knows.
+        supported: i64,
+    },
+    /// The disk or database is full: nothing of this call was stored.
+    #[error("the outbox is full (disk or database size limit): nothing of this call was stored")]
+    Full,
+    /// Any other storage failure, with the driver's message.
+    #[error("outbox storage failed: {0}")]
+    Storage(String),
+}
+
+/// The durable outbox. Every event whose enqueue returned `Ok` is kept until the platform
+/// has it (acked) or refused it for good (dead-lettered).
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait Outbox: Send + Sync {
+    /// Stores events atomically and durably: all or none, on disk when it returns.
+    ///
+    /// - MUST deduplicate on (tenant, event_id), against stored events and within `events`,
+    ///   reporting each duplicate once.
+    ///
+    /// # Errors
+    /// [`OutboxError::Full`] when the disk is full (and then nothing was stored).
+    async fn enqueue(&self, tenant: &TenantName, events: &[EncodedEvent]) -> Result<EnqueueReport, OutboxError>;
+
+    /// Leases up to `max` deliverable events of a tenant, oldest first: pending ones whose
+    /// next attempt is due, and leased ones whose lease has expired.
+    ///
+    /// - MUST NOT return an event that is in another unexpired lease.
+    /// - Returns `None` when nothing is deliverable now.
+    ///
+    /// # Errors
+    /// [`OutboxError::Storage`].
+    async fn lease(&self, tenant: &TenantName, max: usize, lease_for: Duration) -> Result<Option<Lease>, OutboxError>;
+
+    /// Marks events of the lease's tenant delivered (even if the lease lapsed: the platform
+    /// has them either way).
+    ///
+    /// # Errors
+    /// [`OutboxError::Storage`].
+    async fn ack(&self, lease: &Lease, delivered: &[EventId]) -> Result<(), OutboxError>;
+
+    /// Returns the events still held by this lease to pending, with one more attempt counted
+    /// and no new attempt before `retry_at`.
+    ///
+    /// # Errors
+    /// [`OutboxError::Storage`].
+    async fn nack(&self, lease: &Lease, retry_at: DateTime<Utc>) -> Result<(), OutboxError>;
+
+    /// Dead-letters events of the lease's tenant with the platform's code and message.
+    ///
+    /// # Errors
+    /// [`OutboxError::Storage`].
+    async fn dead_letter(&self, lease: &Lease, items: &[DeadLetter]) -> Result<(), OutboxError>;
+
+    /// Returns dead-lettered events to pending (all of the tenant's when `ids` is `None`);
+    /// says how many.
+    ///
+    /// # Errors
+    /// [`OutboxError::Storage`].
+    async fn requeue(&self, tenant: &TenantName, ids: Option<&[EventId]>) -> Result<u64, OutboxError>;
+
+    /// Counts for `status`.
+    ///
+    /// # Errors
+    /// [`OutboxError::Storage`].
+    async fn counts(&self, tenant: &TenantName) -> Result<TenantCounts, OutboxError>;
+
+    /// Dead-lettered events, of one tenant or all, oldest first.
+    ///
+    /// # Errors
+    /// [`OutboxError::Storage`].
+    async fn dead_letters(&self, tenant: Option<&TenantName>) -> Result<Vec<DeadLetterRecord>, OutboxError>;
+
+    /// Deletes delivered events delivered before `before`; says how many.
+    ///
+    /// # Errors
+    /// [`OutboxError::Storage`].
+    async fn compact(&self, before: DateTime<Utc>) -> Result<u64, OutboxError>;
+
+    /// Claims the right to drain a tenant for `ttl`, or renews it (a heartbeat) when `agent`
+    /// already holds it. Agents sharing one outbox drain each tenant one at a time, which
+    /// keeps the per-tenant rate limit right across a fleet.
+    ///
+    /// - MUST return `false` while another agent holds an unexpired claim.
+    /// - MUST let any agent take a claim whose holder stopped renewing it (expired).
+    ///
+    /// # Errors
+    /// [`OutboxError::Storage`].
+    async fn claim_tenant(&self, tenant: &TenantName, agent: &str, ttl: Duration) -> Result<bool, OutboxError>;
+
+    /// Gives up a claim held by `agent` (a no-op otherwise).
+    ///
+    /// # Errors
+    /// [`OutboxError::Storage`].
+    async fn release_tenant(&self, tenant: &TenantName, agent: &str) -> Result<(), OutboxError>;
+}
