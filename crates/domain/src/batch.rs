@@ -84,6 +84,7 @@ impl Batcher {
 pub struct BatchBody {
     json: String,
     events: usize,
+    key: String,
 }
 
 impl BatchBody {
@@ -91,15 +92,26 @@ impl BatchBody {
     pub fn new(batch: &[EncodedEvent]) -> Self {
         let len = PREFIX.len() + SUFFIX.len() + batch.iter().map(|e| e.json().len() + 1).sum::<usize>();
         let mut json = String::with_capacity(len);
+        // FNV-1a over the event ids: the same batch gets the same key after a restart.
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
         json.push_str(PREFIX);
         for (i, e) in batch.iter().enumerate() {
             if i > 0 {
                 json.push(',');
             }
             json.push_str(e.json());
+            for b in e.event_id().as_str().bytes().chain([0]) {
+                hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+            }
         }
         json.push_str(SUFFIX);
-        Self { json, events: batch.len() }
+        Self { json, events: batch.len(), key: format!("billsync-{hash:016x}-{}", batch.len()) }
+    }
+
+    /// The `Idempotency-Key` for this batch: derived from its event ids, so a retry of the
+    /// same batch carries the same key.
+    pub fn idempotency_key(&self) -> &str {
+        &self.key
     }
     /// The JSON text.
     pub fn as_str(&self) -> &str {

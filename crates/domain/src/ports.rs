@@ -133,7 +133,7 @@ pub enum TransportError {
 #[cfg_attr(feature = "mock", mockall::automock)]
 #[async_trait]
 pub trait BillingApi: Send + Sync {
-    /// Posts one batch with all four required headers (and the idempotency key, if any).
+    /// Posts one batch with all four required headers and the batch's `Idempotency-Key`.
     ///
     /// - MUST send `Authorization`, `X-Tenant-ID`, `X-Application-ID` and
     ///   `Content-Type: application/json` exactly as `headers` gives them.
@@ -145,7 +145,6 @@ pub trait BillingApi: Send + Sync {
         &self,
         headers: &BillingRequestHeaders,
         body: &BatchBody,
-        idempotency_key: Option<&str>,
     ) -> Result<BillingReply, TransportError>;
 }
 
@@ -304,7 +303,7 @@ pub trait Outbox: Send + Sync {
     ///
     /// # Errors
     /// [`OutboxError::Storage`].
-    async fn requeue(&self, tenant: &TenantName, ids: Option<&[EventId]>) -> Result<u64, OutboxError>;
+    async fn requeue(&self, tenant: &TenantName, ids: Option<Vec<EventId>>) -> Result<u64, OutboxError>;
 
     /// Counts for `status`.
     ///
@@ -316,7 +315,7 @@ pub trait Outbox: Send + Sync {
     ///
     /// # Errors
     /// [`OutboxError::Storage`].
-    async fn dead_letters(&self, tenant: Option<&TenantName>) -> Result<Vec<DeadLetterRecord>, OutboxError>;
+    async fn dead_letters(&self, tenant: Option<TenantName>) -> Result<Vec<DeadLetterRecord>, OutboxError>;
 
     /// Deletes delivered events delivered before `before`; says how many.
     ///
