@@ -1,0 +1,651 @@
+//! The delivery engine: takes what is in the outbox and gets it accepted by the platform as
+//! fast as the platform allows, one worker per tenant, over the ports only.
+//!
+//! Per batch: lease from the outbox, take a slot in the tenant's sliding window, get billing
+//! headers (a token that passed the policy), post, then settle by the meaning of the answer
+//! (PLATFORM.md section 3): ack what was accepted or duplicate, dead-letter what was rejected,
+//! split on `400 invalid_request`/`413`, block the tenant on configuration errors, wait on
+//! `429`, back off with full jitter on everything transient. Nothing is ever dropped for
+//! being old: a transient failure returns the events to the outbox with a later retry time.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use billsync_domain::{
+    BatchBody, Batcher, BillingApi, BillingPolicy, BillingResponse, Clock, DeadLetter, EncodedEvent, EventId, Lease,
+    Outbox, OutboxError, RatePolicy, SlidingWindow, Tenant, TenantName, TokenError, TokenSource,
+};
+use chrono::{DateTime, Utc};
+use rand::Rng;
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::metrics::Metrics;
+
+/// How the engine paces and retries.
+#[derive(Debug, Clone)]
+pub struct SyncSettings {
+    /// Batch limits.
+    pub batcher: Batcher,
+    /// Requests per sliding 60 s window, per tenant.
+    pub rate: RatePolicy,
+    /// First backoff after a transient failure (default 1 s).
+    pub initial_backoff: Duration,
+    /// Backoff ceiling (default 300 s).
+    pub max_backoff: Duration,
+    /// How long a lease holds events (default 120 s): longer than a rate-limit wait plus a
+    /// request timeout, so a live worker never loses its lease.
+    pub lease_for: Duration,
+    /// `sync` leaves a tenant after this many consecutive transient failures (its events stay
+    /// pending); `run` never gives up.
+    pub give_up_after: u32,
+    /// How often an idle `run` worker looks for new events.
+    pub poll_interval: Duration,
+    /// How long a tenant claim lasts without a heartbeat (fleets sharing one outbox).
+    pub claim_ttl: Duration,
+    /// How long a blocked tenant waits in `run` before trying again (the console may have been
+    /// fixed meanwhile).
+    pub blocked_retry: Duration,
+}
+
+impl Default for SyncSettings {
+    fn default() -> Self {
+        Self {
+            batcher: Batcher::default(),
+            rate: RatePolicy::per_minute(std::num::NonZeroU32::new(100).unwrap_or(std::num::NonZeroU32::MIN)),
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(300),
+            lease_for: Duration::from_secs(120),
+            give_up_after: 8,
+            poll_interval: Duration::from_secs(1),
+            claim_ttl: Duration::from_secs(30),
+            blocked_retry: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Why a tenant is blocked: a configuration problem that retrying cannot fix. Its events stay
+/// pending; a configuration problem never dead-letters events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Blocked {
+    /// The reason codes (`missing_scope`, `tenant_not_authorized`, `invalid_client`, ...).
+    pub codes: Vec<String>,
+    /// What to change, one line per code.
+    pub hints: Vec<String>,
+}
+
+impl std::fmt::Display for Blocked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (c, h)) in self.codes.iter().zip(&self.hints).enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{c}: {h}")?;
+        }
+        Ok(())
+    }
+}
+
+/// What happened to one tenant during a sync.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TenantReport {
+    /// The tenant's local name.
+    pub name: String,
+    /// Events the platform newly accepted.
+    pub accepted: u64,
+    /// Events the platform already had (delivered as well).
+    pub duplicates: u64,
+    /// Events refused for good and dead-lettered.
+    pub dead_lettered: u64,
+    /// Billing requests sent.
+    pub requests: u64,
+    /// Set when the tenant is blocked.
+    pub blocked: Option<Blocked>,
+    /// The last transient error, if any.
+    pub last_error: Option<String>,
+    /// When the last token used expires.
+    pub token_expires_at: Option<DateTime<Utc>>,
+    /// Set when another agent holds this tenant.
+    pub held_elsewhere: bool,
+}
+
+/// The sync engine. Cheap to clone; all clones share state.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    outbox: Arc<dyn Outbox>,
+    tokens: Arc<dyn TokenSource>,
+    api: Arc<dyn BillingApi>,
+    clock: Arc<dyn Clock>,
+    policy: BillingPolicy,
+    settings: SyncSettings,
+    tenants: Vec<Tenant>,
+    agent_id: String,
+    origin: Instant,
+    limiters: HashMap<TenantName, Mutex<SlidingWindow>>,
+    reports: Mutex<HashMap<TenantName, TenantReport>>,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("tenants", &self.inner.tenants.len())
+            .field("agent_id", &self.inner.agent_id)
+            .field("settings", &self.inner.settings)
+            .finish()
+    }
+}
+
+enum Step {
+    /// Delivered (accepted or duplicate) and dead-lettered events of this batch.
+    Settled { delivered: Vec<EventId>, dead: Vec<DeadLetter> },
+    /// Split the batch in two and send each half.
+    Split,
+    /// A configuration problem: stop this tenant.
+    Block(Blocked),
+    /// A transient failure: return the events and try again after a backoff.
+    Retry(String),
+    /// Shutdown was requested before the batch was sent.
+    Stopped,
+}
+
+enum Drained {
+    /// Nothing deliverable is left right now (or, for `run`, shutdown was requested).
+    Idle,
+    /// Events are backing off until this time.
+    BackingOff,
+    Blocked,
+    HeldElsewhere,
+    GaveUp,
+}
+
+impl Engine {
+    /// An engine over the given ports.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        outbox: Arc<dyn Outbox>,
+        tokens: Arc<dyn TokenSource>,
+        api: Arc<dyn BillingApi>,
+        clock: Arc<dyn Clock>,
+        policy: BillingPolicy,
+        settings: SyncSettings,
+        tenants: Vec<Tenant>,
+        metrics: Metrics,
+    ) -> Self {
+        let limiters =
+            tenants.iter().map(|t| (t.name().clone(), Mutex::new(SlidingWindow::new(settings.rate)))).collect();
+        let reports = tenants
+            .iter()
+            .map(|t| (t.name().clone(), TenantReport { name: t.name().to_string(), ..Default::default() }))
+            .collect();
+        let agent_id = format!("{}-{}-{:08x}", hostname(), std::process::id(), rand::thread_rng().r#gen::<u32>());
+        Self {
+            inner: Arc::new(Inner {
+                outbox,
+                tokens,
+                api,
+                clock,
+                policy,
+                settings,
+                tenants,
+                agent_id,
+                origin: Instant::now(),
+                limiters,
+                reports: Mutex::new(reports),
+                metrics,
+            }),
+        }
+    }
+
+    /// The tenants this engine serves.
+    pub fn tenants(&self) -> &[Tenant] {
+        &self.inner.tenants
+    }
+
+    /// The metrics this engine updates.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// What has happened to each tenant so far, in configuration order.
+    pub fn reports(&self) -> Vec<TenantReport> {
+        let reports = lock(&self.inner.reports);
+        self.inner.tenants.iter().filter_map(|t| reports.get(t.name()).cloned()).collect()
+    }
+
+    /// Delivers everything deliverable now, all tenants in parallel, then returns. Transient
+    /// failures are retried with backoff up to `give_up_after` times in a row per tenant.
+    pub async fn sync_once(&self) -> Vec<TenantReport> {
+        let (_tx, rx) = watch::channel(false);
+        let mut set = tokio::task::JoinSet::new();
+        for tenant in self.inner.tenants.clone() {
+            let engine = self.clone();
+            let rx = rx.clone();
+            set.spawn(async move { engine.drain(&tenant, false, rx).await });
+        }
+        while set.join_next().await.is_some() {}
+        self.reports()
+    }
+
+    /// Runs until `shutdown` resolves: workers keep draining and polling for new events. On
+    /// shutdown no new batch is started, requests in flight finish, and leases are returned.
+    pub async fn run_until(&self, shutdown: impl std::future::Future<Output = ()>) {
+        let (tx, rx) = watch::channel(false);
+        let mut set = tokio::task::JoinSet::new();
+        for tenant in self.inner.tenants.clone() {
+            let engine = self.clone();
+            let rx = rx.clone();
+            set.spawn(async move { engine.run_tenant(&tenant, rx).await });
+        }
+        shutdown.await;
+        let _ = tx.send(true);
+        while set.join_next().await.is_some() {}
+    }
+
+    async fn run_tenant(&self, tenant: &Tenant, mut stop: watch::Receiver<bool>) {
+        loop {
+            let pause = match self.drain(tenant, true, stop.clone()).await {
+                Drained::Blocked => {
+                    // Try again later: the platform console may have been fixed.
+                    self.inner.settings.blocked_retry
+                }
+                _ => self.inner.settings.poll_interval,
+            };
+            if *stop.borrow() {
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = stop.changed() => break,
+            }
+            if lock(&self.inner.reports).get(tenant.name()).is_some_and(|r| r.blocked.is_some()) {
+                self.update(tenant, |r| r.blocked = None);
+            }
+        }
+        let _ = self.inner.outbox.release_tenant(tenant.name(), &self.inner.agent_id).await;
+    }
+
+    fn update(&self, tenant: &Tenant, f: impl FnOnce(&mut TenantReport)) {
+        if let Some(r) = lock(&self.inner.reports).get_mut(tenant.name()) {
+            f(r);
+        }
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let s = &self.inner.settings;
+        let ceiling = s.initial_backoff.saturating_mul(1u32 << attempt.min(20)).min(s.max_backoff);
+        // Full jitter: uniformly anywhere up to the exponential ceiling.
+        let ms = ceiling.as_millis().max(1) as u64;
+        Duration::from_millis(rand::thread_rng().gen_range(ms / 10..=ms))
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.inner.clock.now()
+    }
+
+    fn later(&self, d: Duration) -> DateTime<Utc> {
+        self.now() + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+    }
+
+    /// Drains one tenant until nothing is deliverable (or, for `forever`, until stopped).
+    async fn drain(&self, tenant: &Tenant, forever: bool, stop: watch::Receiver<bool>) -> Drained {
+        let name = tenant.name();
+        let mut failures = 0u32;
+        let mut claimed_at: Option<Instant> = None;
+        loop {
+            if *stop.borrow() {
+                return Drained::Idle;
+            }
+            // Fleet: drain a tenant only while holding its claim (renewed as a heartbeat).
+            if claimed_at.is_none_or(|t| t.elapsed() > self.inner.settings.claim_ttl / 3) {
+                match self.inner.outbox.claim_tenant(name, &self.inner.agent_id, self.inner.settings.claim_ttl).await {
+                    Ok(true) => claimed_at = Some(Instant::now()),
+                    Ok(false) => {
+                        self.update(tenant, |r| r.held_elsewhere = true);
+                        return Drained::HeldElsewhere;
+                    }
+                    Err(e) => {
+                        self.note_error(tenant, &e);
+                        return Drained::GaveUp;
+                    }
+                }
+                self.update(tenant, |r| r.held_elsewhere = false);
+            }
+            let lease = match self
+                .inner
+                .outbox
+                .lease(name, self.inner.settings.batcher.max_events(), self.inner.settings.lease_for)
+                .await
+            {
+                Ok(Some(lease)) => lease,
+                Ok(None) => {
+                    if forever {
+                        return Drained::Idle;
+                    }
+                    // Anything backing off? `sync` waits for it while it has retries left.
+                    match self.inner.outbox.counts(name).await {
+                        Ok(c) if c.pending > 0 => match c.next_attempt_at {
+                            Some(at) if failures < self.inner.settings.give_up_after => {
+                                let wait = (at - self.now()).to_std().unwrap_or_default();
+                                if !sleep_or_stop(wait, stop.clone()).await {
+                                    return Drained::Idle;
+                                }
+                                continue;
+                            }
+                            _ => return Drained::BackingOff,
+                        },
+                        Ok(_) => return Drained::Idle,
+                        Err(e) => {
+                            self.note_error(tenant, &e);
+                            return Drained::GaveUp;
+                        }
+                    }
+                }
+                Err(e) => {
+                    self.note_error(tenant, &e);
+                    if forever && sleep_or_stop(self.backoff(failures), stop.clone()).await {
+                        failures = failures.saturating_add(1);
+                        continue;
+                    }
+                    return Drained::GaveUp;
+                }
+            };
+            match self.deliver_lease(tenant, &lease, stop.clone()).await {
+                Ok(None) => failures = 0,
+                Ok(Some(Step::Block(blocked))) => {
+                    let _ = self.inner.outbox.nack(&lease, self.now()).await;
+                    tracing::warn!(tenant = %name, reason = %blocked, "tenant blocked; its events stay pending");
+                    self.update(tenant, |r| r.blocked = Some(blocked));
+                    return Drained::Blocked;
+                }
+                Ok(Some(Step::Stopped)) => {
+                    let _ = self.inner.outbox.nack(&lease, self.now()).await;
+                    return Drained::Idle;
+                }
+                Ok(Some(Step::Retry(why))) => {
+                    let wait = self.backoff(failures);
+                    failures = failures.saturating_add(1);
+                    tracing::info!(tenant = %name, error = %why, retry_in_ms = wait.as_millis() as u64, "transient failure; backing off");
+                    self.update(tenant, |r| r.last_error = Some(why));
+                    let _ = self.inner.outbox.nack(&lease, self.later(wait)).await;
+                    if !forever && failures >= self.inner.settings.give_up_after {
+                        return Drained::GaveUp;
+                    }
+                }
+                Ok(Some(_)) => {}
+                Err(e) => {
+                    self.note_error(tenant, &e);
+                    return Drained::GaveUp;
+                }
+            }
+        }
+    }
+
+    fn note_error(&self, tenant: &Tenant, e: &OutboxError) {
+        tracing::error!(tenant = %tenant.name(), error = %e, "outbox error");
+        self.update(tenant, |r| r.last_error = Some(e.to_string()));
+    }
+
+    /// Sends a lease's events in batches. Returns the step that stopped it early, if any.
+    async fn deliver_lease(
+        &self,
+        tenant: &Tenant,
+        lease: &Lease,
+        stop: watch::Receiver<bool>,
+    ) -> Result<Option<Step>, OutboxError> {
+        let mut queue: VecDeque<Vec<EncodedEvent>> =
+            self.inner.settings.batcher.split(&lease.events).into_iter().map(<[_]>::to_vec).collect();
+        while let Some(batch) = queue.pop_front() {
+            if *stop.borrow() {
+                return Ok(Some(Step::Stopped));
+            }
+            match self.send(tenant, &batch, stop.clone()).await {
+                Step::Settled { delivered, dead } => {
+                    if !delivered.is_empty() {
+                        self.inner.outbox.ack(lease, &delivered).await?;
+                    }
+                    if !dead.is_empty() {
+                        self.inner.outbox.dead_letter(lease, &dead).await?;
+                    }
+                }
+                Step::Split => {
+                    let (a, b) = batch.split_at(batch.len() / 2);
+                    queue.push_front(b.to_vec());
+                    queue.push_front(a.to_vec());
+                }
+                other => return Ok(Some(other)),
+            }
+        }
+        Ok(None)
+    }
+
+    async fn take_slot(&self, tenant: &Tenant, stop: &watch::Receiver<bool>) -> bool {
+        loop {
+            let now = self.inner.origin.elapsed();
+            let wait = match self.inner.limiters.get(tenant.name()) {
+                Some(w) => match lock(w).try_acquire(now) {
+                    Ok(()) => return true,
+                    Err(wait) => wait,
+                },
+                None => return true,
+            };
+            self.inner.metrics.rate_limit_wait(tenant.name().as_str());
+            if !sleep_or_stop(wait, stop.clone()).await {
+                return false;
+            }
+        }
+    }
+
+    fn defer(&self, tenant: &Tenant, wait: Duration) {
+        if let Some(w) = self.inner.limiters.get(tenant.name()) {
+            lock(w).defer(self.inner.origin.elapsed(), wait);
+        }
+    }
+
+    /// Sends one batch and decides what its answer means.
+    async fn send(&self, tenant: &Tenant, batch: &[EncodedEvent], stop: watch::Receiver<bool>) -> Step {
+        let body = BatchBody::new(batch);
+        let mut renewed_token = false;
+        loop {
+            if !self.take_slot(tenant, &stop).await {
+                return Step::Stopped;
+            }
+            let headers = match self.inner.tokens.headers(tenant).await {
+                Ok(h) => h,
+                Err(e) if e.is_transient() => return Step::Retry(e.to_string()),
+                Err(e) => return Step::Block(blocked_by_token(tenant, &e)),
+            };
+            self.update(tenant, |r| {
+                r.requests += 1;
+                r.token_expires_at = Some(headers.expires_at());
+            });
+            let started = Instant::now();
+            let reply = self.inner.api.post_events(&headers, &body).await;
+            let elapsed = started.elapsed();
+            let reply = match reply {
+                Ok(r) => r,
+                Err(e) => {
+                    self.inner.metrics.request(tenant.name().as_str(), "error", elapsed);
+                    return Step::Retry(e.to_string());
+                }
+            };
+            self.inner.metrics.request(tenant.name().as_str(), status_label(&reply.response), elapsed);
+            if let Some(rl) = reply.rate_limit {
+                if rl.remaining == 0 {
+                    self.defer(tenant, rl.reset);
+                }
+            }
+            match reply.response {
+                BillingResponse::Accepted(receipt) => {
+                    let mut dead = Vec::new();
+                    let mut rejected = std::collections::HashSet::new();
+                    for r in receipt.rejected {
+                        if let Some(e) = batch.iter().find(|e| e.event_id().as_str() == r.event_id) {
+                            rejected.insert(e.event_id().clone());
+                            dead.push(DeadLetter { event_id: e.event_id().clone(), code: r.code, message: r.message });
+                        }
+                    }
+                    let delivered: Vec<EventId> =
+                        batch.iter().map(|e| e.event_id().clone()).filter(|id| !rejected.contains(id)).collect();
+                    let dups = receipt.duplicates.len() as u64;
+                    let accepted = delivered.len() as u64 - dups.min(delivered.len() as u64);
+                    self.inner.metrics.delivered(tenant.name().as_str(), accepted, dups, dead.len() as u64);
+                    self.update(tenant, |r| {
+                        r.accepted += accepted;
+                        r.duplicates += dups;
+                        r.dead_lettered += dead.len() as u64;
+                    });
+                    return Step::Settled { delivered, dead };
+                }
+                BillingResponse::InvalidToken if !renewed_token => {
+                    // Expired or revoked under us: a new token, the same batch, once.
+                    self.inner.tokens.invalidate(tenant, &headers).await;
+                    renewed_token = true;
+                }
+                BillingResponse::InvalidToken => {
+                    return Step::Retry("the platform refused two fresh tokens as invalid".into());
+                }
+                BillingResponse::InsufficientClaims => {
+                    self.inner.tokens.invalidate(tenant, &headers).await;
+                    return Step::Block(self.explain_insufficient_claims(tenant, &headers));
+                }
+                BillingResponse::MissingHeader { description } => {
+                    return Step::Block(Blocked {
+                        codes: vec!["missing_header".into()],
+                        hints: vec![format!("the platform says a required header is missing: {description}")],
+                    });
+                }
+                BillingResponse::TenantNotAuthorized => {
+                    return Step::Block(Blocked {
+                        codes: vec!["tenant_not_authorized".into()],
+                        hints: vec![format!(
+                            "token and headers agree, but client {} is not authorised for tenant {}. Authorise it in \
+                             Applications > OAuth Clients > {} on the platform console.",
+                            tenant.client_id(),
+                            tenant.tenant_id(),
+                            tenant.client_id()
+                        )],
+                    });
+                }
+                BillingResponse::InvalidRequest { description } if batch.len() == 1 => {
+                    return Step::Settled {
+                        delivered: vec![],
+                        dead: vec![DeadLetter {
+                            event_id: batch[0].event_id().clone(),
+                            code: "invalid_request".into(),
+                            message: description,
+                        }],
+                    };
+                }
+                BillingResponse::PayloadTooLarge if batch.len() == 1 => {
+                    return Step::Settled {
+                        delivered: vec![],
+                        dead: vec![DeadLetter {
+                            event_id: batch[0].event_id().clone(),
+                            code: "payload_too_large".into(),
+                            message: "the platform refused this event alone as too large".into(),
+                        }],
+                    };
+                }
+                BillingResponse::InvalidRequest { .. } | BillingResponse::PayloadTooLarge => return Step::Split,
+                BillingResponse::RateLimited { retry_after } => {
+                    self.defer(tenant, retry_after.unwrap_or(Duration::from_secs(1)));
+                }
+                BillingResponse::ServerError { status } => {
+                    return Step::Retry(format!("the platform answered {status}"));
+                }
+                BillingResponse::Unexpected { status, body } => {
+                    return Step::Retry(format!("unexpected answer {status}: {body}"));
+                }
+            }
+        }
+    }
+
+    /// The platform said "insufficient claims" and nothing more: decode the token we sent and
+    /// name the claim ourselves.
+    fn explain_insufficient_claims(
+        &self,
+        tenant: &Tenant,
+        headers: &billsync_domain::BillingRequestHeaders,
+    ) -> Blocked {
+        match self.inner.policy.check(headers.claims(), tenant.tenant_id(), tenant.application_id(), self.now()) {
+            Err(v) => Blocked {
+                codes: v.as_slice().iter().map(|v| v.code.to_string()).collect(),
+                hints: v.as_slice().iter().map(|v| v.hint.clone()).collect(),
+            },
+            Ok(()) => Blocked {
+                codes: vec!["insufficient_claims".into()],
+                hints: vec![format!(
+                    "the platform refused the token as having insufficient claims, but billsync's own check finds \
+                     nothing wrong with them ({}); the platform knows something we do not: check IoT Console > \
+                     Monitoring > API Access for the detailed reason.",
+                    serde_json::to_string(headers.claims()).unwrap_or_default()
+                )],
+            },
+        }
+    }
+}
+
+fn blocked_by_token(tenant: &Tenant, e: &TokenError) -> Blocked {
+    match e {
+        TokenError::Policy(v) => Blocked {
+            codes: v.as_slice().iter().map(|v| v.code.to_string()).collect(),
+            hints: v.as_slice().iter().map(|v| v.hint.clone()).collect(),
+        },
+        TokenError::Refused { error, description } => Blocked {
+            codes: vec![error.clone()],
+            hints: vec![match error.as_str() {
+                "invalid_client" => format!(
+                    "the token endpoint does not accept client {}'s credentials{}; check client_id and the client \
+                     secret (Applications > OAuth Clients).",
+                    tenant.client_id(),
+                    description.as_deref().map(|d| format!(" ({d})")).unwrap_or_default()
+                ),
+                _ => e.to_string(),
+            }],
+        },
+        other => Blocked { codes: vec!["token_error".into()], hints: vec![other.to_string()] },
+    }
+}
+
+fn status_label(r: &BillingResponse) -> &'static str {
+    match r {
+        BillingResponse::Accepted(_) => "202",
+        BillingResponse::MissingHeader { .. } | BillingResponse::InvalidRequest { .. } => "400",
+        BillingResponse::InvalidToken | BillingResponse::InsufficientClaims => "401",
+        BillingResponse::TenantNotAuthorized => "403",
+        BillingResponse::PayloadTooLarge => "413",
+        BillingResponse::RateLimited { .. } => "429",
+        BillingResponse::ServerError { .. } => "5xx",
+        BillingResponse::Unexpected { .. } => "other",
+    }
+}
+
+/// Sleeps, or returns `false` at once when shutdown is requested.
+async fn sleep_or_stop(d: Duration, mut stop: watch::Receiver<bool>) -> bool {
+    if *stop.borrow() {
+        return false;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(d) => true,
+        _ = stop.changed() => false,
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_owned()).unwrap_or_else(|_| "agent".into())
+}
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;
