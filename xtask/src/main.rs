@@ -1,1 +1,72 @@
-fn main() {}
+//! Project chores, run as `cargo xtask <task>` (the alias lives in `.cargo/config.toml`).
+//!
+//! - `ci`: exactly what CI runs: set up the test environment (PostgreSQL, the npm
+//!   authorization server used for interoperability), `cargo fmt --check`, clippy with
+//!   `-D warnings`, the domain purity check, then every test. If it passes locally, CI is green.
+//! - `bench [--quick]`: the benchmarks, written to `target/bench/`.
+//! - `purity`: only the domain purity check.
+
+mod bench;
+mod ci;
+
+use std::process::{Command, ExitCode};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("ci") => ci::run(),
+        Some("purity") => ci::purity(),
+        Some("bench") => bench::run(args.iter().any(|a| a == "--quick")),
+        Some("env") => ci::test_env().map(|vars| {
+            for (k, v) in vars {
+                println!("export {k}={v}");
+            }
+        }),
+        _ => {
+            eprintln!("usage: cargo xtask <ci | bench [--quick] | purity | env>");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs a command from the workspace root, echoing it; fails with its exit status.
+pub(crate) fn sh(cmd: &mut Command) -> Result<(), String> {
+    eprintln!("$ {}", show(cmd));
+    let status = cmd.current_dir(root()).status().map_err(|e| format!("{}: {e}", show(cmd)))?;
+    if status.success() { Ok(()) } else { Err(format!("`{}` failed with {status}", show(cmd))) }
+}
+
+/// Runs a command and returns its standard output.
+pub(crate) fn output(cmd: &mut Command) -> Result<String, String> {
+    let out = cmd.current_dir(root()).output().map_err(|e| format!("{}: {e}", show(cmd)))?;
+    if !out.status.success() {
+        return Err(format!("`{}` failed: {}", show(cmd), String::from_utf8_lossy(&out.stderr)));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn show(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+/// The workspace root (the parent of this crate).
+pub(crate) fn root() -> std::path::PathBuf {
+    let here = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    here.parent().map(std::path::Path::to_path_buf).unwrap_or(here)
+}
+
+pub(crate) fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}

@@ -1,9 +1,67 @@
 //! billsync: gets billing events from edge devices to an IoT cloud platform reliably, and
 //! says exactly why when the platform says no.
+//!
+//! This crate is the composition root and the delivery engine. [`Agent`] builds the adapters
+//! named by a configuration ([`config::Config`]) and drives the [`engine::Engine`] over them;
+//! another Rust service embeds billsync through it.
+//!
+//! # Example
+//!
+//! Deliver events to the platform emulator, in-process:
+//!
+//! ```
+//! # #[tokio::main(flavor = "multi_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use billsync::{Agent, config::Config};
+//! use billsync_emulator::{Emulator, EmulatorConfig};
+//!
+//! let platform = Emulator::start(EmulatorConfig::builtin(), "127.0.0.1:0".parse()?).await?;
+//! let dir = tempfile::tempdir()?;
+//! let config = Config::parse(
+//!     &format!(
+//!         r#"
+//!         [platform]
+//!         base_url = "{}"
+//!         [storage]
+//!         url = "sqlite://{}/outbox.db"
+//!         [[tenants]]
+//!         name = "acme"
+//!         tenant_id = "acme-prod-001"
+//!         application_id = "app-acme"
+//!         client_secret = "secret-acme"
+//!         "#,
+//!         platform.base_url(),
+//!         dir.path().display()
+//!     ),
+//!     &dir.path().join("billsync.toml"),
+//! )?;
+//! let agent = Agent::builder().config(config).build().await?;
+//!
+//! let now = chrono::Utc::now();
+//! let event = billsync_domain::BillingEvent::parse(
+//!     &format!(
+//!         r#"{{"event_id": "e-1", "device_id": "meter-0042", "meter": "energy.active",
+//!             "quantity": "12.500", "unit": "kWh", "occurred_at": "{}"}}"#,
+//!         now.to_rfc3339()
+//!     ),
+//!     now,
+//! )?;
+//! agent.enqueue("acme", &[event.encode()]).await?;
+//! let reports = agent.sync_once().await;
+//! assert_eq!(reports[0].accepted, 1);
+//! assert_eq!(platform.stored_event_ids("acme-prod-001"), ["e-1"]);
+//! # Ok(())
+//! # }
+//! ```
 #![deny(missing_docs)]
 
+pub mod agent;
+pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod jsonl;
 #[cfg(test)]
 mod memory;
 pub mod metrics;
+
+pub use agent::{Agent, AgentBuilder, AgentError, TenantStatus};

@@ -1,1 +1,404 @@
-//! placeholder
+//! A standalone emulator of the IoT cloud platform that billsync delivers billing events to
+//! (Oracle IoT Cloud Platform is the reference), following `PLATFORM.md` to the letter: a real
+//! HTTP server with
+//!
+//! - the OAuth2 token endpoint `POST /oauth2/v1/token` (client credentials, `client_secret_post`
+//!   and `client_secret_basic`) issuing RS256 JWTs, and the JWKS at `GET /oauth2/v1/keys`;
+//! - the billing endpoint `POST /iot/api/v2/billing/events` with every check of the contract
+//!   (the deliberately vague `401 insufficient_claims`, `403`, `413`, `429`, per-event
+//!   validation, deduplication per tenant) and its reconciliation twin `GET`;
+//! - the telemetry endpoint `POST /iot/api/v2/devices/{device_id}/telemetry`, on which the
+//!   thread's device-only token works;
+//! - an audit log naming the precise reason of every refusal, counters, and an admin API
+//!   (loopback only) to change lifetimes and limits, grant and withdraw access, revoke tokens,
+//!   rotate keys and inject faults. Every admin operation is also a method of [`Emulator`].
+//!
+//! The claim checks are the emulator's own: it is the independent referee that billsync's
+//! client-side `BillingPolicy` is tested against, so it does not use it.
+//!
+//! # Example
+//!
+//! The thread in six lines: the misconfigured client's token is refused on billing, and only
+//! the audit log says why.
+//!
+//! ```no_run
+//! use billsync_emulator::{Emulator, EmulatorConfig, Reason};
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let emulator = Emulator::start(EmulatorConfig::builtin(), "127.0.0.1:0".parse()?).await?;
+//! println!("token endpoint: {}", emulator.token_url());
+//! // ... get a token as app-initech, post a batch, receive `401 insufficient_claims` ...
+//! let refused = emulator.audit();
+//! assert!(refused.iter().all(|e| !e.has(Reason::InvalidClient)));
+//! emulator.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+#![deny(missing_docs)]
+
+mod admin;
+mod audit;
+mod config;
+mod faults;
+mod http;
+mod keys;
+mod ratelimit;
+mod server;
+mod state;
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use admin::{AdminError, SettingsUpdate};
+pub use audit::{AUDIT_CAPACITY, AuditEntry, Counters, Reason};
+pub use config::{ClientRegistration, ConfigError, DEFAULT_SEED, EmulatorConfig};
+pub use faults::{Fault, FaultKind, FaultTarget, FaultTrigger};
+pub use http::{DEFAULT_LIST_LIMIT, MAX_BATCH_EVENTS, MAX_BODY_BYTES, MAX_LIST_LIMIT};
+pub use keys::{Jwk, Jwks};
+pub use ratelimit::WINDOW as RATE_WINDOW;
+pub use state::{ClientInfo, Settings, StoredEvent};
+
+/// The path of the token endpoint.
+pub const TOKEN_PATH: &str = "/oauth2/v1/token";
+/// The path of the JWKS.
+pub const KEYS_PATH: &str = "/oauth2/v1/keys";
+/// The path of the billing events endpoint.
+pub const BILLING_EVENTS_PATH: &str = "/iot/api/v2/billing/events";
+
+/// Why the emulator could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EmulatorError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The operating system's reason.
+        source: std::io::Error,
+    },
+    /// The first signing key could not be generated.
+    #[error("cannot generate the signing key: {0}")]
+    Key(String),
+    /// Waiting for Ctrl-C failed.
+    #[error("cannot wait for Ctrl-C: {0}")]
+    Signal(std::io::Error),
+}
+
+/// A running emulator. Dropping it stops the server too; [`Emulator::shutdown`] waits for
+/// open requests to finish.
+pub struct Emulator {
+    state: Arc<state::AppState>,
+    addr: SocketAddr,
+    base_url: String,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl fmt::Debug for Emulator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Emulator").field("base_url", &self.base_url).finish_non_exhaustive()
+    }
+}
+
+fn base_url_for(addr: SocketAddr) -> String {
+    let ip = match addr.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        ip if ip.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    match ip {
+        IpAddr::V4(v4) => format!("http://{v4}:{}", addr.port()),
+        IpAddr::V6(v6) => format!("http://[{v6}]:{}", addr.port()),
+    }
+}
+
+impl Emulator {
+    /// Generates a signing key, binds `listen` (port 0 picks a free port) and serves until
+    /// [`Emulator::shutdown`] or drop. Must be called within a multi-threaded Tokio runtime.
+    ///
+    /// # Errors
+    /// [`EmulatorError::Bind`] when the address cannot be bound, [`EmulatorError::Key`] when
+    /// key generation fails.
+    pub async fn start(config: EmulatorConfig, listen: SocketAddr) -> Result<Emulator, EmulatorError> {
+        let key = tokio::task::spawn_blocking(keys::NewKey::generate)
+            .await
+            .map_err(|e| EmulatorError::Key(e.to_string()))?
+            .map_err(|e| EmulatorError::Key(e.to_string()))?;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|source| EmulatorError::Bind { addr: listen, source })?;
+        let addr = listener.local_addr().map_err(|source| EmulatorError::Bind { addr: listen, source })?;
+        let base_url = base_url_for(addr);
+        let state = Arc::new(state::AppState::new(&config, keys::KeyRing::new(key), base_url.clone()));
+        let router = http::router(Arc::clone(&state));
+        let (shutdown, rx) = watch::channel(false);
+        let task = tokio::spawn(server::run(listener, router, rx));
+        tracing::info!(%base_url, clients = config.clients.len(), "emulator listening");
+        Ok(Emulator { state, addr, base_url, shutdown, task })
+    }
+
+    /// `http://127.0.0.1:PORT` (the loopback address when listening on all interfaces).
+    pub fn base_url(&self) -> String {
+        self.base_url.clone()
+    }
+
+    /// The token endpoint: [`Emulator::base_url`] + `/oauth2/v1/token`.
+    pub fn token_url(&self) -> String {
+        format!("{}{TOKEN_PATH}", self.base_url)
+    }
+
+    /// The JWKS: [`Emulator::base_url`] + `/oauth2/v1/keys`.
+    pub fn keys_url(&self) -> String {
+        format!("{}{KEYS_PATH}", self.base_url)
+    }
+
+    /// The billing events endpoint: [`Emulator::base_url`] + `/iot/api/v2/billing/events`.
+    pub fn billing_url(&self) -> String {
+        format!("{}{BILLING_EVENTS_PATH}", self.base_url)
+    }
+
+    /// The telemetry endpoint of one device.
+    pub fn telemetry_url(&self, device_id: &str) -> String {
+        let device: String =
+            percent_encoding::utf8_percent_encode(device_id, percent_encoding::NON_ALPHANUMERIC).collect();
+        format!("{}/iot/api/v2/devices/{device}/telemetry", self.base_url)
+    }
+
+    /// The issuer (`iss`) of the tokens: the base URL.
+    pub fn issuer(&self) -> String {
+        self.base_url.clone()
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, lets open requests finish (at most 5 s), and returns when the server
+    /// has stopped.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+    }
+
+    /// A banner for the command line: the base URL, the endpoints and the registered clients
+    /// (never their secrets).
+    pub fn describe(&self) -> String {
+        let mut out = format!(
+            "billsync emulator listening on {}\n  token endpoint: {}\n  billing events: {}\n  admin API:      {}/admin (loopback only)\n  clients:\n",
+            self.base_url,
+            self.token_url(),
+            self.billing_url(),
+            self.base_url
+        );
+        for c in self.clients() {
+            out.push_str(&format!(
+                "    {:<20} tenants [{}]  billing: {}\n",
+                c.client_id,
+                c.tenants.join(", "),
+                if c.billing { "yes" } else { "no" }
+            ));
+        }
+        out
+    }
+
+    // --- reading --------------------------------------------------------------------------
+
+    /// Every refused request so far (at most [`AUDIT_CAPACITY`], oldest dropped first).
+    pub fn audit(&self) -> Vec<AuditEntry> {
+        self.state.audit.entries()
+    }
+
+    /// Empties the audit log.
+    pub fn clear_audit(&self) {
+        self.state.audit.clear();
+    }
+
+    /// The ids of the events stored for a tenant, in order of arrival.
+    pub fn stored_event_ids(&self, tenant_id: &str) -> Vec<String> {
+        self.state.event_ids(tenant_id)
+    }
+
+    /// The events stored for a tenant, in order of arrival.
+    pub fn stored_events(&self, tenant_id: &str) -> Vec<StoredEvent> {
+        let Some(store) = self.state.existing_tenant(tenant_id) else { return Vec::new() };
+        let s = store.lock().unwrap_or_else(|p| p.into_inner());
+        s.events
+            .iter()
+            .enumerate()
+            .map(|(i, h)| StoredEvent {
+                seq: i as u64 + 1,
+                event_id: h.event_id.to_string(),
+                received_at: h.received_at,
+                event: serde_json::from_str(&h.json).unwrap_or(serde_json::Value::Null),
+            })
+            .collect()
+    }
+
+    /// Request and event counters since start.
+    pub fn counters(&self) -> Counters {
+        self.state.counters.snapshot()
+    }
+
+    /// Current lifetimes and limits.
+    pub fn settings(&self) -> Settings {
+        self.state.settings()
+    }
+
+    /// The registered clients, without secrets.
+    pub fn clients(&self) -> Vec<ClientInfo> {
+        self.state.client_infos()
+    }
+
+    /// The JWKS as served.
+    pub fn jwks(&self) -> Jwks {
+        self.state.keys.jwks()
+    }
+
+    // --- changing -------------------------------------------------------------------------
+
+    /// Applies a partial change of lifetimes and limits; returns the new settings.
+    pub fn update_settings(&self, update: SettingsUpdate) -> Settings {
+        self.state.apply_settings(update)
+    }
+
+    /// Lifetime of tokens issued from now on that carry a billing scope.
+    pub fn set_billing_token_lifetime(&self, lifetime: Duration) {
+        self.state.update_settings(|s| s.billing_token_lifetime_s = lifetime.as_secs());
+    }
+
+    /// Lifetime of device-only tokens issued from now on.
+    pub fn set_device_token_lifetime(&self, lifetime: Duration) {
+        self.state.update_settings(|s| s.device_token_lifetime_s = lifetime.as_secs());
+    }
+
+    /// Billing requests per (tenant, client) pair per 60 s; `None` switches the limit off.
+    pub fn set_billing_rate_per_min(&self, limit: Option<u32>) {
+        self.state.update_settings(|s| s.billing_rate_per_min = limit.filter(|&l| l > 0));
+    }
+
+    /// Device requests per (tenant, client) pair per 60 s; `None` switches the limit off.
+    pub fn set_device_rate_per_min(&self, limit: Option<u32>) {
+        self.state.update_settings(|s| s.device_rate_per_min = limit.filter(|&l| l > 0));
+    }
+
+    /// Grants or withdraws Billing Services for a client. Affects tokens issued from now on;
+    /// combine with [`Emulator::revoke_client_tokens`] to cut live tokens off.
+    ///
+    /// # Errors
+    /// [`AdminError::UnknownClient`].
+    pub fn set_billing_access(&self, client_id: &str, enabled: bool) -> Result<ClientInfo, AdminError> {
+        self.state.set_billing_access(client_id, enabled)
+    }
+
+    /// Authorises a client for a tenant.
+    ///
+    /// # Errors
+    /// [`AdminError::UnknownClient`].
+    pub fn grant_tenant(&self, client_id: &str, tenant_id: &str) -> Result<ClientInfo, AdminError> {
+        self.state.grant_tenant(client_id, tenant_id)
+    }
+
+    /// Withdraws a tenant from a client: its otherwise valid tokens for that tenant get
+    /// `403 tenant_not_authorized` from now on.
+    ///
+    /// # Errors
+    /// [`AdminError::UnknownClient`].
+    pub fn withdraw_tenant(&self, client_id: &str, tenant_id: &str) -> Result<ClientInfo, AdminError> {
+        self.state.withdraw_tenant(client_id, tenant_id)
+    }
+
+    /// Registers another client.
+    ///
+    /// # Errors
+    /// [`AdminError::DuplicateClient`] when the id is taken.
+    pub fn register_client(&self, client: ClientRegistration) -> Result<ClientInfo, AdminError> {
+        self.state.register_client(client)
+    }
+
+    /// Revokes one token by its `jti`; whether it was a live token issued here.
+    pub fn revoke_token(&self, jti: &str) -> bool {
+        self.state.revoke_token(jti)
+    }
+
+    /// Revokes every token issued to a client so far; how many were newly revoked.
+    pub fn revoke_client_tokens(&self, client_id: &str) -> usize {
+        self.state.revoke_client(client_id)
+    }
+
+    /// Generates a new signing key (2048-bit RSA) and signs with it from now on; tokens
+    /// signed with older keys stay valid until they expire. Returns the new `kid`.
+    ///
+    /// # Errors
+    /// [`AdminError::Key`] if generation fails.
+    pub async fn rotate_keys(&self) -> Result<String, AdminError> {
+        admin::rotate(&self.state).await
+    }
+
+    /// The `kid` that signs new tokens.
+    pub fn current_kid(&self) -> String {
+        self.state.keys.current_kid()
+    }
+
+    /// Injects a fault (see [`Fault`]).
+    pub fn inject(&self, fault: Fault) {
+        self.state.faults.add(fault);
+    }
+
+    /// Removes every injected fault.
+    pub fn clear_faults(&self) {
+        self.state.faults.clear();
+    }
+
+    /// The faults still active.
+    pub fn faults(&self) -> Vec<Fault> {
+        self.state.faults.list()
+    }
+
+    /// Signs arbitrary claims with the current key: a test aid for tokens the token endpoint
+    /// would never issue (no `tenant_id`, foreign audiences, a past `exp`, ...).
+    pub fn sign_claims(&self, claims: &serde_json::Value) -> String {
+        self.state.keys.sign(claims)
+    }
+}
+
+/// Runs an emulator on `listen` until Ctrl-C, printing [`Emulator::describe`] to stdout
+/// first: what `billsync emulator --config emulator.toml --listen 127.0.0.1:8787` does.
+///
+/// # Errors
+/// As [`Emulator::start`], or [`EmulatorError::Signal`] when Ctrl-C cannot be awaited.
+pub async fn serve_forever(config: EmulatorConfig, listen: SocketAddr) -> Result<(), EmulatorError> {
+    let emulator = Emulator::start(config, listen).await?;
+    println!("{}", emulator.describe());
+    let waited = tokio::signal::ctrl_c().await;
+    println!("shutting down");
+    emulator.shutdown().await;
+    waited.map_err(EmulatorError::Signal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_urls() {
+        assert_eq!(base_url_for("0.0.0.0:8787".parse().unwrap()), "http://127.0.0.1:8787");
+        assert_eq!(base_url_for("127.0.0.1:1".parse().unwrap()), "http://127.0.0.1:1");
+        assert_eq!(base_url_for("[::]:2".parse().unwrap()), "http://[::1]:2");
+    }
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn public_types_are_send_and_sync() {
+        assert_send_sync::<Emulator>();
+        assert_send_sync::<EmulatorConfig>();
+        assert_send_sync::<AuditEntry>();
+    }
+}

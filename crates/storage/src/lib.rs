@@ -1,1 +1,136 @@
-//! placeholder
+//! The durable outbox of billsync: every billing event whose enqueue returned is kept until
+//! the platform has it (acked) or refused it for good (dead-lettered).
+//!
+//! Two adapters implement the domain port [`billsync_domain::Outbox`]:
+//!
+//! - [`SqliteOutbox`], the embedded default: one file, WAL with `synchronous=FULL`, one
+//!   writer task that commits whatever callers have queued in one transaction (group
+//!   commit), so that thousands of small enqueues share one fsync.
+//! - [`PostgresOutbox`], for a fleet of agents sharing one database: leases with
+//!   `FOR UPDATE SKIP LOCKED`, tenant claims so that one agent drains a tenant at a time.
+//!
+//! [`open`] picks one from a URL. Both store times as integer milliseconds from the
+//! injected [`Clock`](billsync_domain::Clock), migrate their schema with embedded migrations,
+//! and refuse a database written by a newer billsync ([`OutboxError::SchemaTooNew`]).
+//!
+//! # Example
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use billsync_domain::{BillingEvent, SystemClock, TenantName};
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let url = format!("sqlite://{}", dir.path().join("outbox.db").display());
+//! let outbox = billsync_storage::open(&url, Arc::new(SystemClock)).await?;
+//!
+//! let tenant = TenantName::parse("acme")?;
+//! let now = chrono::Utc::now();
+//! let event = BillingEvent::parse(
+//!     &format!(r#"{{"event_id": "e-1", "device_id": "meter-0042", "meter": "energy.active",
+//!                  "quantity": "12.500", "unit": "kWh", "occurred_at": "{}"}}"#, now.to_rfc3339()),
+//!     now,
+//! )?;
+//! let report = outbox.enqueue(&tenant, &[event.encode(), event.encode()]).await?;
+//! assert_eq!(report.stored, 1);
+//! assert_eq!(report.duplicates, [event.event_id().clone()]);
+//!
+//! let lease = outbox.lease(&tenant, 500, Duration::from_secs(30)).await?.ok_or("nothing to lease")?;
+//! outbox.ack(&lease, &[event.event_id().clone()]).await?;
+//! assert_eq!(outbox.counts(&tenant).await?.delivered, 1);
+//! # Ok(())
+//! # }
+//! ```
+#![deny(missing_docs)]
+
+mod common;
+mod error;
+mod postgres;
+mod sqlite;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use billsync_domain::{Clock, Outbox, OutboxError};
+
+pub use postgres::PostgresOutbox;
+pub use sqlite::{SqliteOptions, SqliteOutbox};
+
+use crate::error::{StoreError, redact_url};
+
+/// Opens the outbox named by `url`:
+///
+/// - `sqlite://PATH` (or `sqlite:PATH`): a SQLite file, created if missing; `sqlite:///abs/path.db`
+///   for an absolute path. Query parameters are ignored. An in-memory database is refused: it
+///   would not be durable.
+/// - `postgres://...` or `postgresql://...`: a PostgreSQL database.
+///
+/// # Errors
+/// [`OutboxError::Storage`] naming the scheme when it is neither; otherwise the errors of
+/// [`SqliteOutbox::open`] and [`PostgresOutbox::connect`].
+pub async fn open(url: &str, clock: Arc<dyn Clock>) -> Result<Arc<dyn Outbox>, OutboxError> {
+    let Some((scheme, rest)) = url.split_once(':') else {
+        return Err(StoreError::InvalidUrl {
+            url: redact_url(url),
+            reason: "no scheme; expected sqlite://PATH, postgres:// or postgresql://".into(),
+        }
+        .into());
+    };
+    match scheme.to_ascii_lowercase().as_str() {
+        "sqlite" => {
+            let path = rest.strip_prefix("//").unwrap_or(rest);
+            let path = path.split_once('?').map_or(path, |(p, _)| p);
+            if path.is_empty() || path.starts_with(":memory:") || path.contains("mode=memory") {
+                return Err(StoreError::InvalidUrl {
+                    url: url.to_owned(),
+                    reason: "an outbox needs a file: an in-memory SQLite database is not durable".into(),
+                }
+                .into());
+            }
+            Ok(Arc::new(SqliteOutbox::open(Path::new(path), clock).await?))
+        }
+        "postgres" | "postgresql" => Ok(Arc::new(PostgresOutbox::connect(url, clock).await?)),
+        other => Err(StoreError::UnsupportedScheme { scheme: other.to_owned() }.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use billsync_domain::SystemClock;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn open_names_an_unsupported_scheme() {
+        let err = open("mysql://root:pw@db/x", Arc::new(SystemClock)).await.err();
+        let Some(OutboxError::Storage(msg)) = err else { panic!("expected a storage error, got {err:?}") };
+        assert!(msg.contains("`mysql`"), "{msg}");
+        assert!(!msg.contains("pw"), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn open_refuses_memory_and_schemeless_urls() {
+        for url in ["sqlite::memory:", "sqlite://", "outbox.db"] {
+            let err = open(url, Arc::new(SystemClock)).await.err();
+            assert!(matches!(err, Some(OutboxError::Storage(_))), "{url}: {err:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn open_sqlite_url_creates_the_file() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("o.db");
+        let outbox = open(&format!("sqlite://{}", path.display()), Arc::new(SystemClock)).await?;
+        assert!(path.exists());
+        assert!(!format!("{outbox:p}").is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn adapters_are_send_and_sync() {
+        fn check<T: Send + Sync + std::fmt::Debug>() {}
+        check::<SqliteOutbox>();
+        check::<PostgresOutbox>();
+    }
+}

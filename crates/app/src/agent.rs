@@ -1,0 +1,302 @@
+//! The composition root: builds the adapters named by the configuration and hands them to the
+//! engine as ports. Another Rust service embeds billsync through [`Agent`].
+
+use std::path::Path;
+use std::sync::Arc;
+
+use billsync_auth::{AuthConfig, TenantAuth, TokenCache};
+use billsync_domain::{
+    BillingPolicy, Clock, EncodedEvent, EnqueueReport, Outbox, OutboxError, SystemClock, TenantCounts, TenantName,
+};
+use billsync_transport::{HttpBillingApi, TransportOptions};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::config::{AuthMethod, Config};
+use crate::engine::{Blocked, Engine, SyncSettings, TenantReport};
+use crate::metrics::Metrics;
+
+/// Why the agent could not be built or could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// No configuration was given to the builder.
+    #[error("no configuration given: call AgentBuilder::config")]
+    NoConfig,
+    /// The tenant is not in the configuration.
+    #[error("unknown tenant \"{name}\"; configured tenants: {known}")]
+    UnknownTenant {
+        /// The name asked for.
+        name: String,
+        /// The names configured.
+        known: String,
+    },
+    /// The outbox failed.
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+    /// The token adapter could not be configured.
+    #[error("token configuration: {0}")]
+    Auth(String),
+    /// The transport could not be configured.
+    #[error("transport configuration: {0}")]
+    Transport(String),
+}
+
+/// One tenant as `billsync status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TenantStatus {
+    /// Local name.
+    pub name: String,
+    /// Waiting for delivery.
+    pub pending: u64,
+    /// Leased right now.
+    pub in_flight: u64,
+    /// Delivered (until compaction).
+    pub delivered: u64,
+    /// Dead-lettered.
+    pub dead_lettered: u64,
+    /// Why the tenant is blocked, if it is.
+    pub blocked: Option<Blocked>,
+    /// The last transient error.
+    pub last_error: Option<String>,
+    /// When the current token expires.
+    pub token_expires_at: Option<DateTime<Utc>>,
+    /// Enqueue time of the oldest pending event.
+    pub oldest_pending: Option<DateTime<Utc>>,
+}
+
+/// Builds an [`Agent`].
+#[derive(Debug, Default)]
+pub struct AgentBuilder {
+    config: Option<Config>,
+    clock: Option<Arc<dyn Clock>>,
+    settings: Option<SyncSettings>,
+}
+
+impl AgentBuilder {
+    /// The configuration (from [`Config::load`] or [`Config::parse`]).
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = Some(config);
+        self
+    }
+
+    /// Replaces the system clock (tests, simulations).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Overrides engine settings not in the configuration file (backoff start, lease time).
+    /// Batch size, rate and backoff ceiling still come from the configuration.
+    pub fn settings(mut self, settings: SyncSettings) -> Self {
+        self.settings = Some(settings);
+        self
+    }
+
+    /// Opens the outbox and builds the adapters.
+    ///
+    /// # Errors
+    /// [`AgentError`] when the outbox cannot be opened or an adapter cannot be configured.
+    pub async fn build(self) -> Result<Agent, AgentError> {
+        let config = self.config.ok_or(AgentError::NoConfig)?;
+        let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock));
+        let outbox = billsync_storage::open(&config.storage.url, clock.clone()).await?;
+        let policy = BillingPolicy::new(
+            config.platform.billing_scope.clone(),
+            config.platform.billing_audience.clone(),
+            std::time::Duration::from_secs(1),
+        );
+        let auth_config = AuthConfig::new(&config.platform.token_url)
+            .and_then(|c| c.with_jwks_url(&config.platform.jwks_url))
+            .map_err(|e| AgentError::Auth(e.to_string()))?
+            .with_policy(policy.clone())
+            .with_refresh(config.sync.refresh)
+            .with_timeout(config.sync.request_timeout);
+        let mut auths = Vec::new();
+        for t in &config.tenants {
+            let mut a = TenantAuth::new(t.tenant.clone(), billsync_domain::ClientSecret::new(t.secret.secret()))
+                .with_auth_method(match t.auth_method {
+                    AuthMethod::ClientSecretPost => billsync_auth::AuthMethod::ClientSecretPost,
+                    AuthMethod::ClientSecretBasic => billsync_auth::AuthMethod::ClientSecretBasic,
+                })
+                .with_scope(config.platform.billing_scope.clone())
+                .with_jwks_verification(t.verify_jwks);
+            for (k, v) in &t.extra_token_params {
+                a = a.with_extra_param(k, v).map_err(|e| AgentError::Auth(e.to_string()))?;
+            }
+            auths.push(a);
+        }
+        let tokens = Arc::new(
+            TokenCache::with_clock(auth_config, auths, clock.clone()).map_err(|e| AgentError::Auth(e.to_string()))?,
+        );
+        let api = HttpBillingApi::new(
+            &config.platform.base_url,
+            TransportOptions {
+                timeout: config.sync.request_timeout,
+                ca_file: config.platform.ca_file.clone(),
+                ..TransportOptions::default()
+            },
+        )
+        .map_err(|e| AgentError::Transport(e.to_string()))?;
+        let mut settings = self.settings.unwrap_or_default();
+        settings.batcher = config.sync.batcher;
+        settings.rate = config.sync.rate;
+        settings.max_backoff = config.sync.max_backoff;
+        let metrics = Metrics::default();
+        let engine = Engine::new(
+            outbox.clone(),
+            tokens.clone(),
+            Arc::new(api),
+            clock.clone(),
+            policy,
+            settings,
+            config.tenants.iter().map(|t| t.tenant.clone()).collect(),
+            metrics.clone(),
+        );
+        Ok(Agent { config: Arc::new(config), outbox, tokens, engine, metrics })
+    }
+}
+
+/// billsync in-process: enqueue events, deliver them, read their status.
+///
+/// ```no_run
+/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// use billsync::{Agent, config::Config};
+/// let config = Config::load(std::path::Path::new("billsync.toml"))?;
+/// let agent = Agent::builder().config(config).build().await?;
+/// let reports = agent.sync_once().await;
+/// # let _ = reports;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Agent {
+    config: Arc<Config>,
+    outbox: Arc<dyn Outbox>,
+    tokens: Arc<TokenCache>,
+    engine: Engine,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent").field("tenants", &self.config.tenants.len()).field("engine", &self.engine).finish()
+    }
+}
+
+impl Agent {
+    /// Starts building an agent.
+    pub fn builder() -> AgentBuilder {
+        AgentBuilder::default()
+    }
+
+    /// Loads `path` and builds an agent from it.
+    ///
+    /// # Errors
+    /// As [`Config::load`] and [`AgentBuilder::build`], as text.
+    pub async fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let config = Config::load(path)?;
+        for w in &config.warnings {
+            tracing::warn!("{w}");
+        }
+        Ok(Self::builder().config(config).build().await?)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The outbox.
+    pub fn outbox(&self) -> &Arc<dyn Outbox> {
+        &self.outbox
+    }
+
+    /// The token cache (token request counts, diagnosis).
+    pub fn tokens(&self) -> &TokenCache {
+        &self.tokens
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The tenant's local name, checked against the configuration.
+    ///
+    /// # Errors
+    /// [`AgentError::UnknownTenant`] naming the configured tenants.
+    pub fn tenant_name(&self, name: &str) -> Result<TenantName, AgentError> {
+        match self.config.tenant(name) {
+            Some(t) => Ok(t.tenant.name().clone()),
+            None => Err(AgentError::UnknownTenant {
+                name: name.to_owned(),
+                known: self.config.tenants.iter().map(|t| t.tenant.name().to_string()).collect::<Vec<_>>().join(", "),
+            }),
+        }
+    }
+
+    /// Stores events durably for a tenant; duplicates are reported, not errors.
+    ///
+    /// # Errors
+    /// [`AgentError::UnknownTenant`], or the outbox's error (then nothing was stored).
+    pub async fn enqueue(&self, tenant: &str, events: &[EncodedEvent]) -> Result<EnqueueReport, AgentError> {
+        let name = self.tenant_name(tenant)?;
+        let report = self.outbox.enqueue(&name, events).await?;
+        self.metrics.enqueued(name.as_str(), report.stored as u64);
+        Ok(report)
+    }
+
+    /// Delivers everything deliverable now, then returns what happened per tenant.
+    pub async fn sync_once(&self) -> Vec<TenantReport> {
+        let reports = self.engine.sync_once().await;
+        self.refresh_gauges().await;
+        reports
+    }
+
+    /// Runs the agent until `shutdown` resolves.
+    pub async fn run_until(&self, shutdown: impl std::future::Future<Output = ()>) {
+        self.engine.run_until(shutdown).await;
+    }
+
+    /// Updates the pending and token gauges of the metrics.
+    pub async fn refresh_gauges(&self) {
+        for t in &self.config.tenants {
+            let name = t.tenant.name();
+            if let Ok(c) = self.outbox.counts(name).await {
+                self.metrics.pending(name.as_str(), c.pending + c.in_flight);
+            }
+            self.metrics.token_requests(name.as_str(), self.tokens.token_requests(name));
+        }
+    }
+
+    /// Counts and state per tenant, in configuration order.
+    ///
+    /// # Errors
+    /// The outbox's error.
+    pub async fn status(&self) -> Result<Vec<TenantStatus>, AgentError> {
+        let reports = self.engine.reports();
+        let mut out = Vec::new();
+        for t in &self.config.tenants {
+            let name = t.tenant.name();
+            let c: TenantCounts = self.outbox.counts(name).await?;
+            let r = reports.iter().find(|r| r.name == name.as_str());
+            out.push(TenantStatus {
+                name: name.to_string(),
+                pending: c.pending,
+                in_flight: c.in_flight,
+                delivered: c.delivered,
+                dead_lettered: c.dead_lettered,
+                blocked: r.and_then(|r| r.blocked.clone()),
+                last_error: r.and_then(|r| r.last_error.clone()),
+                token_expires_at: r.and_then(|r| r.token_expires_at),
+                oldest_pending: c.oldest_pending,
+            });
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,475 @@
+//! The OAuth2 client-credentials request (RFC 6749 §4.4) with retries, and the measurement
+//! of the token endpoint's clock skew from its `Date` header.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use billsync_domain::{AccessToken, Clock, SystemClock, TenantName, TokenError};
+use chrono::{DateTime, Utc};
+use reqwest::header::{ACCEPT, AUTHORIZATION, DATE};
+use serde::Deserialize;
+use tracing::Instrument;
+
+use crate::config::{AuthConfig, AuthMethod, ConfigError, TenantAuth};
+use crate::jwks::JwksCache;
+
+/// The largest token response body read (1 MiB).
+const MAX_BODY: usize = 1024 * 1024;
+/// Measured skews smaller than this are noise (the `Date` header has 1 s resolution).
+pub(crate) const SKEW_TOLERANCE: chrono::Duration = chrono::Duration::seconds(2);
+
+/// A successful token response (RFC 6749 §5.1).
+pub(crate) struct TokenGrant {
+    pub access_token: AccessToken,
+    pub expires_in: Option<i64>,
+    /// The `scope` field, split; `None` when absent (= as requested, RFC 6749 §5.1).
+    pub granted_scope: Option<Vec<String>>,
+    pub requested_scope: Vec<String>,
+    /// Local time when the response arrived.
+    pub received_at: DateTime<Utc>,
+    /// Server time − local time, as measured from `Date` (raw).
+    pub measured_skew: Option<chrono::Duration>,
+}
+
+impl fmt::Debug for TokenGrant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenGrant")
+            .field("access_token", &self.access_token)
+            .field("expires_in", &self.expires_in)
+            .field("granted_scope", &self.granted_scope)
+            .field("measured_skew", &self.measured_skew)
+            .finish()
+    }
+}
+
+impl TokenGrant {
+    /// The skew used for corrections: the measured one unless it is within the noise.
+    pub fn skew(&self) -> chrono::Duration {
+        effective_skew(self.measured_skew)
+    }
+    /// Server time at reception.
+    pub fn server_received_at(&self) -> DateTime<Utc> {
+        shift(self.received_at, self.skew())
+    }
+}
+
+pub(crate) fn effective_skew(measured: Option<chrono::Duration>) -> chrono::Duration {
+    match measured {
+        Some(s) if s.abs() > SKEW_TOLERANCE => s,
+        _ => chrono::Duration::zero(),
+    }
+}
+
+/// `t + d`, saturating instead of overflowing.
+pub(crate) fn shift(t: DateTime<Utc>, d: chrono::Duration) -> DateTime<Utc> {
+    t.checked_add_signed(d).unwrap_or(if d < chrono::Duration::zero() {
+        DateTime::<Utc>::MIN_UTC
+    } else {
+        DateTime::<Utc>::MAX_UTC
+    })
+}
+
+/// A failed token request, with whether the endpoint answered at all (for the diagnosis).
+#[derive(Debug)]
+pub(crate) struct FetchFailure {
+    pub reachable: bool,
+    pub error: TokenError,
+}
+
+enum Attempt {
+    Retry { reachable: bool, reason: String },
+    Final { reachable: bool, error: TokenError },
+}
+
+/// Talks to the token endpoint and the JWKS for any number of tenants. Cheap to clone.
+#[derive(Clone)]
+pub struct OAuthClient {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub http: reqwest::Client,
+    pub config: AuthConfig,
+    pub clock: Arc<dyn Clock>,
+    pub jwks: JwksCache,
+    requests: Mutex<HashMap<TenantName, u64>>,
+    last_skew: Mutex<Option<chrono::Duration>>,
+}
+
+impl fmt::Debug for OAuthClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OAuthClient")
+            .field("token_url", &self.inner.config.token_url())
+            .field("jwks_url", &self.inner.config.jwks_url())
+            .finish_non_exhaustive()
+    }
+}
+
+impl OAuthClient {
+    /// A client using the system clock.
+    ///
+    /// # Errors
+    /// [`ConfigError::HttpClient`] if the HTTP client cannot be built.
+    pub fn new(config: AuthConfig) -> Result<Self, ConfigError> {
+        Self::with_clock(config, Arc::new(SystemClock))
+    }
+
+    /// A client reading the time from `clock` (for tests and simulations).
+    ///
+    /// # Errors
+    /// [`ConfigError::HttpClient`] if the HTTP client cannot be built.
+    pub fn with_clock(config: AuthConfig, clock: Arc<dyn Clock>) -> Result<Self, ConfigError> {
+        let http = reqwest::Client::builder()
+            .timeout(config.timeout())
+            .connect_timeout(config.timeout())
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("billsync-auth/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ConfigError::HttpClient(e.to_string()))?;
+        let jwks = JwksCache::new(config.jwks_url_parsed().clone());
+        Ok(Self {
+            inner: Arc::new(Inner {
+                http,
+                config,
+                clock,
+                jwks,
+                requests: Mutex::new(HashMap::new()),
+                last_skew: Mutex::new(None),
+            }),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &AuthConfig {
+        &self.inner.config
+    }
+
+    /// How many HTTP requests were sent to the token endpoint for a tenant (retries included).
+    pub fn token_requests(&self, tenant: &TenantName) -> u64 {
+        self.inner.requests.lock().unwrap_or_else(|p| p.into_inner()).get(tenant).copied().unwrap_or(0)
+    }
+
+    /// The token endpoint's clock minus ours, as last measured from its `Date` header.
+    pub fn last_clock_skew(&self) -> Option<chrono::Duration> {
+        *self.inner.last_skew.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn count_request(&self, tenant: &TenantName) {
+        *self.inner.requests.lock().unwrap_or_else(|p| p.into_inner()).entry(tenant.clone()).or_insert(0) += 1;
+    }
+
+    /// Requests a token, retrying 5xx and network errors with backoff.
+    pub(crate) async fn request_token(&self, auth: &TenantAuth) -> Result<TokenGrant, FetchFailure> {
+        let tenant = auth.tenant();
+        let span = tracing::info_span!(
+            "token_request",
+            tenant = %tenant.name(),
+            client_id = %tenant.client_id(),
+            auth_method = %auth.auth_method(),
+            scope = %auth.scope_param(),
+        );
+        async {
+            let retry = *self.inner.config.retry();
+            let mut reachable = false;
+            let mut attempt = 1;
+            loop {
+                self.count_request(tenant.name());
+                match self.attempt(auth).await {
+                    Ok(grant) => {
+                        tracing::debug!(attempt, expires_in = ?grant.expires_in, "token issued");
+                        return Ok(grant);
+                    }
+                    Err(Attempt::Final { reachable: r, error }) => {
+                        tracing::warn!(attempt, error = %error, "token request refused");
+                        return Err(FetchFailure { reachable: reachable || r, error });
+                    }
+                    Err(Attempt::Retry { reachable: r, reason }) => {
+                        reachable |= r;
+                        if attempt >= retry.max_attempts() {
+                            tracing::warn!(attempt, %reason, "token endpoint unavailable, giving up");
+                            let error = TokenError::Unavailable(format!(
+                                "{reason} (after {attempt} attempt{})",
+                                if attempt == 1 { "" } else { "s" }
+                            ));
+                            return Err(FetchFailure { reachable, error });
+                        }
+                        let wait = retry.backoff(attempt);
+                        tracing::info!(attempt, %reason, wait_ms = wait.as_millis() as u64, "token request failed, retrying");
+                        tokio::time::sleep(wait).await;
+                        attempt += 1;
+                    }
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn attempt(&self, auth: &TenantAuth) -> Result<TokenGrant, Attempt> {
+        let cfg = &self.inner.config;
+        let tenant = auth.tenant();
+        let scope = auth.scope_param();
+        let mut form: Vec<(&str, &str)> = vec![("grant_type", "client_credentials"), ("scope", &scope)];
+        let mut req = self.inner.http.post(cfg.token_url_parsed().clone()).header(ACCEPT, "application/json");
+        match auth.auth_method() {
+            AuthMethod::ClientSecretPost => {
+                form.push(("client_id", tenant.client_id().as_str()));
+                form.push(("client_secret", auth.secret().secret()));
+            }
+            AuthMethod::ClientSecretBasic => {
+                let creds = format!(
+                    "{}:{}",
+                    form_urlencode(tenant.client_id().as_str()),
+                    form_urlencode(auth.secret().secret())
+                );
+                req = req.header(AUTHORIZATION, format!("Basic {}", STANDARD.encode(creds)));
+            }
+        }
+        for (k, v) in auth.extra_params() {
+            form.push((k, v));
+        }
+        let req = req.form(&form);
+        let sent_at = self.inner.clock.now();
+        let resp = req.send().await.map_err(|e| Attempt::Retry { reachable: false, reason: describe(&e) })?;
+        let received_at = self.inner.clock.now();
+        let status = resp.status();
+        let measured_skew = resp
+            .headers()
+            .get(DATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| DateTime::parse_from_rfc2822(s).ok())
+            .map(|d| {
+                // The Date header is truncated to the second: its true value is on average
+                // half a second later; the request's midpoint is our best local estimate.
+                let server = d.with_timezone(&Utc) + chrono::Duration::milliseconds(500);
+                let local = sent_at + (received_at - sent_at) / 2;
+                server - local
+            });
+        if let Some(skew) = measured_skew {
+            *self.inner.last_skew.lock().unwrap_or_else(|p| p.into_inner()) = Some(skew);
+        }
+        let body = read_capped(resp).await.map_err(|reason| Attempt::Retry { reachable: true, reason })?;
+
+        if status.is_success() {
+            let grant = parse_success(&body).map_err(|e| Attempt::Final { reachable: true, error: e })?;
+            return Ok(TokenGrant {
+                access_token: grant.0,
+                expires_in: grant.1,
+                granted_scope: grant.2,
+                requested_scope: auth.scopes().iter().map(|s| s.as_str().to_owned()).collect(),
+                received_at,
+                measured_skew,
+            });
+        }
+        if status.is_server_error() {
+            return Err(Attempt::Retry {
+                reachable: true,
+                reason: format!("the token endpoint answered HTTP {status}"),
+            });
+        }
+        if status.as_u16() == 429 {
+            return Err(Attempt::Final {
+                reachable: true,
+                error: TokenError::Unavailable("the token endpoint is rate limiting (HTTP 429)".into()),
+            });
+        }
+        if status.is_client_error() {
+            return Err(Attempt::Final { reachable: true, error: parse_error(status, &body) });
+        }
+        Err(Attempt::Final {
+            reachable: true,
+            error: TokenError::Malformed(format!("unexpected HTTP status {status} from the token endpoint")),
+        })
+    }
+}
+
+/// `application/x-www-form-urlencoded` encoding, as RFC 6749 §2.3.1 requires for Basic.
+pub(crate) fn form_urlencode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'*' | b'-' | b'.' | b'_' => out.push(b as char),
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+fn describe(e: &reqwest::Error) -> String {
+    let what = if e.is_timeout() {
+        "the token endpoint did not answer in time"
+    } else if e.is_connect() {
+        "could not connect to the token endpoint"
+    } else {
+        "the request to the token endpoint failed"
+    };
+    let mut chain = Vec::new();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        chain.push(s.to_string());
+        src = s.source();
+    }
+    if chain.is_empty() { what.to_owned() } else { format!("{what}: {}", chain.join(": ")) }
+}
+
+async fn read_capped(mut resp: reqwest::Response) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX_BODY {
+                    return Err(format!("the token endpoint's answer is larger than {MAX_BODY} bytes"));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(e) => return Err(describe(&e)),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct SuccessBody {
+    access_token: Option<serde_json::Value>,
+    token_type: Option<serde_json::Value>,
+    expires_in: Option<serde_json::Value>,
+    scope: Option<serde_json::Value>,
+}
+
+type Parsed = (AccessToken, Option<i64>, Option<Vec<String>>);
+
+/// Parses RFC 6749 §5.1. Never echoes the body (it holds the token).
+fn parse_success(body: &[u8]) -> Result<Parsed, TokenError> {
+    let b: SuccessBody = serde_json::from_slice(body).map_err(|e| {
+        TokenError::Malformed(format!(
+            "HTTP 200 but the body is not a JSON token response (line {}, column {})",
+            e.line(),
+            e.column()
+        ))
+    })?;
+    let token = match b.access_token {
+        Some(serde_json::Value::String(s)) if !s.is_empty() => s,
+        Some(serde_json::Value::String(_)) => return Err(TokenError::Malformed("access_token is empty".into())),
+        Some(_) => return Err(TokenError::Malformed("access_token is not a string".into())),
+        None => return Err(TokenError::Malformed("the token response has no access_token".into())),
+    };
+    if !token.bytes().all(|c| c.is_ascii_graphic()) {
+        return Err(TokenError::Malformed(
+            "access_token contains characters that cannot be sent in an Authorization header".into(),
+        ));
+    }
+    match b.token_type {
+        None => {}
+        Some(serde_json::Value::String(t)) if t.eq_ignore_ascii_case("bearer") => {}
+        Some(serde_json::Value::String(t)) => {
+            return Err(TokenError::Malformed(format!("token_type is {t:?}; billing needs a Bearer token")));
+        }
+        Some(_) => return Err(TokenError::Malformed("token_type is not a string".into())),
+    }
+    let expires_in = match b.expires_in {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::Number(n)) => {
+            n.as_i64().or_else(|| n.as_f64().filter(|f| f.is_finite()).map(|f| f as i64))
+        }
+        Some(serde_json::Value::String(s)) => s.trim().parse::<i64>().ok(),
+        Some(_) => None,
+    }
+    .map(|s| s.clamp(-1, 10 * 365 * 24 * 3600));
+    let scope = match b.scope {
+        Some(serde_json::Value::String(s)) => Some(s.split_whitespace().map(str::to_owned).collect()),
+        Some(serde_json::Value::Array(v)) => {
+            Some(v.into_iter().filter_map(|x| x.as_str().map(str::to_owned)).collect())
+        }
+        _ => None,
+    };
+    Ok((AccessToken::new(token), expires_in, scope))
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: Option<String>,
+    error_description: Option<String>,
+}
+
+/// Parses RFC 6749 §5.2.
+fn parse_error(status: reqwest::StatusCode, body: &[u8]) -> TokenError {
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(ErrorBody { error: Some(error), error_description }) => TokenError::Refused {
+            error: printable(&error, 64),
+            description: error_description.map(|d| printable(&d, 500)),
+        },
+        _ => TokenError::Refused {
+            error: format!("http_{}", status.as_u16()),
+            description: Some(format!(
+                "the token endpoint answered HTTP {status} without an RFC 6749 error body; check token_url and the client credentials"
+            )),
+        },
+    }
+}
+
+/// Keeps server-provided text printable and short.
+fn printable(s: &str, max: usize) -> String {
+    let mut out: String = s.chars().filter(|c| !c.is_control()).take(max).collect();
+    if s.chars().count() > max {
+        out.push('…');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_urlencoding_follows_rfc6749_appendix_b() {
+        assert_eq!(form_urlencode("abc-._*XYZ09"), "abc-._*XYZ09");
+        assert_eq!(form_urlencode("a b:c/é%"), "a+b%3Ac%2F%C3%A9%25");
+    }
+
+    #[test]
+    fn success_bodies_are_parsed_without_echoing_the_token() {
+        let (t, exp, scope) =
+            parse_success(br#"{"access_token":"abc.def.ghi","token_type":"bearer","expires_in":"900","scope":"a b"}"#)
+                .unwrap();
+        assert_eq!((t.secret(), exp, scope), ("abc.def.ghi", Some(900), Some(vec!["a".into(), "b".into()])));
+        for body in [
+            &br#"{"access_token":"s3cr3t-token","token_type":"mac"}"#[..],
+            br#"{"access_token":"s3cr3t token"}"#,
+            br#"{"token_type":"Bearer"}"#,
+            br#"s3cr3t-token"#,
+            br#"{"access_token":""}"#,
+        ] {
+            let e = parse_success(body).unwrap_err();
+            assert!(matches!(e, TokenError::Malformed(_)), "{e:?}");
+            assert!(!e.to_string().contains("s3cr3t"), "{e}");
+        }
+    }
+
+    #[test]
+    fn error_bodies_surface_error_and_description() {
+        let e = parse_error(
+            reqwest::StatusCode::UNAUTHORIZED,
+            br#"{"error":"invalid_client","error_description":"Client authentication failed"}"#,
+        );
+        assert_eq!(
+            e,
+            TokenError::Refused {
+                error: "invalid_client".into(),
+                description: Some("Client authentication failed".into())
+            }
+        );
+        let e = parse_error(reqwest::StatusCode::FORBIDDEN, b"<html>nope</html>");
+        assert!(matches!(&e, TokenError::Refused { error, .. } if error == "http_403"), "{e:?}");
+    }
+
+    #[test]
+    fn small_skews_are_noise() {
+        assert_eq!(effective_skew(Some(chrono::Duration::milliseconds(1500))), chrono::Duration::zero());
+        assert_eq!(effective_skew(Some(chrono::Duration::seconds(-300))), chrono::Duration::seconds(-300));
+        assert_eq!(effective_skew(None), chrono::Duration::zero());
+    }
+}

@@ -1,0 +1,402 @@
+//! Configuration: the shared [`AuthConfig`] (token endpoint, JWKS, policies, timeouts) and
+//! one [`TenantAuth`] per tenant (client credentials, scope, extra token parameters).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use billsync_domain::{BILLING_WRITE_SCOPE, BillingPolicy, ClientSecret, RefreshPolicy, Scope, Tenant};
+use reqwest::Url;
+
+/// What is wrong with an authentication setting.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A URL that does not parse or is not `http`/`https`.
+    #[error("{what} {url:?} is not a usable URL: {reason}")]
+    InvalidUrl {
+        /// `token_url` or `jwks_url`.
+        what: &'static str,
+        /// The value given.
+        url: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
+    /// An extra token parameter that would override one billsync sets itself.
+    #[error(
+        "extra token parameter {name:?} is set by billsync itself (grant_type, scope, client_id, client_secret); remove it from extra_token_params"
+    )]
+    ReservedParameter {
+        /// The parameter's name.
+        name: String,
+    },
+    /// An extra token parameter with an empty name.
+    #[error("an extra token parameter has an empty name")]
+    EmptyParameterName,
+    /// An unknown client authentication method.
+    #[error("unknown token endpoint auth method {0:?}: use client_secret_post or client_secret_basic")]
+    UnknownAuthMethod(String),
+    /// The HTTP client could not be built (TLS initialisation).
+    #[error("the HTTP client could not be built: {0}")]
+    HttpClient(String),
+    /// The same tenant was configured twice.
+    #[error("tenant {0} is configured twice")]
+    DuplicateTenant(String),
+}
+
+/// How the client authenticates at the token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMethod {
+    /// `client_id` and `client_secret` in the form body (the thread's way; the default).
+    #[default]
+    ClientSecretPost,
+    /// HTTP Basic with the form-urlencoded id and secret (RFC 6749 §2.3.1).
+    ClientSecretBasic,
+}
+
+impl AuthMethod {
+    /// The name used in configuration files (`client_secret_post`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClientSecretPost => "client_secret_post",
+            Self::ClientSecretBasic => "client_secret_basic",
+        }
+    }
+}
+
+impl fmt::Display for AuthMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for AuthMethod {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        match s {
+            "client_secret_post" | "post" => Ok(Self::ClientSecretPost),
+            "client_secret_basic" | "basic" => Ok(Self::ClientSecretBasic),
+            other => Err(ConfigError::UnknownAuthMethod(other.to_owned())),
+        }
+    }
+}
+
+const RESERVED_PARAMS: [&str; 4] = ["grant_type", "scope", "client_id", "client_secret"];
+
+/// One tenant's client credentials and token request settings.
+///
+/// Not `Clone`: it holds the client secret. Its `Debug` never shows the secret.
+#[derive(Debug)]
+pub struct TenantAuth {
+    tenant: Tenant,
+    secret: ClientSecret,
+    auth_method: AuthMethod,
+    scopes: Vec<Scope>,
+    extra_params: BTreeMap<String, String>,
+    verify_jwks: bool,
+}
+
+impl TenantAuth {
+    /// A tenant using `client_secret_post`, scope `urn:oracle:iot:billing:write`, no extra
+    /// parameters and no signature verification.
+    pub fn new(tenant: Tenant, secret: ClientSecret) -> Self {
+        Self {
+            tenant,
+            secret,
+            auth_method: AuthMethod::default(),
+            scopes: vec![default_scope()],
+            extra_params: BTreeMap::new(),
+            verify_jwks: false,
+        }
+    }
+
+    /// Sets the client authentication method.
+    pub fn with_auth_method(mut self, method: AuthMethod) -> Self {
+        self.auth_method = method;
+        self
+    }
+
+    /// Requests exactly this scope (instead of the billing write URN).
+    pub fn with_scope(mut self, scope: Scope) -> Self {
+        self.scopes = vec![scope];
+        self
+    }
+
+    /// Requests these scopes (space-separated on the wire); an empty list means the default.
+    pub fn with_scopes(mut self, scopes: impl IntoIterator<Item = Scope>) -> Self {
+        let mut v: Vec<Scope> = Vec::new();
+        for s in scopes {
+            if !v.contains(&s) {
+                v.push(s);
+            }
+        }
+        self.scopes = if v.is_empty() { vec![default_scope()] } else { v };
+        self
+    }
+
+    /// Adds an extra token request parameter (`audience`, `resource`, `tenant_id`, ...).
+    ///
+    /// # Errors
+    /// [`ConfigError::ReservedParameter`] for `grant_type`, `scope`, `client_id` and
+    /// `client_secret`, which billsync sets itself; [`ConfigError::EmptyParameterName`].
+    pub fn with_extra_param(mut self, name: impl Into<String>, value: impl Into<String>) -> Result<Self, ConfigError> {
+        let name = name.into();
+        if name.is_empty() {
+            return Err(ConfigError::EmptyParameterName);
+        }
+        if RESERVED_PARAMS.contains(&name.as_str()) {
+            return Err(ConfigError::ReservedParameter { name });
+        }
+        self.extra_params.insert(name, value.into());
+        Ok(self)
+    }
+
+    /// Whether to verify the token's RS256 signature against the JWKS before using it.
+    pub fn with_jwks_verification(mut self, verify: bool) -> Self {
+        self.verify_jwks = verify;
+        self
+    }
+
+    /// The tenant.
+    pub fn tenant(&self) -> &Tenant {
+        &self.tenant
+    }
+    /// The client authentication method.
+    pub fn auth_method(&self) -> AuthMethod {
+        self.auth_method
+    }
+    /// The scopes requested.
+    pub fn scopes(&self) -> &[Scope] {
+        &self.scopes
+    }
+    /// The scopes as sent: space-separated.
+    pub fn scope_param(&self) -> String {
+        self.scopes.iter().map(Scope::as_str).collect::<Vec<_>>().join(" ")
+    }
+    /// The extra token parameters.
+    pub fn extra_params(&self) -> &BTreeMap<String, String> {
+        &self.extra_params
+    }
+    /// Whether signatures are verified against the JWKS.
+    pub fn verify_jwks(&self) -> bool {
+        self.verify_jwks
+    }
+    pub(crate) fn secret(&self) -> &ClientSecret {
+        &self.secret
+    }
+}
+
+fn default_scope() -> Scope {
+    // The constant is a valid scope; the fallback is unreachable but avoids a panic path.
+    Scope::parse(BILLING_WRITE_SCOPE).unwrap_or_else(|_| BillingPolicy::default().scope().clone())
+}
+
+/// How often and how fast to retry the token endpoint on 5xx and network errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    max_attempts: u32,
+    initial_backoff: Duration,
+    max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self { max_attempts: 3, initial_backoff: Duration::from_millis(250), max_backoff: Duration::from_secs(4) }
+    }
+}
+
+impl RetryPolicy {
+    /// At most `max_attempts` requests (at least 1, at most 10), waiting `initial_backoff`
+    /// doubled after each failure, capped at `max_backoff`, with jitter.
+    pub fn new(max_attempts: u32, initial_backoff: Duration, max_backoff: Duration) -> Self {
+        Self { max_attempts: max_attempts.clamp(1, 10), initial_backoff, max_backoff: max_backoff.max(initial_backoff) }
+    }
+    /// Attempts per token request.
+    pub fn max_attempts(&self) -> u32 {
+        self.max_attempts
+    }
+    /// The wait after the `failures`-th consecutive failure: exponential, capped, and
+    /// jittered into `[d/2, d]`.
+    pub fn backoff(&self, failures: u32) -> Duration {
+        let exp = failures.saturating_sub(1).min(20);
+        let d = self.initial_backoff.saturating_mul(1u32 << exp).min(self.max_backoff);
+        let half = d / 2;
+        let jitter_ms = u64::try_from(half.as_millis()).unwrap_or(u64::MAX);
+        let extra = if jitter_ms == 0 { 0 } else { rand::random::<u64>() % (jitter_ms + 1) };
+        half + Duration::from_millis(extra)
+    }
+}
+
+/// Settings shared by all tenants: where the token endpoint and the JWKS are, the billing
+/// and refresh policies, the request timeout and retries.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    token_url: Url,
+    jwks_url: Url,
+    policy: BillingPolicy,
+    refresh: RefreshPolicy,
+    timeout: Duration,
+    retry: RetryPolicy,
+    opaque_lifetime: Duration,
+}
+
+impl AuthConfig {
+    /// A configuration for this token endpoint, with the JWKS at the endpoint's origin +
+    /// `/oauth2/v1/keys`, the default policies, a 10 s timeout and 3 attempts.
+    ///
+    /// # Errors
+    /// [`ConfigError::InvalidUrl`] unless `token_url` is an absolute `http`/`https` URL.
+    pub fn new(token_url: &str) -> Result<Self, ConfigError> {
+        let token_url = parse_url("token_url", token_url)?;
+        let mut jwks_url = token_url.clone();
+        jwks_url.set_path("/oauth2/v1/keys");
+        jwks_url.set_query(None);
+        jwks_url.set_fragment(None);
+        Ok(Self {
+            token_url,
+            jwks_url,
+            policy: BillingPolicy::default(),
+            refresh: RefreshPolicy::default(),
+            timeout: Duration::from_secs(10),
+            retry: RetryPolicy::default(),
+            opaque_lifetime: Duration::from_secs(900),
+        })
+    }
+
+    /// Sets the JWKS URL.
+    ///
+    /// # Errors
+    /// [`ConfigError::InvalidUrl`] unless it is an absolute `http`/`https` URL.
+    pub fn with_jwks_url(mut self, url: &str) -> Result<Self, ConfigError> {
+        self.jwks_url = parse_url("jwks_url", url)?;
+        Ok(self)
+    }
+    /// Sets the billing policy tokens are checked against.
+    pub fn with_policy(mut self, policy: BillingPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+    /// Sets when tokens are refreshed.
+    pub fn with_refresh(mut self, refresh: RefreshPolicy) -> Self {
+        self.refresh = refresh;
+        self
+    }
+    /// Sets the timeout of one HTTP request to the token endpoint or the JWKS.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+    /// Sets the retry policy for 5xx and network errors.
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+    /// Sets the lifetime assumed for an opaque token whose response has no `expires_in`
+    /// (default 15 minutes).
+    pub fn with_opaque_lifetime(mut self, lifetime: Duration) -> Self {
+        self.opaque_lifetime = lifetime;
+        self
+    }
+
+    /// The token endpoint.
+    pub fn token_url(&self) -> &str {
+        self.token_url.as_str()
+    }
+    /// The JWKS endpoint.
+    pub fn jwks_url(&self) -> &str {
+        self.jwks_url.as_str()
+    }
+    /// The billing policy.
+    pub fn policy(&self) -> &BillingPolicy {
+        &self.policy
+    }
+    /// The refresh policy.
+    pub fn refresh(&self) -> &RefreshPolicy {
+        &self.refresh
+    }
+    /// The per-request timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+    /// The retry policy.
+    pub fn retry(&self) -> &RetryPolicy {
+        &self.retry
+    }
+    /// The lifetime assumed for opaque tokens without `expires_in`.
+    pub fn opaque_lifetime(&self) -> Duration {
+        self.opaque_lifetime
+    }
+    pub(crate) fn token_url_parsed(&self) -> &Url {
+        &self.token_url
+    }
+    pub(crate) fn jwks_url_parsed(&self) -> &Url {
+        &self.jwks_url
+    }
+}
+
+fn parse_url(what: &'static str, s: &str) -> Result<Url, ConfigError> {
+    let url = Url::parse(s).map_err(|e| ConfigError::InvalidUrl { what, url: s.to_owned(), reason: e.to_string() })?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(ConfigError::InvalidUrl {
+            what,
+            url: s.to_owned(),
+            reason: format!("scheme {:?} is not http or https", url.scheme()),
+        });
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(ConfigError::InvalidUrl {
+            what,
+            url: "[redacted: contains credentials]".to_owned(),
+            reason: "credentials belong in client_secret, not in the URL".to_owned(),
+        });
+    }
+    Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jwks_url_defaults_to_the_token_urls_origin() {
+        let c = AuthConfig::new("https://idcs.example.com:8443/oauth2/v1/token?x=1").unwrap();
+        assert_eq!(c.jwks_url(), "https://idcs.example.com:8443/oauth2/v1/keys");
+        assert_eq!(c.timeout(), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn bad_urls_are_named() {
+        let e = AuthConfig::new("ftp://x/y").unwrap_err();
+        assert!(e.to_string().contains("token_url") && e.to_string().contains("ftp"), "{e}");
+        assert!(AuthConfig::new("not a url").is_err());
+        let e = AuthConfig::new("https://id:hunter2@x/token").unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn reserved_parameters_are_refused() {
+        let t = Tenant::new("acme".parse().unwrap(), "t".parse().unwrap(), "a".parse().unwrap(), "a".parse().unwrap());
+        let ta = TenantAuth::new(t, ClientSecret::new("s"));
+        let e = ta.with_extra_param("scope", "x").unwrap_err();
+        assert_eq!(e, ConfigError::ReservedParameter { name: "scope".into() });
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let r = RetryPolicy::new(5, Duration::from_millis(100), Duration::from_millis(400));
+        for _ in 0..50 {
+            let b1 = r.backoff(1);
+            assert!(b1 >= Duration::from_millis(50) && b1 <= Duration::from_millis(100), "{b1:?}");
+            let b9 = r.backoff(9);
+            assert!(b9 >= Duration::from_millis(200) && b9 <= Duration::from_millis(400), "{b9:?}");
+        }
+        assert_eq!(RetryPolicy::new(0, Duration::ZERO, Duration::ZERO).max_attempts(), 1);
+    }
+
+    #[test]
+    fn auth_methods_parse() {
+        assert_eq!("client_secret_basic".parse::<AuthMethod>().unwrap(), AuthMethod::ClientSecretBasic);
+        assert!("private_key_jwt".parse::<AuthMethod>().is_err());
+    }
+}

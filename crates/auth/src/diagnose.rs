@@ -1,0 +1,415 @@
+//! The diagnosis of one tenant's token setup, for `billsync doctor`: reachability,
+//! credentials, requested versus granted scope, every claim of PLATFORM.md §2 with the
+//! policy's code and hint, the headers, clock skew and the refresh plan. Never the token or
+//! the secret.
+
+use std::fmt;
+
+use billsync_domain::{AccessTokenClaims, TokenError, ViolationCode, Violations, human_duration};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::client::{OAuthClient, SKEW_TOLERANCE};
+use crate::config::{AuthMethod, TenantAuth};
+use crate::preflight::{Preflight, SignatureStatus};
+
+/// One line of a diagnosis.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Check {
+    check: String,
+    ok: bool,
+    reason: Option<String>,
+    hint: Option<String>,
+}
+
+impl Check {
+    pub(crate) fn pass(check: &str, hint: impl Into<Option<String>>) -> Self {
+        Self { check: check.to_owned(), ok: true, reason: None, hint: hint.into() }
+    }
+    pub(crate) fn fail(check: &str, reason: &str, hint: impl Into<String>) -> Self {
+        Self { check: check.to_owned(), ok: false, reason: Some(reason.to_owned()), hint: Some(hint.into()) }
+    }
+    /// The check's stable name (`token_endpoint_reachable`, `claim.scope`, ...).
+    pub fn name(&self) -> &str {
+        &self.check
+    }
+    /// Whether it passed.
+    pub fn ok(&self) -> bool {
+        self.ok
+    }
+    /// The stable code of a failure (a [`ViolationCode`], an RFC 6749 error, ...).
+    pub fn reason(&self) -> Option<&str> {
+        self.reason.as_deref()
+    }
+    /// What was found, or what to change.
+    pub fn hint(&self) -> Option<&str> {
+        self.hint.as_deref()
+    }
+}
+
+/// The billing headers that will be sent for a tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HeaderConfig {
+    /// `X-Tenant-ID`.
+    pub x_tenant_id: String,
+    /// `X-Application-ID`.
+    pub x_application_id: String,
+}
+
+/// The outcome of [`OAuthClient::diagnose`]: serialises as
+/// `{"name", "ready", "checks": [{"check", "ok", "reason", "hint"}], ...}`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Diagnosis {
+    name: String,
+    ready: bool,
+    checks: Vec<Check>,
+    token_url: String,
+    auth_method: AuthMethod,
+    headers: HeaderConfig,
+    requested_scope: Vec<String>,
+    granted_scope: Option<Vec<String>>,
+    clock_skew_seconds: Option<i64>,
+    claims_checked: bool,
+    expires_at: Option<DateTime<Utc>>,
+    refresh_at: Option<DateTime<Utc>>,
+}
+
+impl Diagnosis {
+    /// The tenant's local name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// Whether billing requests can be sent for this tenant now.
+    pub fn ready(&self) -> bool {
+        self.ready
+    }
+    /// Every check, in order.
+    pub fn checks(&self) -> &[Check] {
+        &self.checks
+    }
+    /// A check by name.
+    pub fn check(&self, name: &str) -> Option<&Check> {
+        self.checks.iter().find(|c| c.check == name)
+    }
+    /// The codes of the failed checks.
+    pub fn failures(&self) -> Vec<&str> {
+        self.checks.iter().filter(|c| !c.ok).filter_map(|c| c.reason.as_deref()).collect()
+    }
+    /// The headers configured for billing requests.
+    pub fn headers(&self) -> &HeaderConfig {
+        &self.headers
+    }
+    /// The scope the server granted, when it said.
+    pub fn granted_scope(&self) -> Option<&[String]> {
+        self.granted_scope.as_deref()
+    }
+    /// The token endpoint's clock minus ours, in seconds, when it sent a `Date` header.
+    pub fn clock_skew_seconds(&self) -> Option<i64> {
+        self.clock_skew_seconds
+    }
+    /// Whether the token's claims could be read (false for opaque tokens).
+    pub fn claims_checked(&self) -> bool {
+        self.claims_checked
+    }
+    /// When the token expires (local time).
+    pub fn expires_at(&self) -> Option<DateTime<Utc>> {
+        self.expires_at
+    }
+    /// When the cache would replace the token (local time).
+    pub fn refresh_at(&self) -> Option<DateTime<Utc>> {
+        self.refresh_at
+    }
+}
+
+impl fmt::Display for Diagnosis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "tenant {}: {}", self.name, if self.ready { "READY" } else { "NOT READY" })?;
+        writeln!(f, "  token endpoint {} ({})", self.token_url, self.auth_method)?;
+        writeln!(
+            f,
+            "  headers X-Tenant-ID: {}  X-Application-ID: {}",
+            self.headers.x_tenant_id, self.headers.x_application_id
+        )?;
+        for c in &self.checks {
+            let mark = if c.ok { "ok  " } else { "FAIL" };
+            write!(f, "  [{mark}] {}", c.check)?;
+            if let Some(r) = &c.reason {
+                write!(f, " ({r})")?;
+            }
+            if let Some(h) = &c.hint {
+                write!(f, ": {h}")?;
+            }
+            writeln!(f)?;
+        }
+        Ok(())
+    }
+}
+
+fn token_error_code(e: &TokenError) -> String {
+    match e {
+        TokenError::Refused { error, .. } => error.clone(),
+        TokenError::Policy(_) => "policy".into(),
+        TokenError::Unavailable(_) => "unavailable".into(),
+        TokenError::Malformed(_) => "malformed_response".into(),
+    }
+}
+
+fn refused_advice(error: &str, auth: &TenantAuth) -> String {
+    let client = auth.tenant().client_id();
+    match error {
+        "invalid_client" => format!(
+            "check client_id {client} and its secret (Applications > OAuth Clients); the client authenticates with {}, \
+             try {} if the server expects the other",
+            auth.auth_method(),
+            match auth.auth_method() {
+                AuthMethod::ClientSecretPost => AuthMethod::ClientSecretBasic,
+                AuthMethod::ClientSecretBasic => AuthMethod::ClientSecretPost,
+            }
+        ),
+        "invalid_scope" => format!(
+            "client {client} may not request {}; enable Billing Services for it and use the full URN",
+            auth.scope_param()
+        ),
+        "unauthorized_client" => format!("client {client} may not use the client_credentials grant"),
+        _ => "check token_url and the client registration".into(),
+    }
+}
+
+impl OAuthClient {
+    /// Requests a token for `auth` (outside any cache) and reports everything about it.
+    /// Never fails: every problem is a failed [`Check`]. Never includes the token or secret.
+    pub async fn diagnose(&self, auth: &TenantAuth) -> Diagnosis {
+        let tenant = auth.tenant();
+        let mut d = Diagnosis {
+            name: tenant.name().to_string(),
+            ready: false,
+            checks: Vec::new(),
+            token_url: self.config().token_url().to_owned(),
+            auth_method: auth.auth_method(),
+            headers: HeaderConfig {
+                x_tenant_id: tenant.tenant_id().to_string(),
+                x_application_id: tenant.application_id().to_string(),
+            },
+            requested_scope: auth.scopes().iter().map(|s| s.as_str().to_owned()).collect(),
+            granted_scope: None,
+            clock_skew_seconds: None,
+            claims_checked: false,
+            expires_at: None,
+            refresh_at: None,
+        };
+        let grant = match self.request_token(auth).await {
+            Ok(g) => g,
+            Err(f) => {
+                if f.reachable {
+                    d.checks.push(Check::pass("token_endpoint_reachable", Some(d.token_url.clone())));
+                    let code = token_error_code(&f.error);
+                    let hint = match &f.error {
+                        TokenError::Refused { error, description } => format!(
+                            "{}{}",
+                            description.as_deref().map(|s| format!("{s}; ")).unwrap_or_default(),
+                            refused_advice(error, auth)
+                        ),
+                        other => other.to_string(),
+                    };
+                    d.checks.push(Check::fail("credentials_accepted", &code, hint));
+                } else {
+                    d.checks.push(Check::fail("token_endpoint_reachable", "unreachable", f.error.to_string()));
+                }
+                if let Some(s) = self.last_clock_skew() {
+                    d.clock_skew_seconds = Some(round_seconds(s));
+                }
+                return d;
+            }
+        };
+        d.checks.push(Check::pass("token_endpoint_reachable", Some(d.token_url.clone())));
+        d.checks.push(Check::pass(
+            "credentials_accepted",
+            Some(format!("a token was issued to client {}", tenant.client_id())),
+        ));
+        let p = self.preflight(auth, grant).await;
+        self.fill(&mut d, auth, &p);
+        d.ready = p.outcome.is_ok() && d.checks.iter().all(|c| c.ok);
+        d
+    }
+
+    fn fill(&self, d: &mut Diagnosis, auth: &TenantAuth, p: &Preflight) {
+        d.granted_scope = p.granted_scope.clone();
+        d.clock_skew_seconds = p.measured_skew.map(round_seconds);
+        d.claims_checked = !p.opaque && p.claims.is_some();
+
+        // Requested versus granted scope.
+        let shortfall = p.scope_shortfall();
+        d.checks.push(match (&p.granted_scope, shortfall.is_empty()) {
+            (None, _) => Check::pass(
+                "granted_scope",
+                Some("the response does not list the granted scope (RFC 6749 §5.1: as requested)".to_owned()),
+            ),
+            (Some(g), true) => Check::pass("granted_scope", Some(format!("granted \"{}\"", g.join(" ")))),
+            (Some(g), false) => Check::fail(
+                "granted_scope",
+                "scope_not_granted",
+                format!(
+                    "requested \"{}\" but the server granted \"{}\" (RFC 6749 §3.3: a server may grant less); \
+                     client {} is not registered for {}: enable Billing Services in Applications > OAuth Clients",
+                    auth.scope_param(),
+                    g.join(" "),
+                    auth.tenant().client_id(),
+                    shortfall.join(" ")
+                ),
+            ),
+        });
+
+        // Token format and signature.
+        d.checks.push(if p.opaque {
+            Check::pass(
+                "token_format",
+                Some(
+                    "opaque (not a JWT): its claims could not be checked; scope taken from the token response, expiry from \
+                     expires_in, tenant and client from the configuration, audience assumed"
+                        .to_owned(),
+                ),
+            )
+        } else if let Err(TokenError::Malformed(m)) = &p.outcome {
+            Check::fail("token_format", "malformed_token", m.clone())
+        } else {
+            Check::pass(
+                "token_format",
+                Some(format!(
+                    "JWT, alg {}, kid {}",
+                    p.alg.as_deref().unwrap_or("(none)"),
+                    p.kid.as_deref().unwrap_or("(none)")
+                )),
+            )
+        });
+        d.checks.push(match &p.signature {
+            SignatureStatus::NotRequested => {
+                Check::pass("signature", Some("not verified (verify_jwks is off for this tenant)".to_owned()))
+            }
+            SignatureStatus::Verified { kid } => {
+                Check::pass("signature", Some(format!("verified against {} with key {kid}", self.config().jwks_url())))
+            }
+            SignatureStatus::Failed(e) => Check::fail("signature", e.code(), e.to_string()),
+        });
+
+        if let Some(claims) = &p.claims {
+            claim_checks(d, claims, p.violations.as_ref(), p.opaque);
+        }
+
+        // Clock skew.
+        d.checks.push(Check::pass(
+            "clock_skew",
+            Some(match p.measured_skew {
+                None => "the token endpoint sent no Date header; skew unknown, none assumed".to_owned(),
+                Some(s) if s.abs() <= SKEW_TOLERANCE => "the token endpoint's clock agrees with ours".to_owned(),
+                Some(s) => format!(
+                    "the token endpoint's clock is {} {} ours; refresh and expiry are corrected for it",
+                    human_duration(chrono::Duration::seconds(round_seconds(s).abs())),
+                    if s > chrono::Duration::zero() { "ahead of" } else { "behind" }
+                ),
+            }),
+        ));
+
+        // Lifetime and refresh plan.
+        if let Ok(a) = &p.outcome {
+            let now = self.inner.clock.now();
+            d.expires_at = Some(a.expires_at);
+            d.refresh_at = Some(a.refresh_at);
+            d.checks.push(Check::pass(
+                "refresh_plan",
+                Some(format!(
+                    "lifetime {}; expires at {} (in {}); refresh planned at {} (in {}, {:.0}% of the lifetime)",
+                    human_duration(a.headers.expires_at() - a.headers.issued_at()),
+                    a.expires_at.to_rfc3339(),
+                    human_duration(a.expires_at - now),
+                    a.refresh_at.to_rfc3339(),
+                    human_duration(a.refresh_at - now),
+                    policy_fraction(self) * 100.0
+                )),
+            ));
+        } else if let Err(e) = &p.outcome {
+            let covered = d.checks.iter().any(|c| !c.ok);
+            if !covered {
+                d.checks.push(Check::fail("token_usable", &token_error_code(e), e.to_string()));
+            }
+        }
+    }
+}
+
+fn round_seconds(d: chrono::Duration) -> i64 {
+    (d.num_milliseconds() as f64 / 1000.0).round() as i64
+}
+
+fn policy_fraction(c: &OAuthClient) -> f64 {
+    c.config().refresh().fraction()
+}
+
+/// One check per claim of PLATFORM.md §2 (plus the two headers), failing with the policy's
+/// codes and hints. Shared with [`crate::inspect`].
+pub(crate) fn claim_checks(d: &mut Diagnosis, claims: &AccessTokenClaims, v: Option<&Violations>, opaque: bool) {
+    d.checks.extend(claim_check_list(claims, v, opaque, Some((&d.headers.x_tenant_id, &d.headers.x_application_id))));
+}
+
+pub(crate) fn claim_check_list(
+    claims: &AccessTokenClaims,
+    v: Option<&Violations>,
+    opaque: bool,
+    headers: Option<(&str, &str)>,
+) -> Vec<Check> {
+    let of = |codes: &[ViolationCode]| -> Option<(&'static str, String)> {
+        v.and_then(|v| v.as_slice().iter().find(|x| codes.contains(&x.code)).map(|x| (x.code.as_str(), x.hint.clone())))
+    };
+    let shown = |xs: &[String]| if xs.is_empty() { "(empty)".to_owned() } else { xs.join(" ") };
+    let opt = |x: &Option<String>| x.clone().unwrap_or_else(|| "(absent)".to_owned());
+    let from_config = if opaque { " (from the configuration: opaque token, not checked)" } else { "" };
+    let mut out = Vec::new();
+    let mut push = |name: &str, codes: &[ViolationCode], found: String| {
+        out.push(match of(codes) {
+            Some((code, hint)) => Check::fail(name, code, hint),
+            None => Check::pass(name, Some(found)),
+        })
+    };
+    push("claim.scope", &[ViolationCode::MissingScope, ViolationCode::ShortScopeForm], shown(&claims.scope));
+    push(
+        "claim.aud",
+        &[ViolationCode::AudienceMissing],
+        if opaque { "not checkable for an opaque token".to_owned() } else { shown(&claims.aud) },
+    );
+    push("claim.tenant_id", &[ViolationCode::TenantClaimMissing], format!("{}{from_config}", opt(&claims.tenant_id)));
+    let app_codes: &[ViolationCode] =
+        if claims.client_id.is_none() { &[ViolationCode::ApplicationMismatch] } else { &[] };
+    push("claim.client_id", app_codes, format!("{}{from_config}", opt(&claims.client_id)));
+    let exp_found = match claims.expires_at() {
+        Some(t) => t.to_rfc3339(),
+        None => "(absent)".to_owned(),
+    };
+    push("claim.exp", &[ViolationCode::TokenExpired, ViolationCode::ExpiresTooSoon], exp_found);
+    push(
+        "claim.iat",
+        &[],
+        match (claims.issued_at(), claims.iat.zip(claims.exp)) {
+            (Some(t), Some((i, e))) => {
+                format!(
+                    "{} (lifetime {})",
+                    t.to_rfc3339(),
+                    human_duration(chrono::Duration::seconds(e.saturating_sub(i)))
+                )
+            }
+            (Some(t), None) => t.to_rfc3339(),
+            (None, _) => "(absent): the refresh is planned from the time the token was received".to_owned(),
+        },
+    );
+    push("claim.iss", &[], opt(&claims.iss));
+    push("claim.sub", &[], opt(&claims.sub));
+    push("claim.jti", &[], opt(&claims.jti));
+    if let Some((tenant_header, app_header)) = headers {
+        push(
+            "header.x_tenant_id",
+            &[ViolationCode::TenantMismatch],
+            format!("\"{tenant_header}\" = the token's tenant_id"),
+        );
+        let app_codes: &[ViolationCode] =
+            if claims.client_id.is_some() { &[ViolationCode::ApplicationMismatch] } else { &[] };
+        push("header.x_application_id", app_codes, format!("\"{app_header}\" = the token's client_id"));
+    }
+    out
+}

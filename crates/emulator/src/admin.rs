@@ -1,0 +1,342 @@
+//! The admin API: the same operations as the methods of [`crate::Emulator`], over HTTP under
+//! `/admin`, answered only to loopback peers (anyone else gets `403`).
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post, put};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use crate::config::ClientRegistration;
+use crate::faults::Fault;
+use crate::http::{St, json_reply};
+use crate::keys::NewKey;
+use crate::server::Conn;
+use crate::state::{AppState, Client, ClientInfo, Settings};
+
+/// Why an admin operation was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdminError {
+    /// No client with this id is registered.
+    #[error("no client `{client_id}` is registered")]
+    UnknownClient {
+        /// The id asked for.
+        client_id: String,
+    },
+    /// A client with this id is already registered.
+    #[error("client `{client_id}` is already registered")]
+    DuplicateClient {
+        /// The id asked for.
+        client_id: String,
+    },
+    /// A new signing key could not be generated.
+    #[error("could not generate a signing key: {0}")]
+    Key(String),
+}
+
+/// A partial change of lifetimes and limits: absent fields stay as they are; for the rate
+/// limits, `null` (`Some(None)`) switches the limit off.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettingsUpdate {
+    /// New lifetime of billing tokens, in seconds.
+    #[serde(default)]
+    pub billing_token_lifetime_s: Option<u64>,
+    /// New lifetime of device tokens, in seconds.
+    #[serde(default)]
+    pub device_token_lifetime_s: Option<u64>,
+    /// New billing limit per minute; `Some(None)` switches it off.
+    #[serde(default, deserialize_with = "present")]
+    pub billing_rate_per_min: Option<Option<u32>>,
+    /// New device limit per minute; `Some(None)` switches it off.
+    #[serde(default, deserialize_with = "present")]
+    pub device_rate_per_min: Option<Option<u32>>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<u32>>, D::Error> {
+    Option::<u32>::deserialize(d).map(|v| Some(v.filter(|&l| l > 0)))
+}
+
+impl AppState {
+    pub(crate) fn apply_settings(&self, u: SettingsUpdate) -> Settings {
+        self.update_settings(|s| {
+            if let Some(v) = u.billing_token_lifetime_s {
+                s.billing_token_lifetime_s = v;
+            }
+            if let Some(v) = u.device_token_lifetime_s {
+                s.device_token_lifetime_s = v;
+            }
+            if let Some(v) = u.billing_rate_per_min {
+                s.billing_rate_per_min = v;
+            }
+            if let Some(v) = u.device_rate_per_min {
+                s.device_rate_per_min = v;
+            }
+        })
+    }
+
+    fn change_client(&self, client_id: &str, f: impl FnOnce(&mut Client)) -> Result<ClientInfo, AdminError> {
+        self.with_clients_mut(|cs| {
+            let c = cs.get_mut(client_id).ok_or_else(|| AdminError::UnknownClient { client_id: client_id.into() })?;
+            f(c);
+            Ok(ClientInfo {
+                client_id: client_id.to_owned(),
+                tenants: c.tenants.iter().cloned().collect(),
+                billing: c.billing,
+            })
+        })
+    }
+
+    pub(crate) fn set_billing_access(&self, client_id: &str, enabled: bool) -> Result<ClientInfo, AdminError> {
+        self.change_client(client_id, |c| c.billing = enabled)
+    }
+
+    pub(crate) fn grant_tenant(&self, client_id: &str, tenant_id: &str) -> Result<ClientInfo, AdminError> {
+        self.change_client(client_id, |c| {
+            c.tenants.insert(tenant_id.to_owned());
+        })
+    }
+
+    pub(crate) fn withdraw_tenant(&self, client_id: &str, tenant_id: &str) -> Result<ClientInfo, AdminError> {
+        self.change_client(client_id, |c| {
+            c.tenants.remove(tenant_id);
+        })
+    }
+
+    pub(crate) fn register_client(&self, reg: ClientRegistration) -> Result<ClientInfo, AdminError> {
+        self.with_clients_mut(|cs| {
+            if cs.contains_key(reg.client_id()) {
+                return Err(AdminError::DuplicateClient { client_id: reg.client_id().to_owned() });
+            }
+            let info = ClientInfo {
+                client_id: reg.client_id().to_owned(),
+                tenants: reg.tenants().to_vec(),
+                billing: reg.billing(),
+            };
+            let client = Client { tenants: reg.tenants().iter().cloned().collect(), billing: reg.billing(), reg };
+            cs.insert(info.client_id.clone(), client);
+            Ok(info)
+        })
+    }
+
+    /// Revokes one token; whether it was live (issued here and not yet revoked).
+    pub(crate) fn revoke_token(&self, jti: &str) -> bool {
+        let mut t = self.tokens();
+        let issued = t.issued.values().any(|v| v.iter().any(|j| j == jti));
+        t.revoked.insert(jti.to_owned()) && issued
+    }
+
+    /// Revokes every token issued to a client so far; how many were newly revoked.
+    pub(crate) fn revoke_client(&self, client_id: &str) -> usize {
+        let mut t = self.tokens();
+        let jtis = t.issued.get(client_id).cloned().unwrap_or_default();
+        jtis.into_iter().filter(|j| t.revoked.insert(j.clone())).count()
+    }
+
+    pub(crate) fn event_ids(&self, tenant_id: &str) -> Vec<String> {
+        self.existing_tenant(tenant_id)
+            .map(|s| {
+                s.lock().unwrap_or_else(|p| p.into_inner()).events.iter().map(|h| h.event_id.to_string()).collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Generates a key off the async runtime and makes it the signing key; returns its kid.
+pub(crate) async fn rotate(st: &AppState) -> Result<String, AdminError> {
+    let key = tokio::task::spawn_blocking(NewKey::generate)
+        .await
+        .map_err(|e| AdminError::Key(e.to_string()))?
+        .map_err(|e| AdminError::Key(e.to_string()))?;
+    let kid = st.keys.rotate(key);
+    tracing::info!(kid = %kid, "signing key rotated");
+    Ok(kid)
+}
+
+pub(crate) fn router(state: St) -> Router<St> {
+    Router::new()
+        .route("/audit", get(audit).delete(clear_audit))
+        .route("/counters", get(counters))
+        .route("/settings", get(settings).post(update_settings))
+        .route("/clients", get(clients).post(register))
+        .route("/clients/{client_id}/billing", post(billing_access))
+        .route("/clients/{client_id}/tenants/{tenant_id}", put(grant).delete(withdraw))
+        .route("/revoke", post(revoke))
+        .route("/keys/rotate", post(rotate_keys))
+        .route("/faults", get(faults).post(inject).delete(clear_faults))
+        .route("/events/{tenant_id}", get(event_ids))
+        .route("/sign", post(sign))
+        .layer(middleware::from_fn_with_state(state, loopback_only))
+}
+
+async fn loopback_only(State(_): State<St>, req: Request, next: Next) -> Response {
+    let peer = req.extensions().get::<Conn>().map(|c| c.peer.ip().to_canonical());
+    match peer {
+        Some(ip) if ip.is_loopback() => next.run(req).await,
+        _ => json_reply(
+            StatusCode::FORBIDDEN,
+            &json!({"error": "forbidden", "error_description": "the admin API answers loopback peers only"}),
+        ),
+    }
+}
+
+fn ok(value: impl serde::Serialize) -> Response {
+    json_reply(StatusCode::OK, &serde_json::to_value(value).unwrap_or(Value::Null))
+}
+
+fn fail(status: StatusCode, error: &str, description: impl ToString) -> Response {
+    json_reply(status, &json!({"error": error, "error_description": description.to_string()}))
+}
+
+fn admin_result(r: Result<ClientInfo, AdminError>) -> Response {
+    match r {
+        Ok(info) => ok(info),
+        Err(e @ AdminError::UnknownClient { .. }) => fail(StatusCode::NOT_FOUND, "unknown_client", e),
+        Err(e @ AdminError::DuplicateClient { .. }) => fail(StatusCode::CONFLICT, "duplicate_client", e),
+        Err(e) => fail(StatusCode::INTERNAL_SERVER_ERROR, "internal", e),
+    }
+}
+
+fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, Box<Response>> {
+    serde_json::from_slice(body).map_err(|e| Box::new(fail(StatusCode::BAD_REQUEST, "invalid_request", e)))
+}
+
+async fn audit(State(st): State<St>) -> Response {
+    ok(st.audit.entries())
+}
+
+async fn clear_audit(State(st): State<St>) -> StatusCode {
+    st.audit.clear();
+    StatusCode::NO_CONTENT
+}
+
+async fn counters(State(st): State<St>) -> Response {
+    ok(st.counters.snapshot())
+}
+
+async fn settings(State(st): State<St>) -> Response {
+    ok(st.settings())
+}
+
+async fn update_settings(State(st): State<St>, body: Bytes) -> Response {
+    match parse::<SettingsUpdate>(&body) {
+        Ok(u) => ok(st.apply_settings(u)),
+        Err(r) => *r,
+    }
+}
+
+async fn clients(State(st): State<St>) -> Response {
+    ok(st.client_infos())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewClient {
+    client_id: String,
+    client_secret: String,
+    #[serde(default)]
+    tenants: Vec<String>,
+    #[serde(default)]
+    billing: bool,
+}
+
+async fn register(State(st): State<St>, body: Bytes) -> Response {
+    let c = match parse::<NewClient>(&body) {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    if c.client_id.is_empty() || c.client_secret.is_empty() {
+        return fail(StatusCode::BAD_REQUEST, "invalid_request", "client_id and client_secret must not be empty");
+    }
+    admin_result(st.register_client(ClientRegistration::new(c.client_id, c.client_secret, c.tenants, c.billing)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Enabled {
+    enabled: bool,
+}
+
+async fn billing_access(State(st): State<St>, Path(client_id): Path<String>, body: Bytes) -> Response {
+    match parse::<Enabled>(&body) {
+        Ok(e) => admin_result(st.set_billing_access(&client_id, e.enabled)),
+        Err(r) => *r,
+    }
+}
+
+async fn grant(State(st): State<St>, Path((client_id, tenant_id)): Path<(String, String)>) -> Response {
+    admin_result(st.grant_tenant(&client_id, &tenant_id))
+}
+
+async fn withdraw(State(st): State<St>, Path((client_id, tenant_id)): Path<(String, String)>) -> Response {
+    admin_result(st.withdraw_tenant(&client_id, &tenant_id))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Revoke {
+    #[serde(default)]
+    jti: Option<String>,
+    #[serde(default)]
+    client_id: Option<String>,
+}
+
+async fn revoke(State(st): State<St>, body: Bytes) -> Response {
+    match parse::<Revoke>(&body) {
+        Ok(Revoke { jti: Some(jti), client_id: None }) => ok(json!({"revoked": usize::from(st.revoke_token(&jti))})),
+        Ok(Revoke { jti: None, client_id: Some(c) }) => {
+            if st.with_clients(|cs| cs.contains_key(&c)) {
+                ok(json!({"revoked": st.revoke_client(&c)}))
+            } else {
+                fail(StatusCode::NOT_FOUND, "unknown_client", format!("no client `{c}` is registered"))
+            }
+        }
+        Ok(_) => fail(StatusCode::BAD_REQUEST, "invalid_request", "give exactly one of jti and client_id"),
+        Err(r) => *r,
+    }
+}
+
+async fn rotate_keys(State(st): State<St>) -> Response {
+    match rotate(&st).await {
+        Ok(kid) => ok(json!({"kid": kid})),
+        Err(e) => fail(StatusCode::INTERNAL_SERVER_ERROR, "internal", e),
+    }
+}
+
+async fn faults(State(st): State<St>) -> Response {
+    ok(st.faults.list())
+}
+
+async fn inject(State(st): State<St>, body: Bytes) -> Response {
+    match parse::<Fault>(&body) {
+        Ok(f) => {
+            st.faults.add(f);
+            ok(st.faults.list())
+        }
+        Err(r) => *r,
+    }
+}
+
+async fn clear_faults(State(st): State<St>) -> StatusCode {
+    st.faults.clear();
+    StatusCode::NO_CONTENT
+}
+
+async fn event_ids(State(st): State<St>, Path(tenant_id): Path<String>) -> Response {
+    let ids = st.event_ids(&tenant_id);
+    ok(json!({"tenant_id": tenant_id, "event_ids": ids}))
+}
+
+async fn sign(State(st): State<St>, body: Bytes) -> Response {
+    match parse::<Value>(&body) {
+        Ok(claims @ Value::Object(_)) => ok(json!({"token": st.keys.sign(&claims)})),
+        Ok(_) => fail(StatusCode::BAD_REQUEST, "invalid_request", "the claims must be a JSON object"),
+        Err(r) => *r,
+    }
+}

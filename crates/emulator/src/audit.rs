@@ -1,0 +1,261 @@
+//! The audit log (PLATFORM.md section 6) and the request counters.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Why a request was refused, as the platform's audit log names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Reason {
+    /// The token lacks the scope the endpoint needs (billing write or read, device write).
+    MissingScope,
+    /// The token carries the short scope form (`billing:write`) instead of the full URN.
+    ShortScopeForm,
+    /// The token's `aud` lacks the audience the endpoint needs.
+    AudienceMissing,
+    /// The token has no `tenant_id` claim.
+    TenantClaimMissing,
+    /// `X-Tenant-ID` differs from the token's `tenant_id`.
+    TenantMismatch,
+    /// `X-Application-ID` differs from the token's `client_id` (or the token has none).
+    ApplicationMismatch,
+    /// Token and headers agree, but the client is not (or no longer) authorised for the tenant.
+    TenantNotAuthorized,
+    /// The token's `exp` has passed (or is absent).
+    TokenExpired,
+    /// The signature does not verify, or the `kid` is unknown.
+    BadSignature,
+    /// The token was revoked through the admin API.
+    TokenRevoked,
+    /// The request carried no `Authorization: Bearer` token.
+    MissingToken,
+    /// The bearer token is not a JWT at all.
+    MalformedToken,
+    /// The (tenant, client) pair is over its rate limit.
+    RateLimited,
+    /// `X-Tenant-ID` or `X-Application-ID` is missing.
+    MissingHeader,
+    /// The body or a parameter is malformed.
+    InvalidRequest,
+    /// More than 500 events or more than 1 MiB.
+    PayloadTooLarge,
+    /// Token endpoint: unknown client or wrong secret.
+    InvalidClient,
+    /// Token endpoint: a scope that does not exist.
+    InvalidScope,
+    /// Token endpoint: a grant type other than `client_credentials`.
+    UnsupportedGrantType,
+    /// An injected fault answered `503`.
+    InjectedUnavailable,
+    /// An injected fault answered `429`.
+    InjectedRateLimited,
+    /// An injected fault dropped the connection after the request was processed.
+    InjectedConnectionDrop,
+}
+
+impl Reason {
+    /// The code as the audit log writes it (`missing_scope`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MissingScope => "missing_scope",
+            Self::ShortScopeForm => "short_scope_form",
+            Self::AudienceMissing => "audience_missing",
+            Self::TenantClaimMissing => "tenant_claim_missing",
+            Self::TenantMismatch => "tenant_mismatch",
+            Self::ApplicationMismatch => "application_mismatch",
+            Self::TenantNotAuthorized => "tenant_not_authorized",
+            Self::TokenExpired => "token_expired",
+            Self::BadSignature => "bad_signature",
+            Self::TokenRevoked => "token_revoked",
+            Self::MissingToken => "missing_token",
+            Self::MalformedToken => "malformed_token",
+            Self::RateLimited => "rate_limited",
+            Self::MissingHeader => "missing_header",
+            Self::InvalidRequest => "invalid_request",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::InvalidClient => "invalid_client",
+            Self::InvalidScope => "invalid_scope",
+            Self::UnsupportedGrantType => "unsupported_grant_type",
+            Self::InjectedUnavailable => "injected_unavailable",
+            Self::InjectedRateLimited => "injected_rate_limited",
+            Self::InjectedConnectionDrop => "injected_connection_drop",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One rejected request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct AuditEntry {
+    /// Position in the log, from 1.
+    pub seq: u64,
+    /// When the request was refused.
+    pub time: DateTime<Utc>,
+    /// Method and path template (`POST /iot/api/v2/billing/events`).
+    pub endpoint: String,
+    /// The status answered (`0` when the connection was dropped without one).
+    pub status: u16,
+    /// Every problem found, in check order (all claim problems at once).
+    pub reasons: Vec<Reason>,
+    /// The client, when known (token claim, `X-Application-ID` or token request).
+    pub client_id: Option<String>,
+    /// The tenant, when known (`X-Tenant-ID` or the token's claim).
+    pub tenant_id: Option<String>,
+    /// The token's id, when a token was decoded.
+    pub jti: Option<String>,
+    /// Details in plain words (never a secret or a token).
+    pub detail: Option<String>,
+}
+
+impl AuditEntry {
+    /// Whether the entry lists this reason.
+    pub fn has(&self, reason: Reason) -> bool {
+        self.reasons.contains(&reason)
+    }
+}
+
+/// What the audit log keeps at most; older entries are dropped first.
+pub const AUDIT_CAPACITY: usize = 100_000;
+
+#[derive(Debug, Default)]
+pub(crate) struct AuditLog {
+    inner: Mutex<(u64, VecDeque<AuditEntry>)>,
+}
+
+/// What an audit entry is made of before it gets its number and time.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct AuditDraft {
+    pub endpoint: &'static str,
+    pub status: u16,
+    pub reasons: Vec<Reason>,
+    pub client_id: Option<String>,
+    pub tenant_id: Option<String>,
+    pub jti: Option<String>,
+    pub detail: Option<String>,
+}
+
+impl AuditLog {
+    pub(crate) fn record(&self, d: AuditDraft) {
+        tracing::info!(
+            endpoint = d.endpoint,
+            status = d.status,
+            reasons = ?d.reasons.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
+            client_id = d.client_id.as_deref().unwrap_or("-"),
+            tenant_id = d.tenant_id.as_deref().unwrap_or("-"),
+            "request rejected"
+        );
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        g.0 += 1;
+        let entry = AuditEntry {
+            seq: g.0,
+            time: Utc::now(),
+            endpoint: d.endpoint.to_owned(),
+            status: d.status,
+            reasons: d.reasons,
+            client_id: d.client_id,
+            tenant_id: d.tenant_id,
+            jti: d.jti,
+            detail: d.detail,
+        };
+        if g.1.len() >= AUDIT_CAPACITY {
+            g.1.pop_front();
+        }
+        g.1.push_back(entry);
+    }
+
+    pub(crate) fn entries(&self) -> Vec<AuditEntry> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).1.iter().cloned().collect()
+    }
+
+    pub(crate) fn clear(&self) {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).1.clear();
+    }
+}
+
+/// Counters since the emulator started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Counters {
+    /// Requests answered, by status (`0` for dropped connections), all endpoints.
+    pub requests_by_status: BTreeMap<u16, u64>,
+    /// Requests answered, by endpoint (`POST /iot/api/v2/billing/events`).
+    pub requests_by_endpoint: BTreeMap<String, u64>,
+    /// Rejected requests, by reason (a request with two claim problems counts for both).
+    pub rejections_by_reason: BTreeMap<Reason, u64>,
+    /// Billing events newly stored, by tenant.
+    pub events_stored: BTreeMap<String, u64>,
+    /// Billing events answered as duplicates, by tenant.
+    pub events_duplicate: BTreeMap<String, u64>,
+    /// Billing events refused inside a `202`, by tenant.
+    pub events_rejected: BTreeMap<String, u64>,
+    /// Telemetry messages accepted, by tenant.
+    pub telemetry_accepted: BTreeMap<String, u64>,
+    /// Tokens issued.
+    pub tokens_issued: u64,
+}
+
+impl Counters {
+    /// Requests answered with this status.
+    pub fn status(&self, status: u16) -> u64 {
+        self.requests_by_status.get(&status).copied().unwrap_or(0)
+    }
+    /// Rejections with this reason.
+    pub fn reason(&self, reason: Reason) -> u64 {
+        self.rejections_by_reason.get(&reason).copied().unwrap_or(0)
+    }
+    /// Events stored for this tenant.
+    pub fn stored(&self, tenant_id: &str) -> u64 {
+        self.events_stored.get(tenant_id).copied().unwrap_or(0)
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct CounterCell(Mutex<Counters>);
+
+impl CounterCell {
+    pub(crate) fn update(&self, f: impl FnOnce(&mut Counters)) {
+        f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+    pub(crate) fn snapshot(&self) -> Counters {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_serialise_as_their_codes() {
+        for r in [Reason::MissingScope, Reason::ShortScopeForm, Reason::InjectedConnectionDrop, Reason::BadSignature] {
+            assert_eq!(serde_json::to_value(r).unwrap(), serde_json::Value::from(r.as_str()));
+        }
+    }
+
+    #[test]
+    fn the_log_numbers_entries_and_is_bounded() {
+        let log = AuditLog::default();
+        log.record(AuditDraft {
+            endpoint: "x",
+            status: 401,
+            reasons: vec![Reason::MissingScope],
+            ..Default::default()
+        });
+        log.record(AuditDraft { endpoint: "y", status: 400, ..Default::default() });
+        let e = log.entries();
+        assert_eq!((e[0].seq, e[1].seq, e[1].endpoint.as_str()), (1, 2, "y"));
+        log.clear();
+        assert!(log.entries().is_empty());
+    }
+}

@@ -1,0 +1,179 @@
+//! The emulator's shared state. Locks are short and fine-grained: one mutex per tenant's
+//! event store and per rate-limit pair, never held while parsing JSON or signing.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::audit::{AuditLog, CounterCell};
+use crate::config::{ClientRegistration, EmulatorConfig};
+use crate::faults::Injector;
+use crate::keys::KeyRing;
+use crate::ratelimit::Limiter;
+
+/// Lifetimes and limits that the admin API may change at run time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settings {
+    /// Lifetime of tokens carrying a billing scope, in seconds.
+    pub billing_token_lifetime_s: u64,
+    /// Lifetime of device-only tokens, in seconds.
+    pub device_token_lifetime_s: u64,
+    /// Billing requests per (tenant, client) pair per 60 s; `None` = off.
+    pub billing_rate_per_min: Option<u32>,
+    /// Device requests per (tenant, client) pair per 60 s; `None` = off.
+    pub device_rate_per_min: Option<u32>,
+}
+
+/// A registered client as the admin API shows it (never with its secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientInfo {
+    /// The OAuth client id (= application id).
+    pub client_id: String,
+    /// Tenants the client is authorised for now.
+    pub tenants: Vec<String>,
+    /// Whether the client is registered for Billing Services now.
+    pub billing: bool,
+}
+
+pub(crate) struct Client {
+    pub reg: ClientRegistration,
+    pub tenants: BTreeSet<String>,
+    pub billing: bool,
+}
+
+/// One billing event the platform holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredEvent {
+    /// Order of arrival within the tenant, from 1.
+    pub seq: u64,
+    /// The event's id.
+    pub event_id: String,
+    /// When the platform stored it.
+    pub received_at: DateTime<Utc>,
+    /// The event in canonical JSON.
+    pub event: serde_json::Value,
+}
+
+pub(crate) struct Held {
+    pub event_id: Arc<str>,
+    pub received_at: DateTime<Utc>,
+    pub json: String,
+}
+
+#[derive(Default)]
+pub(crate) struct TenantStore {
+    pub ids: HashSet<Arc<str>>,
+    pub events: Vec<Held>,
+}
+
+#[derive(Default)]
+pub(crate) struct Tokens {
+    /// jti of every token issued, by client.
+    pub issued: HashMap<String, Vec<String>>,
+    pub revoked: HashSet<String>,
+}
+
+pub(crate) struct AppState {
+    pub issuer: String,
+    pub clients: RwLock<BTreeMap<String, Client>>,
+    pub settings: RwLock<Settings>,
+    pub keys: KeyRing,
+    pub tokens: Mutex<Tokens>,
+    pub tenants: RwLock<HashMap<String, Arc<Mutex<TenantStore>>>>,
+    /// Billing endpoints' windows.
+    pub billing_limiter: Limiter,
+    /// Device endpoints' windows.
+    pub device_limiter: Limiter,
+    pub audit: AuditLog,
+    pub counters: CounterCell,
+    pub faults: Injector,
+}
+
+fn secs(d: Duration) -> u64 {
+    d.as_secs()
+}
+
+impl AppState {
+    pub(crate) fn new(config: &EmulatorConfig, keys: KeyRing, issuer: String) -> Self {
+        let clients = config
+            .clients
+            .iter()
+            .map(|c| {
+                let client =
+                    Client { reg: c.clone(), tenants: c.tenants().iter().cloned().collect(), billing: c.billing() };
+                (c.client_id().to_owned(), client)
+            })
+            .collect();
+        Self {
+            issuer,
+            clients: RwLock::new(clients),
+            settings: RwLock::new(Settings {
+                billing_token_lifetime_s: secs(config.billing_token_lifetime),
+                device_token_lifetime_s: secs(config.device_token_lifetime),
+                billing_rate_per_min: config.billing_rate_per_min,
+                device_rate_per_min: config.device_rate_per_min,
+            }),
+            keys,
+            tokens: Mutex::new(Tokens::default()),
+            tenants: RwLock::new(HashMap::new()),
+            billing_limiter: Limiter::default(),
+            device_limiter: Limiter::default(),
+            audit: AuditLog::default(),
+            counters: CounterCell::default(),
+            faults: Injector::new(config.seed),
+        }
+    }
+
+    pub(crate) fn settings(&self) -> Settings {
+        *self.settings.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn update_settings(&self, f: impl FnOnce(&mut Settings)) -> Settings {
+        let mut s = self.settings.write().unwrap_or_else(|p| p.into_inner());
+        f(&mut s);
+        *s
+    }
+
+    pub(crate) fn with_clients<R>(&self, f: impl FnOnce(&BTreeMap<String, Client>) -> R) -> R {
+        f(&self.clients.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub(crate) fn with_clients_mut<R>(&self, f: impl FnOnce(&mut BTreeMap<String, Client>) -> R) -> R {
+        f(&mut self.clients.write().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub(crate) fn client_infos(&self) -> Vec<ClientInfo> {
+        self.with_clients(|cs| {
+            cs.values()
+                .map(|c| ClientInfo {
+                    client_id: c.reg.client_id().to_owned(),
+                    tenants: c.tenants.iter().cloned().collect(),
+                    billing: c.billing,
+                })
+                .collect()
+        })
+    }
+
+    /// Whether `client` is registered and authorised for `tenant` right now.
+    pub(crate) fn authorised(&self, client: &str, tenant: &str) -> bool {
+        self.with_clients(|cs| cs.get(client).is_some_and(|c| c.tenants.contains(tenant)))
+    }
+
+    pub(crate) fn tenant(&self, tenant: &str) -> Arc<Mutex<TenantStore>> {
+        if let Some(t) = self.tenants.read().unwrap_or_else(|p| p.into_inner()).get(tenant) {
+            return Arc::clone(t);
+        }
+        Arc::clone(self.tenants.write().unwrap_or_else(|p| p.into_inner()).entry(tenant.to_owned()).or_default())
+    }
+
+    pub(crate) fn existing_tenant(&self, tenant: &str) -> Option<Arc<Mutex<TenantStore>>> {
+        self.tenants.read().unwrap_or_else(|p| p.into_inner()).get(tenant).cloned()
+    }
+
+    pub(crate) fn tokens(&self) -> std::sync::MutexGuard<'_, Tokens> {
+        self.tokens.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}

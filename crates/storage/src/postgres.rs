@@ -1,0 +1,446 @@
+//! The PostgreSQL adapter: one database shared by a fleet of agents.
+//!
+//! Leases use `FOR UPDATE SKIP LOCKED`, so concurrent agents never block on, nor share, an
+//! event. Enqueues go through a writer task that coalesces concurrent calls into one
+//! statement (group commit), like the SQLite adapter; the other operations run directly on
+//! the pool, each in its own transaction.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use billsync_domain::{
+    Clock, DeadLetter, DeadLetterRecord, EncodedEvent, EnqueueReport, EventId, Lease, Outbox, OutboxError,
+    TenantCounts, TenantName,
+};
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Connection, PgConnection, Row as _};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::common::{EnqueuePlan, Row, count, counts_from, event_id, from_ms, leased, limit, span_ms, to_ms};
+use crate::error::{StoreError, redact_url};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Most enqueue calls coalesced into one statement.
+const MAX_GROUP_CALLS: usize = 1024;
+/// Most events in one coalesced statement.
+const MAX_GROUP_EVENTS: usize = 20_000;
+/// Most delivered rows deleted in one statement by `compact`.
+const COMPACT_CHUNK: i64 = 5_000;
+/// Room in the writer's queue before callers wait.
+const QUEUE_DEPTH: usize = 4_096;
+/// Tries of an enqueue that lost a deadlock against another agent enqueueing the same ids.
+const ENQUEUE_TRIES: usize = 3;
+
+/// The durable outbox in a PostgreSQL database, shared by a fleet of agents.
+pub struct PostgresOutbox {
+    target: String,
+    clock: Arc<dyn Clock>,
+    pool: PgPool,
+    writer: mpsc::Sender<Request>,
+}
+
+impl fmt::Debug for PostgresOutbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresOutbox")
+            .field("target", &self.target)
+            .field("clock", &self.clock)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresOutbox {
+    /// Connects to the database at `url` (`postgres://user@host:port/db`) and brings its
+    /// schema up to date (concurrent agents migrate one at a time).
+    ///
+    /// # Errors
+    /// [`OutboxError::SchemaTooNew`] when a newer billsync wrote the database (nothing is
+    /// changed then); [`OutboxError::Storage`] when the URL is invalid or the server cannot
+    /// be reached (the message names the server, never the password).
+    pub async fn connect(url: &str, clock: Arc<dyn Clock>) -> Result<Self, OutboxError> {
+        Ok(Self::try_connect(url, clock).await?)
+    }
+
+    async fn try_connect(url: &str, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|e| StoreError::InvalidUrl { url: redact_url(url), reason: e.to_string() })?;
+        let target = format!(
+            "postgres://{}@{}:{}/{}",
+            options.get_username(),
+            options.get_host(),
+            options.get_port(),
+            options.get_database().unwrap_or_default()
+        );
+        // One connection first, so that an unreachable server fails at once and clearly
+        // rather than after the pool's retries.
+        let probe = PgConnection::connect_with(&options)
+            .await
+            .map_err(|e| StoreError::Connect { target: target.clone(), source: e })?;
+        probe.close().await?;
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .map_err(|e| StoreError::Connect { target: target.clone(), source: e })?;
+        migrate(&pool).await?;
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        tokio::spawn(writer_loop(pool.clone(), rx, Arc::clone(&clock)));
+        Ok(Self { target, clock, pool, writer: tx })
+    }
+
+    fn now_ms(&self) -> i64 {
+        to_ms(self.clock.now())
+    }
+}
+
+async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
+    let supported = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+    match MIGRATOR.run(pool).await {
+        Ok(()) => Ok(()),
+        Err(sqlx::migrate::MigrateError::VersionMissing(v)) => {
+            let found: Option<i64> =
+                sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations").fetch_one(pool).await?;
+            Err(StoreError::SchemaTooNew { found: found.unwrap_or(v).max(v), supported })
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+// ---------------------------------------------------------------- enqueue writer
+
+struct Request {
+    tenant: TenantName,
+    events: Vec<EncodedEvent>,
+    reply: oneshot::Sender<Result<EnqueueReport, OutboxError>>,
+}
+
+async fn writer_loop(pool: PgPool, mut rx: mpsc::Receiver<Request>, clock: Arc<dyn Clock>) {
+    while let Some(first) = rx.recv().await {
+        let mut weight = first.events.len();
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP_CALLS && weight < MAX_GROUP_EVENTS {
+            match rx.try_recv() {
+                Ok(next) => {
+                    weight += next.events.len();
+                    group.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        let now = to_ms(clock.now());
+        let calls: Vec<(&TenantName, &[EncodedEvent])> = group.iter().map(|r| (&r.tenant, &r.events[..])).collect();
+        let results = match enqueue_calls(&pool, &calls, now).await {
+            Ok(reports) => reports.into_iter().map(Ok).collect(),
+            Err(e) if group.len() == 1 => vec![Err(e.into())],
+            Err(e) => {
+                tracing::debug!(error = %e, calls = group.len(), "coalesced enqueue failed; running calls one by one");
+                let mut results = Vec::with_capacity(calls.len());
+                for call in &calls {
+                    results.push(
+                        enqueue_calls(&pool, std::slice::from_ref(call), now)
+                            .await
+                            .map_err(OutboxError::from)
+                            .and_then(|mut r| r.pop().ok_or_else(|| OutboxError::Storage("no answer".into()))),
+                    );
+                }
+                results
+            }
+        };
+        drop(calls);
+        for (request, result) in group.into_iter().zip(results) {
+            let _ = request.reply.send(result);
+        }
+    }
+}
+
+/// Stores the calls' events in one statement (atomic by itself), retrying deadlocks.
+async fn enqueue_calls(
+    pool: &PgPool,
+    calls: &[(&TenantName, &[EncodedEvent])],
+    now: i64,
+) -> Result<Vec<EnqueueReport>, StoreError> {
+    let plan = EnqueuePlan::new(calls.iter().copied());
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match insert_rows(pool, plan.rows(), now).await {
+            Ok(inserted) => return Ok(plan.reports(&inserted)),
+            Err(e) if tries < ENQUEUE_TRIES && is_retryable(&e) => {
+                tracing::debug!(error = %e, "enqueue lost a deadlock; trying again");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn is_retryable(e: &StoreError) -> bool {
+    match e {
+        StoreError::Driver(sqlx::Error::Database(db)) => matches!(db.code().as_deref(), Some("40P01" | "40001")),
+        _ => false,
+    }
+}
+
+async fn insert_rows(pool: &PgPool, rows: &[Row<'_>], now: i64) -> Result<HashSet<(String, String)>, StoreError> {
+    if rows.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let tenants: Vec<&str> = rows.iter().map(|r| r.tenant).collect();
+    let ids: Vec<&str> = rows.iter().map(|r| r.event_id).collect();
+    let bodies: Vec<&str> = rows.iter().map(|r| r.body).collect();
+    let returned = sqlx::query(
+        "INSERT INTO events (tenant, event_id, body, state, enqueued_at, due_at) \
+         SELECT u.tenant, u.event_id, u.body, 0, $4, $4 \
+         FROM UNNEST($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS u(tenant, event_id, body, ord) \
+         ORDER BY u.ord \
+         ON CONFLICT (tenant, event_id) DO NOTHING \
+         RETURNING tenant, event_id",
+    )
+    .bind(tenants)
+    .bind(ids)
+    .bind(bodies)
+    .bind(now)
+    .fetch_all(pool)
+    .await?;
+    returned.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+}
+
+fn dead_letter_record(row: &PgRow) -> Result<DeadLetterRecord, StoreError> {
+    let tenant: String = row.try_get(0)?;
+    let attempts: i32 = row.try_get(4)?;
+    Ok(DeadLetterRecord {
+        tenant: TenantName::parse(tenant).map_err(|e| StoreError::corrupt("tenant", e))?,
+        event_id: event_id(row.try_get(1)?)?,
+        code: row.try_get::<Option<String>, _>(2)?.unwrap_or_default(),
+        message: row.try_get::<Option<String>, _>(3)?.unwrap_or_default(),
+        attempts: u32::try_from(attempts).unwrap_or(0),
+        dead_at: from_ms(row.try_get::<Option<i64>, _>(5)?.unwrap_or(0))?,
+    })
+}
+
+impl PostgresOutbox {
+    async fn try_lease(
+        &self,
+        tenant: &TenantName,
+        max: usize,
+        lease_for: Duration,
+    ) -> Result<Option<Lease>, StoreError> {
+        let now = self.now_ms();
+        let mut tx = self.pool.begin().await?;
+        // Expired leases go back to pending, keeping their place (due_at) in the queue; rows
+        // another agent is reclaiming right now are skipped, not waited for.
+        sqlx::query(
+            "UPDATE events SET state = 0, lease_id = NULL, lease_expires_at = NULL WHERE seq IN \
+             (SELECT seq FROM events WHERE tenant = $1 AND state = 1 AND lease_expires_at <= $2 \
+              FOR UPDATE SKIP LOCKED)",
+        )
+        .bind(tenant.as_str())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let id = uuid::Uuid::now_v7().to_string();
+        let expires_at = now.saturating_add(span_ms(lease_for));
+        let rows = sqlx::query(
+            "WITH picked AS (SELECT seq FROM events WHERE tenant = $1 AND state = 0 AND due_at <= $2 \
+                             ORDER BY due_at, seq LIMIT $5 FOR UPDATE SKIP LOCKED) \
+             UPDATE events e SET state = 1, lease_id = $3, lease_expires_at = $4 FROM picked \
+             WHERE e.seq = picked.seq RETURNING e.seq, e.due_at, e.event_id, e.body",
+        )
+        .bind(tenant.as_str())
+        .bind(now)
+        .bind(&id)
+        .bind(expires_at)
+        .bind(limit(max))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        leased(tenant, id, expires_at, rows, |r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
+    }
+
+    async fn try_counts(&self, tenant: &TenantName) -> Result<TenantCounts, StoreError> {
+        let row = sqlx::query(
+            "SELECT \
+             count(*) FILTER (WHERE state = 0), \
+             count(*) FILTER (WHERE state = 1 AND lease_expires_at > $2), \
+             count(*) FILTER (WHERE state = 1 AND lease_expires_at <= $2), \
+             count(*) FILTER (WHERE state = 2), \
+             count(*) FILTER (WHERE state = 3), \
+             min(enqueued_at) FILTER (WHERE state = 0), \
+             min(enqueued_at) FILTER (WHERE state = 1 AND lease_expires_at <= $2), \
+             min(due_at) FILTER (WHERE state = 0 AND due_at > $2) \
+             FROM events WHERE tenant = $1",
+        )
+        .bind(tenant.as_str())
+        .bind(self.now_ms())
+        .fetch_one(&self.pool)
+        .await?;
+        counts_from(|i| row.try_get::<Option<i64>, _>(i))
+    }
+
+    async fn try_dead_letters(&self, tenant: Option<TenantName>) -> Result<Vec<DeadLetterRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT tenant, event_id, dead_code, dead_message, attempts, dead_at FROM events \
+             WHERE state = 3 AND ($1::text IS NULL OR tenant = $1) ORDER BY dead_at, seq",
+        )
+        .bind(tenant.as_ref().map(TenantName::as_str))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(dead_letter_record).collect()
+    }
+
+    async fn try_compact(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let mut total = 0;
+        loop {
+            // Each chunk is its own short transaction; inserts never wait on it.
+            let n = sqlx::query(
+                "DELETE FROM events WHERE seq IN \
+                 (SELECT seq FROM events WHERE state = 2 AND delivered_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            )
+            .bind(to_ms(before))
+            .bind(COMPACT_CHUNK)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            total += n;
+            if n < count(COMPACT_CHUNK) {
+                return Ok(total);
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Outbox for PostgresOutbox {
+    async fn enqueue(&self, tenant: &TenantName, events: &[EncodedEvent]) -> Result<EnqueueReport, OutboxError> {
+        if events.is_empty() {
+            return Ok(EnqueueReport::default());
+        }
+        let (reply, answer) = oneshot::channel();
+        let request = Request { tenant: tenant.clone(), events: events.to_vec(), reply };
+        self.writer.send(request).await.map_err(|_| StoreError::WriterGone)?;
+        answer.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    async fn lease(&self, tenant: &TenantName, max: usize, lease_for: Duration) -> Result<Option<Lease>, OutboxError> {
+        if max == 0 {
+            return Ok(None);
+        }
+        Ok(self.try_lease(tenant, max, lease_for).await?)
+    }
+
+    async fn ack(&self, lease: &Lease, delivered: &[EventId]) -> Result<(), OutboxError> {
+        if delivered.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&str> = delivered.iter().map(EventId::as_str).collect();
+        sqlx::query(
+            "UPDATE events SET state = 2, delivered_at = $2, lease_id = NULL, lease_expires_at = NULL \
+             WHERE tenant = $1 AND event_id = ANY($3) AND state IN (0, 1)",
+        )
+        .bind(lease.tenant.as_str())
+        .bind(self.now_ms())
+        .bind(ids)
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::from)?;
+        Ok(())
+    }
+
+    async fn nack(&self, lease: &Lease, retry_at: DateTime<Utc>) -> Result<(), OutboxError> {
+        sqlx::query(
+            "UPDATE events SET state = 0, attempts = attempts + 1, due_at = $3, lease_id = NULL, \
+             lease_expires_at = NULL WHERE lease_id = $2 AND state = 1 AND tenant = $1",
+        )
+        .bind(lease.tenant.as_str())
+        .bind(lease.id.as_str())
+        .bind(to_ms(retry_at))
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::from)?;
+        Ok(())
+    }
+
+    async fn dead_letter(&self, lease: &Lease, items: &[DeadLetter]) -> Result<(), OutboxError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&str> = items.iter().map(|d| d.event_id.as_str()).collect();
+        let codes: Vec<&str> = items.iter().map(|d| d.code.as_str()).collect();
+        let messages: Vec<&str> = items.iter().map(|d| d.message.as_str()).collect();
+        sqlx::query(
+            "UPDATE events e SET state = 3, attempts = e.attempts + 1, dead_code = d.code, \
+             dead_message = d.message, dead_at = $5, lease_id = NULL, lease_expires_at = NULL \
+             FROM UNNEST($2::text[], $3::text[], $4::text[]) AS d(event_id, code, message) \
+             WHERE e.tenant = $1 AND e.event_id = d.event_id AND e.state IN (0, 1)",
+        )
+        .bind(lease.tenant.as_str())
+        .bind(ids)
+        .bind(codes)
+        .bind(messages)
+        .bind(self.now_ms())
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::from)?;
+        Ok(())
+    }
+
+    async fn requeue(&self, tenant: &TenantName, ids: Option<Vec<EventId>>) -> Result<u64, OutboxError> {
+        let ids: Option<Vec<String>> = ids.map(|ids| ids.into_iter().map(String::from).collect());
+        let done = sqlx::query(
+            "UPDATE events SET state = 0, due_at = $2, dead_code = NULL, dead_message = NULL, dead_at = NULL \
+             WHERE tenant = $1 AND state = 3 AND ($3::text[] IS NULL OR event_id = ANY($3))",
+        )
+        .bind(tenant.as_str())
+        .bind(self.now_ms())
+        .bind(ids)
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::from)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn counts(&self, tenant: &TenantName) -> Result<TenantCounts, OutboxError> {
+        Ok(self.try_counts(tenant).await?)
+    }
+
+    async fn dead_letters(&self, tenant: Option<TenantName>) -> Result<Vec<DeadLetterRecord>, OutboxError> {
+        Ok(self.try_dead_letters(tenant).await?)
+    }
+
+    async fn compact(&self, before: DateTime<Utc>) -> Result<u64, OutboxError> {
+        Ok(self.try_compact(before).await?)
+    }
+
+    async fn claim_tenant(&self, tenant: &TenantName, agent: &str, ttl: Duration) -> Result<bool, OutboxError> {
+        let now = self.now_ms();
+        let row = sqlx::query(
+            "INSERT INTO tenant_claims (tenant, holder, expires_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (tenant) DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at \
+             WHERE tenant_claims.holder = EXCLUDED.holder OR tenant_claims.expires_at <= $4 \
+             RETURNING holder",
+        )
+        .bind(tenant.as_str())
+        .bind(agent)
+        .bind(now.saturating_add(span_ms(ttl)))
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::from)?;
+        Ok(row.is_some())
+    }
+
+    async fn release_tenant(&self, tenant: &TenantName, agent: &str) -> Result<(), OutboxError> {
+        sqlx::query("DELETE FROM tenant_claims WHERE tenant = $1 AND holder = $2")
+            .bind(tenant.as_str())
+            .bind(agent)
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::from)?;
+        Ok(())
+    }
+}

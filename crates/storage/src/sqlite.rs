@@ -1,0 +1,629 @@
+//! The SQLite adapter: the embedded default, one file per agent.
+//!
+//! Every write goes through one writer task that owns one connection. It drains whatever
+//! callers have queued, runs it all in one `BEGIN IMMEDIATE` transaction and commits once:
+//! group commit, so that durable throughput is not bounded by the disk's fsync rate. Each
+//! caller gets its own answer, exactly as if the operations had run one after the other; if
+//! anything in a group fails, the group is rolled back and each operation is run again on
+//! its own, so that a failure (such as a full disk) is reported only to the call it belongs
+//! to, and nothing of that call is stored. Reads (`counts`, `dead_letters`) use a small pool
+//! of read connections, which WAL lets run beside the writer.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use billsync_domain::{
+    Clock, DeadLetter, DeadLetterRecord, EncodedEvent, EnqueueReport, EventId, Lease, Outbox, OutboxError,
+    TenantCounts, TenantName,
+};
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::sqlite::{SqliteRow, SqliteSynchronous};
+use sqlx::{Connection, Executor as _, Row as _};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::common::{EnqueuePlan, Row, count, counts_from, event_id, from_ms, leased, limit, span_ms, to_ms};
+use crate::error::StoreError;
+
+/// A boxed `Send` future.
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// Most operations committed in one group.
+const MAX_GROUP_OPS: usize = 1024;
+/// Most events enqueued in one group (further callers wait for the next commit).
+const MAX_GROUP_EVENTS: usize = 20_000;
+/// Most rows in one `INSERT` statement.
+const INSERT_CHUNK: usize = 5_000;
+/// Most delivered rows deleted in one transaction by `compact`.
+const COMPACT_CHUNK: i64 = 2_000;
+/// Room in the writer's queue before callers wait.
+const QUEUE_DEPTH: usize = 4_096;
+/// How long to wait for another process's write lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+/// SQLite's default page size, used to turn a byte limit into pages.
+const PAGE_SIZE: u64 = 4_096;
+
+/// Options of a SQLite outbox beyond its path.
+#[derive(Debug, Clone, Default)]
+pub struct SqliteOptions {
+    max_size_bytes: Option<u64>,
+}
+
+impl SqliteOptions {
+    /// The defaults: no size limit but the disk's.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Caps the database file at about `bytes` (SQLite's `max_page_count`): an enqueue that
+    /// would grow it further fails with [`OutboxError::Full`] and stores nothing.
+    pub fn max_size_bytes(mut self, bytes: u64) -> Self {
+        self.max_size_bytes = Some(bytes);
+        self
+    }
+}
+
+/// The durable outbox in one SQLite file (WAL, `synchronous=FULL`).
+///
+/// Cheap to share behind an `Arc`; dropping the last handle lets the writer finish what is
+/// queued and close the file.
+pub struct SqliteOutbox {
+    path: PathBuf,
+    clock: Arc<dyn Clock>,
+    writer: mpsc::Sender<Request>,
+    reader: SqlitePool,
+}
+
+impl fmt::Debug for SqliteOutbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteOutbox").field("path", &self.path).field("clock", &self.clock).finish_non_exhaustive()
+    }
+}
+
+impl SqliteOutbox {
+    /// Opens the outbox at `path`, creating the file if missing and bringing its schema up
+    /// to date.
+    ///
+    /// # Errors
+    /// [`OutboxError::SchemaTooNew`] when a newer billsync wrote the file (nothing is
+    /// changed then); [`OutboxError::Full`] when there is no room to create or migrate it;
+    /// [`OutboxError::Storage`] when it cannot be opened (not a database, no permission).
+    pub async fn open(path: &Path, clock: Arc<dyn Clock>) -> Result<Self, OutboxError> {
+        Self::open_with(path, clock, SqliteOptions::default()).await
+    }
+
+    /// Opens the outbox at `path` with `options`.
+    ///
+    /// # Errors
+    /// As [`SqliteOutbox::open`].
+    pub async fn open_with(path: &Path, clock: Arc<dyn Clock>, options: SqliteOptions) -> Result<Self, OutboxError> {
+        Ok(Self::try_open(path, clock, options).await?)
+    }
+
+    async fn try_open(path: &Path, clock: Arc<dyn Clock>, options: SqliteOptions) -> Result<Self, StoreError> {
+        let mut connect = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(BUSY_TIMEOUT)
+            .statement_cache_capacity(256);
+        if let Some(bytes) = options.max_size_bytes {
+            connect = connect.pragma("max_page_count", (bytes / PAGE_SIZE).max(1).to_string());
+        }
+        let mut conn = SqliteConnection::connect_with(&connect).await?;
+        if let Err(e) = migrate(&mut conn).await {
+            let _ = conn.close().await;
+            return Err(e);
+        }
+        let reader =
+            SqlitePoolOptions::new().max_connections(4).min_connections(0).connect_with(connect.clone()).await?;
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        tokio::spawn(writer_loop(conn, rx, Arc::clone(&clock)));
+        Ok(Self { path: path.to_owned(), clock, writer: tx, reader })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn now_ms(&self) -> i64 {
+        to_ms(self.clock.now())
+    }
+
+    async fn call(&self, op: Op) -> Result<Out, OutboxError> {
+        let (reply, answer) = oneshot::channel();
+        self.writer.send(Request { op, reply }).await.map_err(|_| StoreError::WriterGone)?;
+        answer.await.map_err(|_| StoreError::WriterGone)?
+    }
+}
+
+/// Applies the embedded migrations, refusing a database written by a newer schema.
+async fn migrate(conn: &mut SqliteConnection) -> Result<(), StoreError> {
+    let supported = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+    match MIGRATOR.run(&mut *conn).await {
+        Ok(()) => Ok(()),
+        Err(sqlx::migrate::MigrateError::VersionMissing(v)) => {
+            let found: Option<i64> =
+                sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations").fetch_one(&mut *conn).await?;
+            Err(StoreError::SchemaTooNew { found: found.unwrap_or(v).max(v), supported })
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+// ---------------------------------------------------------------- the writer
+
+/// One write, as the writer runs it (owned, so it can be run again after a failed group).
+#[derive(Debug)]
+enum Op {
+    Enqueue { tenant: TenantName, events: Vec<EncodedEvent> },
+    Lease { tenant: TenantName, max: i64, lease_ms: i64 },
+    Ack { tenant: String, ids: Vec<String> },
+    Nack { tenant: String, lease: String, retry_at: i64 },
+    DeadLetter { tenant: String, items: Vec<DeadLetter> },
+    Requeue { tenant: String, ids: Option<Vec<String>> },
+    CompactChunk { before: i64 },
+    Claim { tenant: String, agent: String, ttl_ms: i64 },
+    Release { tenant: String, agent: String },
+}
+
+impl Op {
+    fn weight(&self) -> usize {
+        match self {
+            Op::Enqueue { events, .. } => events.len(),
+            _ => 1,
+        }
+    }
+}
+
+/// A write's answer.
+#[derive(Debug)]
+enum Out {
+    Enqueued(EnqueueReport),
+    Leased(Option<Lease>),
+    Count(u64),
+    Claimed(bool),
+    Done,
+}
+
+struct Request {
+    op: Op,
+    reply: oneshot::Sender<Result<Out, OutboxError>>,
+}
+
+async fn writer_loop(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Request>, clock: Arc<dyn Clock>) {
+    while let Some(first) = rx.recv().await {
+        let mut weight = first.op.weight();
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP_OPS && weight < MAX_GROUP_EVENTS {
+            match rx.try_recv() {
+                Ok(next) => {
+                    weight += next.op.weight();
+                    group.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        let ops: Vec<&Op> = group.iter().map(|r| &r.op).collect();
+        let results = run_group(&mut conn, &ops, to_ms(clock.now())).await;
+        tracing::trace!(ops = ops.len(), events = weight, "outbox group committed");
+        for (request, result) in group.into_iter().zip(results) {
+            // A caller that stopped waiting no longer needs the answer.
+            let _ = request.reply.send(result);
+        }
+    }
+    if let Err(e) = conn.close().await {
+        tracing::warn!(error = %e, "closing the outbox writer connection failed");
+    }
+}
+
+/// Runs a group in one transaction; after any failure, each operation on its own.
+async fn run_group(conn: &mut SqliteConnection, ops: &[&Op], now: i64) -> Vec<Result<Out, OutboxError>> {
+    match run_in_transaction(conn, ops, now).await {
+        Ok(outs) => outs.into_iter().map(Ok).collect(),
+        Err(e) if ops.len() == 1 => vec![Err(e.into())],
+        Err(e) => {
+            tracing::debug!(error = %e, ops = ops.len(), "outbox group failed; running its operations one by one");
+            let mut results = Vec::with_capacity(ops.len());
+            for op in ops {
+                results.push(
+                    run_in_transaction(conn, std::slice::from_ref(op), now)
+                        .await
+                        .map_err(OutboxError::from)
+                        .and_then(|mut outs| outs.pop().ok_or_else(|| OutboxError::Storage("no answer".into()))),
+                );
+            }
+            results
+        }
+    }
+}
+
+/// Boxed to give the future a `Send` bound the compiler can prove for any lifetime (a
+/// known limitation with sqlx executors in spawned tasks).
+fn run_in_transaction<'a>(
+    conn: &'a mut SqliteConnection,
+    ops: &'a [&'a Op],
+    now: i64,
+) -> BoxFuture<'a, Result<Vec<Out>, StoreError>> {
+    Box::pin(async move {
+        conn.execute("BEGIN IMMEDIATE").await?;
+        let result = match exec_all(conn, ops, now).await {
+            Ok(outs) => conn.execute("COMMIT").await.map(|_| outs).map_err(StoreError::from),
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            // SQLite may already have rolled back (SQLITE_FULL can do that): then this fails
+            // harmlessly.
+            let _ = conn.execute("ROLLBACK").await;
+        }
+        result
+    })
+}
+
+/// Runs operations in order inside the open transaction; consecutive enqueues share one
+/// insert.
+fn exec_all<'a>(
+    conn: &'a mut SqliteConnection,
+    ops: &'a [&'a Op],
+    now: i64,
+) -> BoxFuture<'a, Result<Vec<Out>, StoreError>> {
+    Box::pin(async move {
+        let mut outs = Vec::with_capacity(ops.len());
+        let mut i = 0;
+        while i < ops.len() {
+            let run = ops[i..].iter().take_while(|op| matches!(op, Op::Enqueue { .. })).count();
+            if run > 0 {
+                let calls = ops[i..i + run].iter().filter_map(|op| match op {
+                    Op::Enqueue { tenant, events } => Some((tenant, &events[..])),
+                    _ => None,
+                });
+                let plan = EnqueuePlan::new(calls);
+                let inserted = insert_rows(conn, plan.rows(), now).await?;
+                outs.extend(plan.reports(&inserted).into_iter().map(Out::Enqueued));
+                i += run;
+            } else {
+                outs.push(exec_one(conn, ops[i], now).await?);
+                i += 1;
+            }
+        }
+        Ok(outs)
+    })
+}
+
+/// Inserts new rows, skipping those already stored; returns the (tenant, event_id) pairs
+/// it stored.
+async fn insert_rows(
+    conn: &mut SqliteConnection,
+    rows: &[Row<'_>],
+    now: i64,
+) -> Result<HashSet<(String, String)>, StoreError> {
+    let mut inserted = HashSet::with_capacity(rows.len());
+    for chunk in rows.chunks(INSERT_CHUNK) {
+        // The whole chunk is one bound parameter: a JSON array of [tenant, event_id, body].
+        let triples: Vec<[&str; 3]> = chunk.iter().map(|r| [r.tenant, r.event_id, r.body]).collect();
+        let json = serde_json::to_string(&triples).map_err(|e| StoreError::corrupt("event", e))?;
+        let returned = sqlx::query(
+            "INSERT INTO events (tenant, event_id, body, state, enqueued_at, due_at) \
+             SELECT value ->> 0, value ->> 1, value ->> 2, 0, ?2, ?2 FROM json_each(?1) WHERE true ORDER BY key \
+             ON CONFLICT (tenant, event_id) DO NOTHING \
+             RETURNING tenant, event_id",
+        )
+        .bind(json)
+        .bind(now)
+        .fetch_all(&mut *conn)
+        .await?;
+        for row in returned {
+            inserted.insert((row.try_get(0)?, row.try_get(1)?));
+        }
+    }
+    Ok(inserted)
+}
+
+async fn exec_one(conn: &mut SqliteConnection, op: &Op, now: i64) -> Result<Out, StoreError> {
+    match op {
+        Op::Enqueue { .. } => Err(StoreError::corrupt("operation", "enqueue outside a run")),
+        Op::Lease { tenant, max, lease_ms } => lease(conn, tenant, *max, *lease_ms, now).await.map(Out::Leased),
+        Op::Ack { tenant, ids } => {
+            let ids = serde_json::to_string(ids).map_err(|e| StoreError::corrupt("event_id", e))?;
+            sqlx::query(
+                "UPDATE events SET state = 2, delivered_at = ?2, lease_id = NULL, lease_expires_at = NULL \
+                 WHERE tenant = ?1 AND state IN (0, 1) AND event_id IN (SELECT value FROM json_each(?3))",
+            )
+            .bind(tenant)
+            .bind(now)
+            .bind(ids)
+            .execute(&mut *conn)
+            .await?;
+            Ok(Out::Done)
+        }
+        Op::Nack { tenant, lease, retry_at } => {
+            sqlx::query(
+                "UPDATE events SET state = 0, attempts = attempts + 1, due_at = ?3, lease_id = NULL, \
+                 lease_expires_at = NULL WHERE lease_id = ?2 AND state = 1 AND tenant = ?1",
+            )
+            .bind(tenant)
+            .bind(lease)
+            .bind(retry_at)
+            .execute(&mut *conn)
+            .await?;
+            Ok(Out::Done)
+        }
+        Op::DeadLetter { tenant, items } => {
+            for item in items {
+                sqlx::query(
+                    "UPDATE events SET state = 3, attempts = attempts + 1, dead_code = ?3, dead_message = ?4, \
+                     dead_at = ?5, lease_id = NULL, lease_expires_at = NULL \
+                     WHERE tenant = ?1 AND event_id = ?2 AND state IN (0, 1)",
+                )
+                .bind(tenant)
+                .bind(item.event_id.as_str())
+                .bind(&item.code)
+                .bind(&item.message)
+                .bind(now)
+                .execute(&mut *conn)
+                .await?;
+            }
+            Ok(Out::Done)
+        }
+        Op::Requeue { tenant, ids } => {
+            let done = match ids {
+                None => {
+                    sqlx::query(
+                        "UPDATE events SET state = 0, due_at = ?2, dead_code = NULL, dead_message = NULL, \
+                         dead_at = NULL WHERE tenant = ?1 AND state = 3",
+                    )
+                    .bind(tenant)
+                    .bind(now)
+                    .execute(&mut *conn)
+                    .await?
+                }
+                Some(ids) => {
+                    let ids = serde_json::to_string(ids).map_err(|e| StoreError::corrupt("event_id", e))?;
+                    sqlx::query(
+                        "UPDATE events SET state = 0, due_at = ?2, dead_code = NULL, dead_message = NULL, \
+                         dead_at = NULL WHERE tenant = ?1 AND state = 3 \
+                         AND event_id IN (SELECT value FROM json_each(?3))",
+                    )
+                    .bind(tenant)
+                    .bind(now)
+                    .bind(ids)
+                    .execute(&mut *conn)
+                    .await?
+                }
+            };
+            Ok(Out::Count(done.rows_affected()))
+        }
+        Op::CompactChunk { before } => {
+            let done = sqlx::query(
+                "DELETE FROM events WHERE seq IN \
+                 (SELECT seq FROM events WHERE state = 2 AND delivered_at < ?1 LIMIT ?2)",
+            )
+            .bind(before)
+            .bind(COMPACT_CHUNK)
+            .execute(&mut *conn)
+            .await?;
+            Ok(Out::Count(done.rows_affected()))
+        }
+        Op::Claim { tenant, agent, ttl_ms } => {
+            let row = sqlx::query(
+                "INSERT INTO tenant_claims (tenant, holder, expires_at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (tenant) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
+                 WHERE tenant_claims.holder = excluded.holder OR tenant_claims.expires_at <= ?4 \
+                 RETURNING holder",
+            )
+            .bind(tenant)
+            .bind(agent)
+            .bind(now.saturating_add(*ttl_ms))
+            .bind(now)
+            .fetch_optional(&mut *conn)
+            .await?;
+            Ok(Out::Claimed(row.is_some()))
+        }
+        Op::Release { tenant, agent } => {
+            sqlx::query("DELETE FROM tenant_claims WHERE tenant = ?1 AND holder = ?2")
+                .bind(tenant)
+                .bind(agent)
+                .execute(&mut *conn)
+                .await?;
+            Ok(Out::Done)
+        }
+    }
+}
+
+async fn lease(
+    conn: &mut SqliteConnection,
+    tenant: &TenantName,
+    max: i64,
+    lease_ms: i64,
+    now: i64,
+) -> Result<Option<Lease>, StoreError> {
+    // Expired leases first go back to pending, keeping their place (due_at) in the queue.
+    sqlx::query(
+        "UPDATE events SET state = 0, lease_id = NULL, lease_expires_at = NULL \
+         WHERE tenant = ?1 AND state = 1 AND lease_expires_at <= ?2",
+    )
+    .bind(tenant.as_str())
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    let id = uuid::Uuid::now_v7().to_string();
+    let expires_at = now.saturating_add(lease_ms);
+    let rows = sqlx::query(
+        "UPDATE events SET state = 1, lease_id = ?3, lease_expires_at = ?4 WHERE seq IN \
+         (SELECT seq FROM events WHERE tenant = ?1 AND state = 0 AND due_at <= ?2 ORDER BY due_at, seq LIMIT ?5) \
+         RETURNING seq, due_at, event_id, body",
+    )
+    .bind(tenant.as_str())
+    .bind(now)
+    .bind(&id)
+    .bind(expires_at)
+    .bind(max)
+    .fetch_all(&mut *conn)
+    .await?;
+    leased(tenant, id, expires_at, rows, |r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
+}
+
+fn unexpected(out: Out) -> OutboxError {
+    OutboxError::Storage(format!("the outbox writer gave an unexpected answer: {out:?}"))
+}
+
+fn dead_letter_record(row: &SqliteRow) -> Result<DeadLetterRecord, StoreError> {
+    let tenant: String = row.try_get(0)?;
+    let attempts: i64 = row.try_get(4)?;
+    Ok(DeadLetterRecord {
+        tenant: TenantName::parse(tenant).map_err(|e| StoreError::corrupt("tenant", e))?,
+        event_id: event_id(row.try_get(1)?)?,
+        code: row.try_get::<Option<String>, _>(2)?.unwrap_or_default(),
+        message: row.try_get::<Option<String>, _>(3)?.unwrap_or_default(),
+        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+        dead_at: from_ms(row.try_get::<Option<i64>, _>(5)?.unwrap_or(0))?,
+    })
+}
+
+#[async_trait]
+impl Outbox for SqliteOutbox {
+    async fn enqueue(&self, tenant: &TenantName, events: &[EncodedEvent]) -> Result<EnqueueReport, OutboxError> {
+        if events.is_empty() {
+            return Ok(EnqueueReport::default());
+        }
+        match self.call(Op::Enqueue { tenant: tenant.clone(), events: events.to_vec() }).await? {
+            Out::Enqueued(report) => Ok(report),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn lease(&self, tenant: &TenantName, max: usize, lease_for: Duration) -> Result<Option<Lease>, OutboxError> {
+        if max == 0 {
+            return Ok(None);
+        }
+        let op = Op::Lease { tenant: tenant.clone(), max: limit(max), lease_ms: span_ms(lease_for) };
+        match self.call(op).await? {
+            Out::Leased(lease) => Ok(lease),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn ack(&self, lease: &Lease, delivered: &[EventId]) -> Result<(), OutboxError> {
+        if delivered.is_empty() {
+            return Ok(());
+        }
+        let ids = delivered.iter().map(|id| id.as_str().to_owned()).collect();
+        self.call(Op::Ack { tenant: lease.tenant.as_str().to_owned(), ids }).await.map(drop)
+    }
+
+    async fn nack(&self, lease: &Lease, retry_at: DateTime<Utc>) -> Result<(), OutboxError> {
+        let op = Op::Nack {
+            tenant: lease.tenant.as_str().to_owned(),
+            lease: lease.id.as_str().to_owned(),
+            retry_at: to_ms(retry_at),
+        };
+        self.call(op).await.map(drop)
+    }
+
+    async fn dead_letter(&self, lease: &Lease, items: &[DeadLetter]) -> Result<(), OutboxError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        self.call(Op::DeadLetter { tenant: lease.tenant.as_str().to_owned(), items: items.to_vec() }).await.map(drop)
+    }
+
+    async fn requeue(&self, tenant: &TenantName, ids: Option<Vec<EventId>>) -> Result<u64, OutboxError> {
+        let ids = ids.map(|ids| ids.into_iter().map(String::from).collect());
+        match self.call(Op::Requeue { tenant: tenant.as_str().to_owned(), ids }).await? {
+            Out::Count(n) => Ok(n),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn counts(&self, tenant: &TenantName) -> Result<TenantCounts, OutboxError> {
+        let now = self.now_ms();
+        let row = sqlx::query(
+            "SELECT \
+             (SELECT count(*) FROM events WHERE tenant = ?1 AND state = 0), \
+             (SELECT count(*) FROM events WHERE tenant = ?1 AND state = 1 AND lease_expires_at > ?2), \
+             (SELECT count(*) FROM events WHERE tenant = ?1 AND state = 1 AND lease_expires_at <= ?2), \
+             (SELECT count(*) FROM events WHERE tenant = ?1 AND state = 2), \
+             (SELECT count(*) FROM events WHERE tenant = ?1 AND state = 3), \
+             (SELECT min(enqueued_at) FROM events WHERE tenant = ?1 AND state = 0), \
+             (SELECT min(enqueued_at) FROM events WHERE tenant = ?1 AND state = 1 AND lease_expires_at <= ?2), \
+             (SELECT min(due_at) FROM events WHERE tenant = ?1 AND state = 0 AND due_at > ?2)",
+        )
+        .bind(tenant.as_str())
+        .bind(now)
+        .fetch_one(&self.reader)
+        .await
+        .map_err(StoreError::from)?;
+        counts_from(|i| row.try_get::<Option<i64>, _>(i)).map_err(OutboxError::from)
+    }
+
+    async fn dead_letters(&self, tenant: Option<TenantName>) -> Result<Vec<DeadLetterRecord>, OutboxError> {
+        const COLUMNS: &str = "SELECT tenant, event_id, dead_code, dead_message, attempts, dead_at FROM events";
+        let rows = match &tenant {
+            Some(t) => {
+                sqlx::query(&format!("{COLUMNS} WHERE tenant = ?1 AND state = 3 ORDER BY dead_at, seq"))
+                    .bind(t.as_str())
+                    .fetch_all(&self.reader)
+                    .await
+            }
+            None => {
+                sqlx::query(&format!("{COLUMNS} WHERE state = 3 ORDER BY dead_at, seq")).fetch_all(&self.reader).await
+            }
+        }
+        .map_err(StoreError::from)?;
+        Ok(rows.iter().map(dead_letter_record).collect::<Result<_, _>>()?)
+    }
+
+    async fn compact(&self, before: DateTime<Utc>) -> Result<u64, OutboxError> {
+        let before = to_ms(before);
+        let mut total = 0;
+        // Chunk by chunk, each its own transaction, so that enqueues slip in between.
+        loop {
+            match self.call(Op::CompactChunk { before }).await? {
+                Out::Count(n) => {
+                    total += n;
+                    if n < count(COMPACT_CHUNK) {
+                        return Ok(total);
+                    }
+                }
+                other => return Err(unexpected(other)),
+            }
+        }
+    }
+
+    async fn claim_tenant(&self, tenant: &TenantName, agent: &str, ttl: Duration) -> Result<bool, OutboxError> {
+        let op = Op::Claim { tenant: tenant.as_str().to_owned(), agent: agent.to_owned(), ttl_ms: span_ms(ttl) };
+        match self.call(op).await? {
+            Out::Claimed(held) => Ok(held),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn release_tenant(&self, tenant: &TenantName, agent: &str) -> Result<(), OutboxError> {
+        self.call(Op::Release { tenant: tenant.as_str().to_owned(), agent: agent.to_owned() }).await.map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use billsync_domain::ManualClock;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn connections_are_durable_wal() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let outbox = SqliteOutbox::open(&dir.path().join("o.db"), Arc::new(ManualClock::new(Utc::now()))).await?;
+        let mode: String = sqlx::query_scalar("PRAGMA journal_mode").fetch_one(&outbox.reader).await?;
+        let sync: i64 = sqlx::query_scalar("PRAGMA synchronous").fetch_one(&outbox.reader).await?;
+        assert_eq!((mode.as_str(), sync), ("wal", 2), "WAL with synchronous=FULL");
+        Ok(())
+    }
+}

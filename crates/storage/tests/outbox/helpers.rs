@@ -1,0 +1,128 @@
+//! Fixtures: events, tenants, a manual clock, and throwaway databases.
+
+use std::any::Any;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use billsync_domain::{BillingEvent, EncodedEvent, EventId, ManualClock, Outbox, TenantName};
+use billsync_storage::{PostgresOutbox, SqliteOutbox};
+use chrono::{DateTime, Utc};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Connection, PgConnection};
+
+pub type TestResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// The default test server (PostgreSQL with trust auth on this machine).
+pub const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// The test clock's start: 2026-11-23T10:00:00Z.
+pub fn t0() -> DateTime<Utc> {
+    DateTime::from_timestamp(1_795_428_000, 0).unwrap_or_default()
+}
+
+pub fn tenant(name: &str) -> TenantName {
+    TenantName::parse(name).expect("valid tenant name")
+}
+
+pub fn id(s: &str) -> EventId {
+    EventId::parse(s).expect("valid event id")
+}
+
+/// A valid billing event occurring at [`t0`].
+pub fn event(event_id: &str) -> EncodedEvent {
+    let json = format!(
+        r#"{{"event_id": "{event_id}", "device_id": "meter-0042", "meter": "energy.active",
+            "quantity": "12.500", "unit": "kWh", "occurred_at": "{}"}}"#,
+        t0().to_rfc3339()
+    );
+    BillingEvent::parse(&json, t0()).expect("valid event").encode()
+}
+
+/// Events `{prefix}-0` .. `{prefix}-{n-1}`.
+pub fn events(prefix: &str, n: usize) -> Vec<EncodedEvent> {
+    (0..n).map(|i| event(&format!("{prefix}-{i}"))).collect()
+}
+
+pub fn ids_of(events: &[EncodedEvent]) -> Vec<String> {
+    events.iter().map(|e| e.event_id().as_str().to_owned()).collect()
+}
+
+/// An outbox under test with its clock, and whatever keeps its database alive.
+pub struct Fixture {
+    pub outbox: Arc<dyn Outbox>,
+    pub clock: Arc<ManualClock>,
+    _keep: Box<dyn Any + Send>,
+}
+
+pub async fn sqlite_fixture() -> TestResult<Fixture> {
+    let dir = tempfile::tempdir()?;
+    let clock = Arc::new(ManualClock::new(t0()));
+    let outbox = SqliteOutbox::open(&dir.path().join("outbox.db"), clock.clone()).await?;
+    Ok(Fixture { outbox: Arc::new(outbox), clock, _keep: Box::new(dir) })
+}
+
+pub async fn postgres_fixture() -> TestResult<Fixture> {
+    let db = TestDb::create().await?;
+    let clock = Arc::new(ManualClock::new(t0()));
+    let outbox = PostgresOutbox::connect(db.url(), clock.clone()).await?;
+    Ok(Fixture { outbox: Arc::new(outbox), clock, _keep: Box::new(db) })
+}
+
+/// The server the PostgreSQL tests use: `BILLSYNC_TEST_DATABASE_URL` or [`DEFAULT_PG_URL`].
+pub fn pg_admin_url() -> String {
+    std::env::var("BILLSYNC_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_PG_URL.to_owned())
+}
+
+/// A throwaway PostgreSQL database, dropped (with its connections) when this is dropped.
+pub struct TestDb {
+    admin: PgConnectOptions,
+    name: String,
+    url: String,
+}
+
+impl TestDb {
+    /// Creates `billsync_test_<random>` on the test server.
+    ///
+    /// Fails, naming the URL, when the server cannot be reached: these tests never skip.
+    pub async fn create() -> TestResult<Self> {
+        let admin_url = pg_admin_url();
+        let admin = PgConnectOptions::from_str(&admin_url)?;
+        let mut conn = PgConnection::connect_with(&admin).await.map_err(|e| {
+            format!(
+                "PostgreSQL is not reachable at {admin_url} (set BILLSYNC_TEST_DATABASE_URL to a server \
+                 where the tests may create databases): {e}"
+            )
+        })?;
+        let name = format!("billsync_test_{}", uuid::Uuid::new_v4().simple());
+        // A database name cannot be a bound parameter; this one is generated, not input.
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await?;
+        conn.close().await?;
+        let url = admin.clone().database(&name).to_url_lossy().to_string();
+        Ok(Self { admin, name, url })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let admin = self.admin.clone();
+        let name = self.name.clone();
+        // Drop may run inside a runtime: use a thread with its own.
+        let dropped = std::thread::spawn(move || -> TestResult {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(async {
+                let mut conn = PgConnection::connect_with(&admin).await?;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await?;
+                conn.close().await?;
+                Ok(())
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("could not drop test database {}: {dropped:?}", self.name);
+        }
+    }
+}

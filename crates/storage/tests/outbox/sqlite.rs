@@ -1,0 +1,147 @@
+//! The SQLite adapter: the conformance suite, plus schema versions, a full database and
+//! reopening.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use billsync_domain::{ManualClock, Outbox, OutboxError};
+use billsync_storage::{SqliteOptions, SqliteOutbox};
+use sqlx::{Connection, SqliteConnection};
+
+use crate::helpers::{TestResult, event, events, ids_of, sqlite_fixture, t0, tenant};
+
+all_conformance_tests!(sqlite_fixture);
+
+async fn raw(path: &std::path::Path) -> TestResult<SqliteConnection> {
+    Ok(SqliteConnection::connect(&format!("sqlite://{}", path.display())).await?)
+}
+
+#[tokio::test]
+async fn a_newer_schema_is_refused_and_left_untouched() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("outbox.db");
+    let clock = Arc::new(ManualClock::new(t0()));
+    let outbox = SqliteOutbox::open(&path, clock.clone()).await?;
+    outbox.enqueue(&tenant("acme"), &events("e", 3)).await?;
+    drop(outbox);
+
+    // A newer billsync applied a migration this build does not know.
+    let mut conn = raw(&path).await?;
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (20990101000000, 'from the future', true, x'00', 0)",
+    )
+    .execute(&mut conn)
+    .await?;
+
+    let err = SqliteOutbox::open(&path, clock.clone()).await.err();
+    assert_eq!(err, Some(OutboxError::SchemaTooNew { found: 20990101000000, supported: 1 }));
+    let err = billsync_storage::open(&format!("sqlite://{}", path.display()), clock).await.err();
+    assert!(matches!(err, Some(OutboxError::SchemaTooNew { .. })), "{err:?}");
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&mut conn).await?;
+    assert_eq!(rows, 3, "the data is untouched");
+    Ok(())
+}
+
+#[tokio::test]
+async fn events_survive_reopening() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("outbox.db");
+    let clock = Arc::new(ManualClock::new(t0()));
+    let t = tenant("acme");
+    {
+        let outbox = SqliteOutbox::open(&path, clock.clone()).await?;
+        outbox.enqueue(&t, &events("e", 10)).await?;
+        let lease = outbox.lease(&t, 4, Duration::from_secs(30)).await?.ok_or("nothing leased")?;
+        outbox.ack(&lease, &[lease.events[0].event_id().clone()]).await?;
+    }
+    let outbox = SqliteOutbox::open(&path, clock.clone()).await?;
+    let counts = outbox.counts(&t).await?;
+    assert_eq!((counts.pending, counts.in_flight, counts.delivered), (6, 3, 1));
+    assert_eq!(outbox.enqueue(&t, &events("e", 10)).await?.stored, 0);
+    Ok(())
+}
+
+/// Enqueue until the database is full: the failing call stores nothing, everything stored
+/// before is intact, and the file is consistent.
+#[tokio::test]
+async fn a_full_database_stores_nothing_of_the_failing_call() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("outbox.db");
+    let clock = Arc::new(ManualClock::new(t0()));
+    let t = tenant("acme");
+    let limited = SqliteOptions::new().max_size_bytes(256 * 1024);
+    let outbox = SqliteOutbox::open_with(&path, clock.clone(), limited).await?;
+
+    let mut stored = Vec::new();
+    let mut failed = None;
+    for batch in 0..1_000 {
+        let events = events(&format!("b{batch}"), 50);
+        match outbox.enqueue(&t, &events).await {
+            Ok(report) => {
+                assert_eq!(report.stored, 50);
+                stored.extend(events);
+            }
+            Err(OutboxError::Full) => {
+                failed = Some(events);
+                break;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let failed = failed.ok_or("the database never filled up")?;
+    assert!(!stored.is_empty(), "nothing fit at all");
+    // A single-event enqueue racing the full one (group commit) is told the truth too.
+    let small = outbox.enqueue(&t, &[event("small")]).await;
+    assert!(matches!(small, Ok(_) | Err(OutboxError::Full)), "{small:?}");
+    let small_stored = matches!(small, Ok(ref r) if r.stored == 1);
+
+    assert_eq!(outbox.counts(&t).await?.pending as usize, stored.len() + usize::from(small_stored));
+    drop(outbox);
+
+    let mut conn = raw(&path).await?;
+    let check: String = sqlx::query_scalar("PRAGMA integrity_check").fetch_one(&mut conn).await?;
+    assert_eq!(check, "ok");
+    let failed_ids = ids_of(&failed);
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE event_id IN (SELECT value FROM json_each(?1))")
+        .bind(serde_json::to_string(&failed_ids)?)
+        .fetch_one(&mut conn)
+        .await?;
+    assert_eq!(n, 0, "part of the failing call was stored");
+
+    // Without the limit, every stored event comes back intact, and there is room again.
+    let outbox = SqliteOutbox::open(&path, clock.clone()).await?;
+    let lease = outbox.lease(&t, 1_000_000, Duration::from_secs(30)).await?.ok_or("nothing leased")?;
+    let mut expected: Vec<(String, String)> =
+        stored.iter().map(|e| (e.event_id().as_str().to_owned(), e.json().to_owned())).collect();
+    if small_stored {
+        expected.push(("small".to_owned(), event("small").json().to_owned()));
+    }
+    let got: Vec<(String, String)> =
+        lease.events.iter().map(|e| (e.event_id().as_str().to_owned(), e.json().to_owned())).collect();
+    assert_eq!(got.iter().collect::<HashSet<_>>(), expected.iter().collect::<HashSet<_>>());
+    assert_eq!(outbox.enqueue(&t, &failed).await?.stored, failed.len());
+    Ok(())
+}
+
+#[tokio::test]
+async fn debug_names_the_file() -> TestResult {
+    let f = tempfile::tempdir()?;
+    let path = f.path().join("outbox.db");
+    let outbox = SqliteOutbox::open(&path, Arc::new(ManualClock::new(t0()))).await?;
+    let debug = format!("{outbox:?}");
+    assert!(debug.starts_with("SqliteOutbox") && debug.contains("outbox.db"), "{debug}");
+    assert_eq!(outbox.path(), path);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_file_that_is_not_a_database_is_an_error() -> TestResult {
+    let f = tempfile::tempdir()?;
+    let path = f.path().join("junk.db");
+    std::fs::write(&path, vec![0x42u8; 8192])?;
+    let err = SqliteOutbox::open(&path, Arc::new(ManualClock::new(t0()))).await.err();
+    assert!(matches!(err, Some(OutboxError::Storage(_))), "{err:?}");
+    Ok(())
+}

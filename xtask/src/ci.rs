@@ -1,0 +1,68 @@
+//! `cargo xtask ci`.
+
+use std::process::Command;
+
+use crate::{cargo, output, root, sh};
+
+/// Crates that must never appear in the domain's dependency tree: the domain does no I/O.
+const IMPURE: &[&str] = &["tokio", "reqwest", "sqlx", "hyper", "axum", "mio"];
+
+pub fn run() -> Result<(), String> {
+    let vars = test_env()?;
+    sh(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    sh(cargo().args(["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"]))?;
+    purity()?;
+    let nextest = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["nextest", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let mut tests = cargo();
+    if nextest {
+        tests.args(["nextest", "run", "--workspace", "--locked", "--no-fail-fast", "--profile", "ci"]);
+    } else {
+        tests.args(["test", "--workspace", "--locked", "--no-fail-fast"]);
+    }
+    sh(tests.envs(vars.iter().map(|(k, v)| (k, v))))?;
+    if nextest {
+        // nextest does not run doctests.
+        sh(cargo().args(["test", "--workspace", "--locked", "--doc"]).envs(vars.iter().map(|(k, v)| (k, v))))?;
+    }
+    Ok(())
+}
+
+
+/// Starts what the tests need and returns the environment variables that point at it.
+pub fn test_env() -> Result<Vec<(String, String)>, String> {
+    let scripts = root().join("scripts");
+    let pg = output(Command::new("bash").arg(scripts.join("ensure-postgres.sh")))?;
+    let url = pg.lines().last().unwrap_or_default().trim().to_owned();
+    if url.is_empty() {
+        return Err("scripts/ensure-postgres.sh printed no URL".into());
+    }
+    let mut vars = vec![("BILLSYNC_TEST_DATABASE_URL".to_owned(), url)];
+    let npm = scripts.join("install-oauth2-mock-server.sh");
+    if npm.exists() {
+        sh(Command::new("bash").arg(npm))?;
+        vars.push((
+            "OAUTH2_MOCK_SERVER_DIR".to_owned(),
+            root().join("target/test-deps/node_modules/oauth2-mock-server").display().to_string(),
+        ));
+    }
+    Ok(vars)
+}
+
+/// Fails when an I/O crate is anywhere in the domain's normal dependency tree.
+pub fn purity() -> Result<(), String> {
+    let tree = output(cargo().args(["tree", "-p", "billsync-domain", "-e", "normal", "--prefix", "none", "--locked"]))?;
+    let found: Vec<&str> = tree
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|name| IMPURE.contains(name))
+        .collect();
+    if found.is_empty() {
+        eprintln!("domain purity: ok (none of {IMPURE:?} in billsync-domain's dependency tree)");
+        Ok(())
+    } else {
+        Err(format!("billsync-domain depends on {found:?}: the domain must stay free of I/O crates"))
+    }
+}
