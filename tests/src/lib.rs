@@ -1,1 +1,1 @@
-//! placeholder
+//! End-to-end tests live in `e2e/`; this crate has no library code.

@@ -18,18 +18,30 @@
 //!
 //! # Example
 //!
-//! The thread in six lines: the misconfigured client's token is refused on billing, and only
-//! the audit log says why.
+//! The thread in a few lines: the misconfigured client's token is refused on billing with a
+//! vague `401`, and only the audit log says why.
 //!
-//! ```no_run
+//! ```
 //! use billsync_emulator::{Emulator, EmulatorConfig, Reason};
 //! # #[tokio::main]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let emulator = Emulator::start(EmulatorConfig::builtin(), "127.0.0.1:0".parse()?).await?;
-//! println!("token endpoint: {}", emulator.token_url());
-//! // ... get a token as app-initech, post a batch, receive `401 insufficient_claims` ...
-//! let refused = emulator.audit();
-//! assert!(refused.iter().all(|e| !e.has(Reason::InvalidClient)));
+//! let http = reqwest::Client::new();
+//! let token: serde_json::Value = http
+//!     .post(emulator.token_url())
+//!     .form(&[("grant_type", "client_credentials"), ("client_id", "app-initech"),
+//!             ("client_secret", "secret-initech"), ("scope", "urn:oracle:iot:billing:write")])
+//!     .send().await?
+//!     .json().await?;
+//! let refused = http
+//!     .post(emulator.billing_url())
+//!     .bearer_auth(token["access_token"].as_str().unwrap_or_default())
+//!     .header("X-Tenant-ID", "initech-prod-001")
+//!     .header("X-Application-ID", "app-initech")
+//!     .json(&serde_json::json!({"events": []}))
+//!     .send().await?;
+//! assert_eq!(refused.status(), 401);
+//! assert_eq!(emulator.audit()[0].reasons, [Reason::MissingScope, Reason::AudienceMissing]);
 //! emulator.shutdown().await;
 //! # Ok(())
 //! # }
@@ -120,7 +132,7 @@ fn base_url_for(addr: SocketAddr) -> String {
 
 impl Emulator {
     /// Generates a signing key, binds `listen` (port 0 picks a free port) and serves until
-    /// [`Emulator::shutdown`] or drop. Must be called within a multi-threaded Tokio runtime.
+    /// [`Emulator::shutdown`] or drop. Must be called within a Tokio runtime.
     ///
     /// # Errors
     /// [`EmulatorError::Bind`] when the address cannot be bound, [`EmulatorError::Key`] when

@@ -204,7 +204,7 @@ pub async fn status(agent: &Agent, json: bool) -> anyhow::Result<ExitCode> {
     if json {
         println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "tenants": status }))?);
     } else {
-        println!("{:<16} {:>9} {:>9} {:>10} {:>13}  {}", "tenant", "pending", "in flight", "delivered", "dead-lettered", "oldest pending");
+        println!("{:<16} {:>9} {:>9} {:>10} {:>13}  oldest pending", "tenant", "pending", "in flight", "delivered", "dead-lettered");
         for s in &status {
             println!(
                 "{:<16} {:>9} {:>9} {:>10} {:>13}  {}",
