@@ -44,11 +44,8 @@ pub async fn spawn_app(platform: EmulatorConfig, tenants: &[(&str, &str, &str)],
         ));
     }
     let config = Config::parse(&text, &dir.path().join("billsync.toml")).expect("valid test configuration");
-    let settings = SyncSettings {
-        initial_backoff: Duration::from_millis(20),
-        give_up_after: 50,
-        ..SyncSettings::default()
-    };
+    let settings =
+        SyncSettings { initial_backoff: Duration::from_millis(20), give_up_after: 50, ..SyncSettings::default() };
     let agent = Agent::builder().config(config).settings(settings).build().await.expect("agent builds");
     TestApp { platform, agent, _dir: dir }
 }

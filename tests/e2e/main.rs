@@ -55,7 +55,10 @@ async fn short_lived_tokens_never_expire_mid_sync() {
     let tokens = app.agent.tokens().token_requests(&billsync_domain::TenantName::parse("acme").unwrap()) as f64;
     // One token per 3.2 s (80 % of 4 s), plus the first.
     let expected = elapsed / 3.2;
-    assert!((tokens - expected).abs() <= 2.0, "{tokens} token requests over {elapsed:.1} s (expected about {expected:.1})");
+    assert!(
+        (tokens - expected).abs() <= 2.0,
+        "{tokens} token requests over {elapsed:.1} s (expected about {expected:.1})"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -64,7 +67,12 @@ async fn every_event_is_stored_exactly_once_through_faults() {
     // were stored, and tokens revoked under the agent's feet.
     let platform = EmulatorConfig::builtin()
         .billing_token_lifetime(Duration::from_secs(4))
-        .with_client(billsync_emulator::ClientRegistration::new("app-umbrella", "secret-umbrella", ["umbrella-prod-001"], true))
+        .with_client(billsync_emulator::ClientRegistration::new(
+            "app-umbrella",
+            "secret-umbrella",
+            ["umbrella-prod-001"],
+            true,
+        ))
         .seed(7);
     let umbrella = ("umbrella", "umbrella-prod-001", "app-umbrella");
     let app = spawn_app(platform, &[ACME, GLOBEX, umbrella], "max_batch_events = 100").await;
@@ -90,7 +98,11 @@ async fn every_event_is_stored_exactly_once_through_faults() {
     };
 
     let counters = app.platform.counters();
-    for (name, tenant_id, n) in [("acme", "acme-prod-001", 3_334), ("globex", "globex-prod-001", 3_333), ("umbrella", "umbrella-prod-001", 3_333)] {
+    for (name, tenant_id, n) in [
+        ("acme", "acme-prod-001", 3_334),
+        ("globex", "globex-prod-001", 3_333),
+        ("umbrella", "umbrella-prod-001", 3_333),
+    ] {
         let (ids, twice) = stored(&app, tenant_id);
         assert_eq!((ids.len(), twice), (n, false), "{name}: {reports:?}");
     }
@@ -123,4 +135,36 @@ async fn a_tenant_the_client_is_no_longer_authorised_for_is_blocked_by_name() {
     assert!(blocked.hints[0].contains("not authorised for tenant acme-prod-001"), "{blocked:?}");
     assert_eq!(stored(&app, "globex-prod-001").0.len(), 5, "other tenants are unaffected");
     assert_eq!(app.agent.status().await.unwrap()[0].pending, 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_event_is_dead_lettered_alone_and_delivered_after_the_fix_and_a_requeue() {
+    // Arrange: the platform refuses meter water.flow (not registered for the tenant).
+    let app = spawn_app(EmulatorConfig::builtin(), &[ACME], "").await;
+    app.platform.reject_meter("water.flow", "unknown_meter");
+    let now = chrono::Utc::now();
+    let mut batch = events("acme", 19);
+    let poison = serde_json::json!({
+        "event_id": "acme-poison", "device_id": "pump-1", "meter": "water.flow", "quantity": "3.25",
+        "unit": "m3", "occurred_at": (now - chrono::Duration::seconds(5)).to_rfc3339(),
+    });
+    batch.insert(7, billsync_domain::BillingEvent::parse(&poison.to_string(), now).unwrap().encode());
+    app.agent.enqueue("acme", &batch).await.unwrap();
+
+    // Act
+    app.agent.sync_once().await;
+
+    // Assert: the rest of its batch is delivered, the poison is dead-lettered with its code.
+    assert_eq!(stored(&app, "acme-prod-001").0.len(), 19);
+    let dead = app.agent.outbox().dead_letters(None).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!((dead[0].event_id.as_str(), dead[0].code.as_str()), ("acme-poison", "unknown_meter"));
+
+    // The platform-side fix, then a requeue, delivers it.
+    app.platform.accept_meter("water.flow");
+    let name = billsync_domain::TenantName::parse("acme").unwrap();
+    assert_eq!(app.agent.outbox().requeue(&name, None).await.unwrap(), 1);
+    app.agent.sync_once().await;
+    assert!(stored(&app, "acme-prod-001").0.contains(&"acme-poison".to_owned()));
+    assert!(app.agent.outbox().dead_letters(None).await.unwrap().is_empty());
 }

@@ -10,4 +10,3 @@ pub fn run(quick: bool) -> Result<(), String> {
     }
     sh(&mut cmd)
 }
-

@@ -30,7 +30,6 @@ pub fn run() -> Result<(), String> {
     Ok(())
 }
 
-
 /// Starts what the tests need and returns the environment variables that point at it.
 pub fn test_env() -> Result<Vec<(String, String)>, String> {
     let scripts = root().join("scripts");
@@ -54,11 +53,8 @@ pub fn test_env() -> Result<Vec<(String, String)>, String> {
 /// Fails when an I/O crate is anywhere in the domain's normal dependency tree.
 pub fn purity() -> Result<(), String> {
     let tree = output(cargo().args(["tree", "-p", "billsync-domain", "-e", "normal", "--prefix", "none", "--locked"]))?;
-    let found: Vec<&str> = tree
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|name| IMPURE.contains(name))
-        .collect();
+    let found: Vec<&str> =
+        tree.lines().filter_map(|l| l.split_whitespace().next()).filter(|name| IMPURE.contains(name)).collect();
     if found.is_empty() {
         eprintln!("domain purity: ok (none of {IMPURE:?} in billsync-domain's dependency tree)");
         Ok(())

@@ -37,7 +37,11 @@ pub enum ReadError {
 ///
 /// # Errors
 /// [`ReadError::Invalid`] listing every bad line.
-pub fn read_events(input: impl BufRead, rules: &EventRules, now: DateTime<Utc>) -> Result<Vec<EncodedEvent>, ReadError> {
+pub fn read_events(
+    input: impl BufRead,
+    rules: &EventRules,
+    now: DateTime<Utc>,
+) -> Result<Vec<EncodedEvent>, ReadError> {
     let mut events = Vec::new();
     let mut errors = Vec::new();
     let mut seen = std::collections::HashMap::new();
@@ -84,7 +88,8 @@ mod tests {
 
     #[test]
     fn every_bad_line_is_reported_and_nothing_is_taken() {
-        let input = [line("a", "\"1\""), String::new(), line("b", "1.5"), "{oops".into(), line("a", "\"2\"")].join("\n");
+        let input =
+            [line("a", "\"1\""), String::new(), line("b", "1.5"), "{oops".into(), line("a", "\"2\"")].join("\n");
         let err = read_events(input.as_bytes(), &EventRules::default(), now()).unwrap_err();
         let ReadError::Invalid(lines) = err else { panic!("expected invalid lines") };
         let shown: Vec<String> = lines.iter().map(ToString::to_string).collect();

@@ -183,7 +183,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Emulator { registry, listen } => {
             let config = match registry {
                 Some(path) => {
-                    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+                    let text =
+                        std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
                     billsync_emulator::EmulatorConfig::from_toml_str(&text)
                         .with_context(|| format!("{}", path.display()))?
                 }
@@ -262,4 +263,3 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
 }
-

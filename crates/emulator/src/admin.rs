@@ -176,14 +176,20 @@ pub(crate) fn router(state: St) -> Router<St> {
 }
 
 async fn loopback_only(State(_): State<St>, req: Request, next: Next) -> Response {
-    let peer = req.extensions().get::<Conn>().map(|c| c.peer.ip().to_canonical());
-    match peer {
-        Some(ip) if ip.is_loopback() => next.run(req).await,
-        _ => json_reply(
+    if admin_allowed(req.extensions().get::<Conn>().map(|c| c.peer.ip())) {
+        next.run(req).await
+    } else {
+        json_reply(
             StatusCode::FORBIDDEN,
             &json!({"error": "forbidden", "error_description": "the admin API answers loopback peers only"}),
-        ),
+        )
     }
+}
+
+/// The admin API answers loopback peers only (IPv4-mapped IPv6 loopback included); a request
+/// whose peer is unknown is refused.
+fn admin_allowed(peer: Option<std::net::IpAddr>) -> bool {
+    peer.is_some_and(|ip| ip.to_canonical().is_loopback())
 }
 
 fn ok(value: impl serde::Serialize) -> Response {
@@ -338,5 +344,20 @@ async fn sign(State(st): State<St>, body: Bytes) -> Response {
         Ok(claims @ Value::Object(_)) => ok(json!({"token": st.keys.sign(&claims)})),
         Ok(_) => fail(StatusCode::BAD_REQUEST, "invalid_request", "the claims must be a JSON object"),
         Err(r) => *r,
+    }
+}
+
+#[cfg(test)]
+mod peer_tests {
+    use super::admin_allowed;
+
+    #[test]
+    fn only_loopback_peers_reach_the_admin_api() {
+        let allowed = |s: &str| admin_allowed(Some(s.parse().unwrap()));
+        assert!(allowed("127.0.0.1") && allowed("127.8.9.1") && allowed("::1") && allowed("::ffff:127.0.0.1"));
+        assert!(
+            !allowed("192.0.2.2") && !allowed("10.0.0.1") && !allowed("::ffff:10.0.0.1") && !allowed("2001:db8::1")
+        );
+        assert!(!admin_allowed(None));
     }
 }

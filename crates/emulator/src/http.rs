@@ -429,7 +429,11 @@ async fn issue_token(
         obj.insert("tenant_id".into(), Value::from(t.as_str()));
     }
     let access_token = st.keys.sign(&claims);
-    st.tokens().issued.entry(client_id.clone()).or_default().push(jti);
+    {
+        let mut tokens = st.tokens();
+        tokens.issued.entry(client_id.clone()).or_default().push(jti);
+        tokens.remember(&access_token);
+    }
     st.counters.update(|c| c.tokens_issued += 1);
     tracing::info!(client_id = %client_id, scope = %scope, expires_in = lifetime, "token issued");
     Ok(json_reply(
@@ -767,8 +771,15 @@ async fn accept_events(
     let rules = EventRules::default();
     let mut rejected = Vec::new();
     let mut good: Vec<(Arc<str>, String)> = Vec::with_capacity(batch.events.len());
+    let refused_meters = st.rejected_meters.read().unwrap_or_else(|p| p.into_inner()).clone();
     for (index, value) in batch.events.iter().enumerate() {
         match rules.from_value(value, now) {
+            Ok(event) if refused_meters.contains_key(event.meter()) => rejected.push(json!({
+                "event_id": event.event_id().as_str(),
+                "code": refused_meters.get(event.meter()).map(String::as_str).unwrap_or("unknown_meter"),
+                "message": format!("meter {} is not registered for this tenant", event.meter()),
+                "index": index,
+            })),
             Ok(event) => good.push((Arc::from(event.event_id().as_str()), event.encode().into_json())),
             Err(e) => {
                 let event_id = value.get("event_id").and_then(Value::as_str).unwrap_or("");

@@ -1,15 +1,11 @@
-//! RS256 signing keys, the JWKS, and JWT signing and verification.
-//!
-//! Signing is done here with `rsa` (PKCS#1 v1.5 over SHA-256) rather than through a JWT
-//! library, so the emulator never depends on a process-wide crypto provider choice.
+//! RS256 signing keys, the JWKS, and JWT signing and verification (through jsonwebtoken).
 
 use std::sync::RwLock;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use rsa::pkcs1v15::{Signature, SigningKey, VerifyingKey};
-use rsa::sha2::Sha256;
-use rsa::signature::{SignatureEncoding, Signer, Verifier};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use rsa::pkcs1::EncodeRsaPrivateKey;
 use rsa::traits::PublicKeyParts;
 use rsa::{RsaPrivateKey, RsaPublicKey};
 use serde::{Deserialize, Serialize};
@@ -19,8 +15,8 @@ pub const KEY_BITS: usize = 2048;
 
 struct KeyPair {
     kid: String,
-    signer: SigningKey<Sha256>,
-    verifier: VerifyingKey<Sha256>,
+    encoding: EncodingKey,
+    decoding: DecodingKey,
     n: String,
     e: String,
 }
@@ -28,18 +24,25 @@ struct KeyPair {
 /// A freshly generated key, ready to join the ring (generation is slow: do it off the runtime).
 pub(crate) struct NewKey(KeyPair);
 
+/// Why a key could not be made.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum KeyError {
+    #[error("RSA key generation failed: {0}")]
+    Rsa(#[from] rsa::Error),
+    #[error("RSA key encoding failed: {0}")]
+    Encoding(String),
+}
+
 impl NewKey {
-    pub(crate) fn generate() -> Result<Self, rsa::Error> {
+    pub(crate) fn generate() -> Result<Self, KeyError> {
         let private = RsaPrivateKey::new(&mut rand::rngs::OsRng, KEY_BITS)?;
         let public = RsaPublicKey::from(&private);
+        let der = private.to_pkcs1_der().map_err(|e| KeyError::Encoding(e.to_string()))?;
         let kid = format!("emu-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        Ok(Self(KeyPair {
-            kid,
-            n: URL_SAFE_NO_PAD.encode(public.n().to_bytes_be()),
-            e: URL_SAFE_NO_PAD.encode(public.e().to_bytes_be()),
-            signer: SigningKey::<Sha256>::new(private),
-            verifier: VerifyingKey::<Sha256>::new(public),
-        }))
+        let n = URL_SAFE_NO_PAD.encode(public.n().to_bytes_be());
+        let e = URL_SAFE_NO_PAD.encode(public.e().to_bytes_be());
+        let decoding = DecodingKey::from_rsa_components(&n, &e).map_err(|e| KeyError::Encoding(e.to_string()))?;
+        Ok(Self(KeyPair { kid, encoding: EncodingKey::from_rsa_der(der.as_bytes()), decoding, n, e }))
     }
 }
 
@@ -75,12 +78,6 @@ pub(crate) enum VerifyError {
     Malformed,
     /// Wrong algorithm, unknown kid, or the signature does not match.
     BadSignature,
-}
-
-#[derive(Deserialize)]
-struct Header {
-    alg: String,
-    kid: Option<String>,
 }
 
 /// The signing keys: the current one signs, all of them verify (old tokens stay valid
@@ -122,45 +119,39 @@ impl KeyRing {
         }
     }
 
-    /// Signs `claims` with the current key: `header.payload.signature`, header
-    /// `{"alg":"RS256","typ":"JWT","kid":..}`.
+    /// Signs `claims` with the current key; header `{"typ":"JWT","alg":"RS256","kid":..}`.
     pub(crate) fn sign(&self, claims: &serde_json::Value) -> String {
         let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
         let Some(key) = keys.first() else { return String::new() };
-        let header = serde_json::json!({"alg": "RS256", "typ": "JWT", "kid": key.kid});
-        let mut token = URL_SAFE_NO_PAD.encode(header.to_string());
-        token.push('.');
-        token.push_str(&URL_SAFE_NO_PAD.encode(claims.to_string()));
-        let signature = key.signer.sign(token.as_bytes());
-        token.push('.');
-        token.push_str(&URL_SAFE_NO_PAD.encode(signature.to_bytes()));
-        token
+        let header = Header { kid: Some(key.kid.clone()), ..Header::new(Algorithm::RS256) };
+        // Encoding a JSON value with a valid RSA key cannot fail.
+        jsonwebtoken::encode(&header, claims, &key.encoding).unwrap_or_default()
     }
 
-    /// Checks the signature and returns the payload (claims not yet checked).
+    /// Checks the signature and returns the payload (claims are checked by the caller, which
+    /// names each problem; here only RS256 with a known kid is accepted).
     pub(crate) fn verify(&self, token: &str) -> Result<serde_json::Value, VerifyError> {
-        let mut parts = token.split('.');
-        let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
-            return Err(VerifyError::Malformed);
-        };
-        let header: Header = URL_SAFE_NO_PAD
-            .decode(h)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or(VerifyError::Malformed)?;
-        let payload = URL_SAFE_NO_PAD.decode(p).map_err(|_| VerifyError::Malformed)?;
-        let signature = URL_SAFE_NO_PAD.decode(s).map_err(|_| VerifyError::Malformed)?;
-        if header.alg != "RS256" {
+        use jsonwebtoken::errors::ErrorKind;
+        let header = jsonwebtoken::decode_header(token).map_err(|_| VerifyError::Malformed)?;
+        if header.alg != Algorithm::RS256 {
             return Err(VerifyError::BadSignature);
         }
-        let signature = Signature::try_from(signature.as_slice()).map_err(|_| VerifyError::BadSignature)?;
-        let signed = &token[..h.len() + 1 + p.len()];
-        {
-            let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
-            let key = keys.iter().find(|k| Some(&k.kid) == header.kid.as_ref()).ok_or(VerifyError::BadSignature)?;
-            key.verifier.verify(signed.as_bytes(), &signature).map_err(|_| VerifyError::BadSignature)?;
+        let mut validation = Validation::new(Algorithm::RS256);
+        validation.required_spec_claims.clear();
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
+        let key = keys.iter().find(|k| Some(&k.kid) == header.kid.as_ref()).ok_or(VerifyError::BadSignature)?;
+        match jsonwebtoken::decode::<serde_json::Value>(token, &key.decoding, &validation) {
+            Ok(data) => Ok(data.claims),
+            Err(e) => match e.kind() {
+                ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm | ErrorKind::InvalidRsaKey(_) => {
+                    Err(VerifyError::BadSignature)
+                }
+                _ => Err(VerifyError::Malformed),
+            },
         }
-        serde_json::from_slice(&payload).map_err(|_| VerifyError::Malformed)
     }
 }
 

@@ -334,6 +334,24 @@ impl Emulator {
         self.state.register_client(client)
     }
 
+    /// The most recent access tokens issued (at most 1,024), so that a test can check that a
+    /// client never shows one in its logs or output.
+    pub fn recent_tokens(&self) -> Vec<String> {
+        self.state.tokens().recent.iter().cloned().collect()
+    }
+
+    /// From now on, refuse every billing event of `meter` inside the `202` with `code`, as a
+    /// platform does for a meter that is not registered. Such events are permanently bad for
+    /// the client (dead-lettered) until [`Emulator::accept_meter`] and a requeue.
+    pub fn reject_meter(&self, meter: &str, code: &str) {
+        self.state.rejected_meters.write().unwrap_or_else(|p| p.into_inner()).insert(meter.to_owned(), code.to_owned());
+    }
+
+    /// Accepts `meter` again (the platform-side fix).
+    pub fn accept_meter(&self, meter: &str) {
+        self.state.rejected_meters.write().unwrap_or_else(|p| p.into_inner()).remove(meter);
+    }
+
     /// Revokes one token by its `jti`; whether it was a live token issued here.
     pub fn revoke_token(&self, jti: &str) -> bool {
         self.state.revoke_token(jti)

@@ -121,6 +121,20 @@ pub(crate) struct Tokens {
     /// jti of every token issued, by client.
     pub issued: HashMap<String, Vec<String>>,
     pub revoked: HashSet<String>,
+    /// The most recent access tokens, for leak tests ([`Tokens::RECENT`] at most).
+    pub recent: std::collections::VecDeque<String>,
+}
+
+impl Tokens {
+    /// How many recent access tokens are kept.
+    pub const RECENT: usize = 1024;
+
+    pub(crate) fn remember(&mut self, token: &str) {
+        if self.recent.len() == Self::RECENT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(token.to_owned());
+    }
 }
 
 pub(crate) struct AppState {
@@ -129,6 +143,8 @@ pub(crate) struct AppState {
     pub settings: RwLock<Settings>,
     pub keys: KeyRing,
     pub tokens: Mutex<Tokens>,
+    /// Meters the platform refuses (meter -> rejection code), as if not registered.
+    pub rejected_meters: RwLock<HashMap<String, String>>,
     pub tenants: RwLock<HashMap<String, Arc<Mutex<TenantStore>>>>,
     /// Billing endpoints' windows.
     pub billing_limiter: Limiter,
@@ -165,6 +181,7 @@ impl AppState {
             }),
             keys,
             tokens: Mutex::new(Tokens::default()),
+            rejected_meters: RwLock::default(),
             tenants: RwLock::new(HashMap::new()),
             billing_limiter: Limiter::default(),
             device_limiter: Limiter::default(),

@@ -12,7 +12,7 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -38,14 +38,21 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 const MAX_GROUP_OPS: usize = 1024;
 /// Most events enqueued in one group (further callers wait for the next commit).
 const MAX_GROUP_EVENTS: usize = 20_000;
-/// Most rows in one `INSERT` statement.
-const INSERT_CHUNK: usize = 5_000;
+/// Times the writer yields to let more callers join a group before committing it.
+const GATHER_YIELDS: usize = 2;
+/// Most rows in one `INSERT` statement (a power of two; 3 bound parameters a row, far
+/// below SQLite's limit of 32,766).
+const INSERT_CHUNK: usize = 256;
 /// Most delivered rows deleted in one transaction by `compact`.
 const COMPACT_CHUNK: i64 = 2_000;
 /// Room in the writer's queue before callers wait.
 const QUEUE_DEPTH: usize = 4_096;
 /// How long to wait for another process's write lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+/// The writer's own automatic checkpoint, in WAL pages: a safety net only.
+const WRITER_AUTOCHECKPOINT: u32 = 16_384;
+/// Least time between two background checkpoints.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 /// SQLite's default page size, used to turn a byte limit into pages.
 const PAGE_SIZE: u64 = 4_096;
 
@@ -117,15 +124,21 @@ impl SqliteOutbox {
         if let Some(bytes) = options.max_size_bytes {
             connect = connect.pragma("max_page_count", (bytes / PAGE_SIZE).max(1).to_string());
         }
-        let mut conn = SqliteConnection::connect_with(&connect).await?;
+        // The writer leaves checkpoints to a connection of their own, off its commit path
+        // (its own automatic checkpoint is only a safety net for a stalled checkpointer).
+        let writer_options = connect.clone().pragma("wal_autocheckpoint", WRITER_AUTOCHECKPOINT.to_string());
+        let mut conn = SqliteConnection::connect_with(&writer_options).await?;
         if let Err(e) = migrate(&mut conn).await {
             let _ = conn.close().await;
             return Err(e);
         }
         let reader =
             SqlitePoolOptions::new().max_connections(4).min_connections(0).connect_with(connect.clone()).await?;
+        let checkpointer = SqliteConnection::connect_with(&connect).await?;
+        let (wal_grew, wal_grown) = mpsc::channel(1);
+        tokio::spawn(checkpoint_loop(checkpointer, wal_grown));
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(writer_loop(conn, rx, Arc::clone(&clock)));
+        tokio::spawn(writer_loop(conn, rx, Arc::clone(&clock), wal_grew));
         Ok(Self { path: path.to_owned(), clock, writer: tx, reader })
     }
 
@@ -199,15 +212,41 @@ struct Request {
     reply: oneshot::Sender<Result<Out, OutboxError>>,
 }
 
-async fn writer_loop(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Request>, clock: Arc<dyn Clock>) {
+/// Copies the WAL back into the database after the writer commits, at most every
+/// [`CHECKPOINT_EVERY`], without waiting for readers or the writer (`PASSIVE`).
+async fn checkpoint_loop(mut conn: SqliteConnection, mut wal_grown: mpsc::Receiver<()>) {
+    while wal_grown.recv().await.is_some() {
+        if let Err(e) = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").await {
+            tracing::warn!(error = %e, "outbox checkpoint failed; the writer's own will do");
+        }
+        tokio::time::sleep(CHECKPOINT_EVERY).await;
+    }
+    if let Err(e) = conn.close().await {
+        tracing::warn!(error = %e, "closing the outbox checkpoint connection failed");
+    }
+}
+
+async fn writer_loop(
+    mut conn: SqliteConnection,
+    mut rx: mpsc::Receiver<Request>,
+    clock: Arc<dyn Clock>,
+    wal_grew: mpsc::Sender<()>,
+) {
     while let Some(first) = rx.recv().await {
         let mut weight = first.op.weight();
         let mut group = vec![first];
+        let mut yields = 0;
         while group.len() < MAX_GROUP_OPS && weight < MAX_GROUP_EVENTS {
             match rx.try_recv() {
                 Ok(next) => {
                     weight += next.op.weight();
                     group.push(next);
+                }
+                // Let callers that are about to send join this commit: a yield costs
+                // microseconds, a commit an fsync.
+                Err(_) if yields < GATHER_YIELDS => {
+                    yields += 1;
+                    tokio::task::yield_now().await;
                 }
                 Err(_) => break,
             }
@@ -219,7 +258,10 @@ async fn writer_loop(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Request>
             // A caller that stopped waiting no longer needs the answer.
             let _ = request.reply.send(result);
         }
+        // Full means a checkpoint is already due.
+        let _ = wal_grew.try_send(());
     }
+    drop(wal_grew);
     if let Err(e) = conn.close().await {
         tracing::warn!(error = %e, "closing the outbox writer connection failed");
     }
@@ -300,31 +342,69 @@ fn exec_all<'a>(
 
 /// Inserts new rows, skipping those already stored; returns the (tenant, event_id) pairs
 /// it stored.
+///
+/// Rows go in multi-row `INSERT`s of power-of-two sizes (at most [`INSERT_CHUNK`]), so that a
+/// handful of cached statements serve every batch and the bound-parameter limit is never
+/// reached. The common case (no duplicates) returns no rows. When some rows were already
+/// stored, the new ones are read back by `seq`: inside the writer's IMMEDIATE transaction
+/// nobody else inserts, so SQLite numbers this statement's rows consecutively up to
+/// `last_insert_rowid`.
 async fn insert_rows(
     conn: &mut SqliteConnection,
     rows: &[Row<'_>],
     now: i64,
 ) -> Result<HashSet<(String, String)>, StoreError> {
     let mut inserted = HashSet::with_capacity(rows.len());
-    for chunk in rows.chunks(INSERT_CHUNK) {
-        // The whole chunk is one bound parameter: a JSON array of [tenant, event_id, body].
-        let triples: Vec<[&str; 3]> = chunk.iter().map(|r| [r.tenant, r.event_id, r.body]).collect();
-        let json = serde_json::to_string(&triples).map_err(|e| StoreError::corrupt("event", e))?;
-        let returned = sqlx::query(
-            "INSERT INTO events (tenant, event_id, body, state, enqueued_at, due_at) \
-             SELECT value ->> 0, value ->> 1, value ->> 2, 0, ?2, ?2 FROM json_each(?1) WHERE true ORDER BY key \
-             ON CONFLICT (tenant, event_id) DO NOTHING \
-             RETURNING tenant, event_id",
-        )
-        .bind(json)
-        .bind(now)
-        .fetch_all(&mut *conn)
-        .await?;
-        for row in returned {
-            inserted.insert((row.try_get(0)?, row.try_get(1)?));
+    let mut rest = rows;
+    while !rest.is_empty() {
+        let size = if rest.len() >= INSERT_CHUNK { INSERT_CHUNK } else { 1 << rest.len().ilog2() };
+        let (chunk, tail) = rest.split_at(size);
+        rest = tail;
+        let mut query = sqlx::query(insert_sql(size)).bind(now);
+        for r in chunk {
+            query = query.bind(r.tenant).bind(r.event_id).bind(r.body);
+        }
+        let done = query.execute(&mut *conn).await?;
+        let affected = usize::try_from(done.rows_affected()).unwrap_or(usize::MAX);
+        if affected == chunk.len() {
+            inserted.extend(chunk.iter().map(|r| (r.tenant.to_owned(), r.event_id.to_owned())));
+        } else if affected > 0 {
+            let last = done.last_insert_rowid();
+            let new = sqlx::query("SELECT tenant, event_id FROM events WHERE seq > ?1 AND seq <= ?2")
+                .bind(last.saturating_sub(i64::try_from(affected).unwrap_or(i64::MAX)))
+                .bind(last)
+                .fetch_all(&mut *conn)
+                .await?;
+            if new.len() != affected {
+                return Err(StoreError::corrupt("seq", format!("{affected} rows inserted, {} found", new.len())));
+            }
+            for row in new {
+                inserted.insert((row.try_get(0)?, row.try_get(1)?));
+            }
         }
     }
     Ok(inserted)
+}
+
+/// `INSERT ... VALUES` for `rows` rows (a power of two up to [`INSERT_CHUNK`]): `?1` is the
+/// time, then (tenant, event_id, body) per row. Built once per size.
+fn insert_sql(rows: usize) -> &'static str {
+    static SQL: OnceLock<Vec<String>> = OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        (0..=INSERT_CHUNK.ilog2())
+            .map(|p| {
+                let values: Vec<String> = (0..1usize << p)
+                    .map(|i| format!("(?{}, ?{}, ?{}, 0, ?1, ?1)", 3 * i + 2, 3 * i + 3, 3 * i + 4))
+                    .collect();
+                format!(
+                    "INSERT INTO events (tenant, event_id, body, state, enqueued_at, due_at) VALUES {} \
+                     ON CONFLICT (tenant, event_id) DO NOTHING",
+                    values.join(", ")
+                )
+            })
+            .collect()
+    });
+    all.get(rows.ilog2() as usize).map_or("", String::as_str)
 }
 
 async fn exec_one(conn: &mut SqliteConnection, op: &Op, now: i64) -> Result<Out, StoreError> {

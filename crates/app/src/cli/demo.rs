@@ -60,7 +60,10 @@ pub async fn run() -> anyhow::Result<ExitCode> {
     let db = dir.path().join("billsync.db");
     let config = Config::parse(&demo_config(&emulator.base_url(), &db), &dir.path().join("billsync.toml"))?;
     println!("billsync demo");
-    println!("  platform emulator  {} (built-in registry; app-initech is registered without Billing Services, as in the thread)", emulator.base_url());
+    println!(
+        "  platform emulator  {} (built-in registry; app-initech is registered without Billing Services, as in the thread)",
+        emulator.base_url()
+    );
     println!("  outbox             {}", db.display());
     let agent = Agent::builder().config(config).build().await?;
     let now = chrono::Utc::now();
@@ -76,7 +79,10 @@ pub async fn run() -> anyhow::Result<ExitCode> {
     println!("(in {:.2} s)", started.elapsed().as_secs_f64());
     for r in reports.iter().filter(|r| r.blocked.is_some()) {
         if let Some(b) = &r.blocked {
-            println!("\n{} is blocked: billsync checked the token the platform granted and sent nothing. It found:", r.name);
+            println!(
+                "\n{} is blocked: billsync checked the token the platform granted and sent nothing. It found:",
+                r.name
+            );
             for (code, hint) in b.codes.iter().zip(&b.hints) {
                 println!("  - {code}: {hint}");
             }

@@ -22,9 +22,11 @@ pub async fn sync(agent: &Agent, progress: bool) -> anyhow::Result<ExitCode> {
     let bar = progress.then(|| {
         let bar = indicatif::ProgressBar::new(total_before);
         bar.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} delivering [{bar:40}] {pos}/{len} events {per_sec} eta {eta}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                .progress_chars("=> "),
+            indicatif::ProgressStyle::with_template(
+                "{spinner} delivering [{bar:40}] {pos}/{len} events {per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
         );
         bar
     });
@@ -49,7 +51,11 @@ pub async fn sync(agent: &Agent, progress: bool) -> anyhow::Result<ExitCode> {
     let mut remaining = false;
     for (r, s) in reports.iter().zip(&status) {
         if let Some(b) = &r.blocked {
-            println!("\n{} is blocked; its {} event(s) stay pending until this is fixed:", r.name, s.pending + s.in_flight);
+            println!(
+                "\n{} is blocked; its {} event(s) stay pending until this is fixed:",
+                r.name,
+                s.pending + s.in_flight
+            );
             for (code, hint) in b.codes.iter().zip(&b.hints) {
                 println!("  - {code}: {hint}");
             }
@@ -112,18 +118,16 @@ pub fn summary_table(reports: &[TenantReport], status: &[crate::agent::TenantSta
 pub async fn run(agent: Agent, listen: SocketAddr) -> anyhow::Result<ExitCode> {
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let metrics_agent = agent.clone();
-    let app = axum::Router::new()
-        .route("/healthz", axum::routing::get(|| async { "ok\n" }))
-        .route(
-            "/metrics",
-            axum::routing::get(move || {
-                let agent = metrics_agent.clone();
-                async move {
-                    agent.refresh_gauges().await;
-                    ([("content-type", "text/plain; version=0.0.4")], agent.metrics().render())
-                }
-            }),
-        );
+    let app = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok\n" })).route(
+        "/metrics",
+        axum::routing::get(move || {
+            let agent = metrics_agent.clone();
+            async move {
+                agent.refresh_gauges().await;
+                ([("content-type", "text/plain; version=0.0.4")], agent.metrics().render())
+            }
+        }),
+    );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut server_stop = stop_rx.clone();
     let server = tokio::spawn(async move {
@@ -141,7 +145,8 @@ pub async fn run(agent: Agent, listen: SocketAddr) -> anyhow::Result<ExitCode> {
     let compactor = tokio::spawn(async move {
         loop {
             let before = chrono::Utc::now()
-                - chrono::Duration::from_std(compact_agent.config().storage.retention).unwrap_or(chrono::Duration::days(7));
+                - chrono::Duration::from_std(compact_agent.config().storage.retention)
+                    .unwrap_or(chrono::Duration::days(7));
             if let Err(e) = compact_agent.outbox().compact(before).await {
                 tracing::warn!(error = %e, "compaction failed");
             }
@@ -204,7 +209,10 @@ pub async fn status(agent: &Agent, json: bool) -> anyhow::Result<ExitCode> {
     if json {
         println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "tenants": status }))?);
     } else {
-        println!("{:<16} {:>9} {:>9} {:>10} {:>13}  oldest pending", "tenant", "pending", "in flight", "delivered", "dead-lettered");
+        println!(
+            "{:<16} {:>9} {:>9} {:>10} {:>13}  oldest pending",
+            "tenant", "pending", "in flight", "delivered", "dead-lettered"
+        );
         for s in &status {
             println!(
                 "{:<16} {:>9} {:>9} {:>10} {:>13}  {}",
@@ -235,7 +243,15 @@ pub async fn dead_letter_list(agent: &Agent, tenant: Option<&str>, json: bool) -
         println!("no dead-lettered events");
     } else {
         for d in &list {
-            println!("{}  {}  {}  {}  (after {} attempt(s), {})", d.tenant, d.event_id, d.code, d.message, d.attempts, d.dead_at.to_rfc3339());
+            println!(
+                "{}  {}  {}  {}  (after {} attempt(s), {})",
+                d.tenant,
+                d.event_id,
+                d.code,
+                d.message,
+                d.attempts,
+                d.dead_at.to_rfc3339()
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -245,17 +261,19 @@ pub async fn dead_letter_list(agent: &Agent, tenant: Option<&str>, json: bool) -
 ///
 /// # Errors
 /// Unknown tenant, bad event id, or the outbox's error.
-pub async fn dead_letter_requeue(agent: &Agent, tenant: Option<&str>, all: bool, ids: &[String]) -> anyhow::Result<ExitCode> {
+pub async fn dead_letter_requeue(
+    agent: &Agent,
+    tenant: Option<&str>,
+    all: bool,
+    ids: &[String],
+) -> anyhow::Result<ExitCode> {
     let names = match tenant {
         Some(t) => vec![agent.tenant_name(t)?],
         None if all => agent.config().tenants.iter().map(|t| t.tenant.name().clone()).collect(),
         None => anyhow::bail!("--tenant is required with event ids"),
     };
-    let ids = if all {
-        None
-    } else {
-        Some(ids.iter().map(|i| EventId::parse(i.as_str())).collect::<Result<Vec<_>, _>>()?)
-    };
+    let ids =
+        if all { None } else { Some(ids.iter().map(|i| EventId::parse(i.as_str())).collect::<Result<Vec<_>, _>>()?) };
     let mut total = 0;
     for name in names {
         let n = agent.outbox().requeue(&name, ids.clone()).await?;
@@ -299,10 +317,21 @@ pub async fn doctor(agent: &Agent, tenant: Option<&str>, json: bool) -> anyhow::
 ///
 /// # Errors
 /// A tenant or application id that is not a valid identifier.
-pub fn inspect(token: &str, tenant_id: Option<String>, application_id: Option<String>, json: bool) -> anyhow::Result<ExitCode> {
+pub fn inspect(
+    token: &str,
+    tenant_id: Option<String>,
+    application_id: Option<String>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let tenant_id = tenant_id.map(TenantId::parse).transpose().context("--tenant-id")?;
     let application_id = application_id.map(ApplicationId::parse).transpose().context("--application-id")?;
-    match billsync_auth::inspect(token, tenant_id.as_ref(), application_id.as_ref(), &BillingPolicy::default(), chrono::Utc::now()) {
+    match billsync_auth::inspect(
+        token,
+        tenant_id.as_ref(),
+        application_id.as_ref(),
+        &BillingPolicy::default(),
+        chrono::Utc::now(),
+    ) {
         Ok(i) => {
             if json {
                 println!("{}", serde_json::to_string_pretty(&i)?);

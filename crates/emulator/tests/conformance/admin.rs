@@ -1,7 +1,5 @@
 //! The admin API: loopback only, and the same operations as the `Emulator` methods.
 
-use std::net::{IpAddr, SocketAddr, UdpSocket};
-
 use billsync_emulator::{Emulator, EmulatorConfig, Reason};
 use serde_json::{Value, json};
 
@@ -15,30 +13,13 @@ async fn admin(app: &TestApp, method: reqwest::Method, path: &str, body: Option<
     Reply::read(req.send().await.unwrap()).await
 }
 
-/// This machine's address on its default route (no packet is sent).
-fn outward_ip() -> IpAddr {
-    let s = UdpSocket::bind("0.0.0.0:0").unwrap();
-    s.connect("192.0.2.123:9").unwrap();
-    s.local_addr().unwrap().ip()
-}
-
 #[tokio::test]
-async fn the_admin_api_refuses_non_loopback_peers() {
-    // Arrange: listen on all interfaces, connect through a non-loopback address.
-    let ip = outward_ip();
-    assert!(!ip.is_loopback(), "the test needs a non-loopback address, got {ip}");
-    let emu = Emulator::start(EmulatorConfig::builtin(), "0.0.0.0:0".parse().unwrap()).await.unwrap();
-    let outside = format!("http://{}", SocketAddr::new(ip, emu.local_addr().port()));
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
-
-    // Act
-    let refused = http.get(format!("{outside}/admin/audit")).send().await.unwrap();
-    let keys = http.get(format!("{outside}/oauth2/v1/keys")).send().await.unwrap();
-    let local = http.get(format!("{}/admin/audit", emu.base_url())).send().await.unwrap();
-
-    // Assert
-    assert_eq!(refused.status(), 403);
-    assert_eq!((keys.status().as_u16(), local.status().as_u16()), (200, 200));
+async fn the_admin_api_answers_loopback_peers() {
+    // Non-loopback peers are refused; that rule is unit-tested in `admin.rs`, because tests
+    // here may only send traffic to loopback addresses.
+    let emu = Emulator::start(EmulatorConfig::builtin(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let local = reqwest::get(format!("{}/admin/audit", emu.base_url())).await.unwrap();
+    assert_eq!(local.status(), 200);
     emu.shutdown().await;
 }
 

@@ -1,0 +1,284 @@
+//! The `billsync` binary as a user runs it, against the emulator on loopback.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use billsync_emulator::{Emulator, EmulatorConfig};
+
+struct Env {
+    platform: Emulator,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+async fn env(tenants: &[(&str, &str, &str)]) -> Env {
+    let platform = Emulator::start(EmulatorConfig::builtin(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = format!(
+        "[platform]\nbase_url = \"{}\"\n[storage]\nurl = \"sqlite://{}\"\n",
+        platform.base_url(),
+        dir.path().join("outbox.db").display()
+    );
+    for (name, tenant_id, client) in tenants {
+        text.push_str(&format!(
+            "[[tenants]]\nname = \"{name}\"\ntenant_id = \"{tenant_id}\"\napplication_id = \"{client}\"\nclient_secret_env = \"SECRET_{}\"\n",
+            name.to_uppercase()
+        ));
+    }
+    let config = dir.path().join("billsync.toml");
+    std::fs::write(&config, text).unwrap();
+    Env { platform, dir, config }
+}
+
+fn billsync(env: &Env, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_billsync"));
+    cmd.arg("--config")
+        .arg(&env.config)
+        .args(args)
+        .env("SECRET_ACME", "secret-acme")
+        .env("SECRET_INITECH", "secret-initech")
+        .env_remove("RUST_LOG")
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    if let Some(input) = stdin {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn line(id: &str, quantity: &str) -> String {
+    let at = (chrono::Utc::now() - chrono::Duration::minutes(1)).to_rfc3339();
+    format!(
+        r#"{{"event_id":"{id}","device_id":"d-1","meter":"energy.active","quantity":{quantity},"unit":"kWh","occurred_at":"{at}"}}"#
+    )
+}
+
+fn write(dir: &Path, name: &str, lines: &[String]) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, lines.join("\n")).unwrap();
+    p
+}
+
+fn status_json(env: &Env) -> serde_json::Value {
+    let out = billsync(env, &["status", "--json"], None);
+    assert!(out.status.success(), "{}", text(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueue_is_all_or_nothing_and_names_every_bad_line() {
+    let env = env(&[("acme", "acme-prod-001", "app-acme")]).await;
+    let bad = write(env.dir.path(), "bad.jsonl", &[line("a", "\"1\""), line("b", "1.5"), line("c", "\"-2\"")]);
+
+    let out = billsync(&env, &["enqueue", "--tenant", "acme", bad.to_str().unwrap()], None);
+
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(r#"line 2: quantity: expected a decimal string such as "12.5", found a number"#), "{err}");
+    assert!(err.contains(r#"line 3: quantity: must not be negative, found "-2""#), "{err}");
+    assert_eq!(status_json(&env)["tenants"][0]["pending"], 0, "nothing was stored");
+
+    // Good input from standard input; the second time every event is a duplicate.
+    let good = [line("a", "\"1\""), line("b", "\"2.5\"")].join("\n");
+    let out = billsync(&env, &["enqueue", "--tenant", "acme", "-"], Some(&good));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("2 stored, 0 duplicate"), "{}", text(&out));
+    let out = billsync(&env, &["enqueue", "--tenant", "acme"], Some(&good));
+    assert!(text(&out).contains("0 stored, 2 duplicate"), "{}", text(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_delivers_reports_and_exits_3_when_a_tenant_is_blocked() {
+    let env = env(&[("acme", "acme-prod-001", "app-acme"), ("initech", "initech-prod-001", "app-initech")]).await;
+    let file = write(env.dir.path(), "e.jsonl", &(0..30).map(|i| line(&format!("e{i}"), "\"1\"")).collect::<Vec<_>>());
+    for t in ["acme", "initech"] {
+        assert!(billsync(&env, &["enqueue", "--tenant", t, file.to_str().unwrap()], None).status.success());
+    }
+
+    let out = billsync(&env, &["sync"], None);
+
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let shown = text(&out);
+    assert!(shown.contains("initech is blocked"), "{shown}");
+    assert!(shown.contains("missing_scope") && shown.contains("audience_missing"), "{shown}");
+    assert_eq!(env.platform.stored_event_ids("acme-prod-001").len(), 30);
+    let status = status_json(&env);
+    assert_eq!(status["tenants"][0]["delivered"], 30);
+    assert_eq!(status["tenants"][1]["pending"], 30);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_tells_a_first_time_user_what_to_change() {
+    let env = env(&[("acme", "acme-prod-001", "app-acme"), ("initech", "initech-prod-001", "app-initech")]).await;
+
+    let out = billsync(&env, &["doctor", "--json"], None);
+
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["tenants"][0]["ready"], true);
+    assert_eq!(v["tenants"][1]["ready"], false);
+    let reasons: Vec<&str> =
+        v["tenants"][1]["checks"].as_array().unwrap().iter().filter_map(|c| c["reason"].as_str()).collect();
+    assert!(reasons.contains(&"missing_scope") && reasons.contains(&"audience_missing"), "{reasons:?}");
+    let human = text(&billsync(&env, &["doctor", "--tenant", "initech"], None));
+    assert!(human.contains("Enable Billing Services for client app-initech"), "{human}");
+    assert!(billsync(&env, &["doctor", "--tenant", "acme"], None).status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_inspect_never_panics_and_never_needs_the_network() {
+    let env = env(&[]).await;
+    for garbage in ["", "abc", "a.b", "a.b.c", "....", "eyJ.eyJ.x", "\u{1F600}.\u{0}.x"] {
+        let out = billsync(&env, &["token", "inspect", "-"], Some(garbage));
+        assert_eq!(out.status.code(), Some(2), "{garbage:?}: {}", text(&out));
+        assert!(text(&out).contains("error: not a readable token"), "{}", text(&out));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_or_token_appears_in_trace_logs_or_doctor_json() {
+    let env = env(&[("acme", "acme-prod-001", "app-acme")]).await;
+    let file = write(env.dir.path(), "e.jsonl", &[line("x1", "\"1\"")]);
+    billsync(&env, &["enqueue", "--tenant", "acme", file.to_str().unwrap()], None);
+
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_billsync"));
+    let out = cmd
+        .arg("--config")
+        .arg(&env.config)
+        .args(["-vvv", "sync"])
+        .env("SECRET_ACME", "secret-acme")
+        .env("RUST_LOG", "trace")
+        .output()
+        .unwrap();
+    let doctor = billsync(&env, &["doctor", "--json"], None);
+
+    assert!(out.status.success(), "{}", text(&out));
+    // Every token the platform issued during the run.
+    let tokens: Vec<String> = env.platform.recent_tokens();
+    assert!(!tokens.is_empty());
+    for shown in [text(&out), text(&doctor)] {
+        assert!(shown.len() > 100, "the logs say something");
+        assert!(!shown.contains("secret-acme"), "client secret leaked");
+        for t in &tokens {
+            assert!(!shown.contains(t.as_str()), "an access token leaked");
+            let signature = t.rsplit('.').next().unwrap();
+            assert!(!shown.contains(signature), "a token signature leaked");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_delivers_what_arrives_and_sigterm_loses_nothing() {
+    let env = env(&[("acme", "acme-prod-001", "app-acme")]).await;
+    // A slow platform so that SIGTERM lands mid-backlog.
+    env.platform.inject(billsync_emulator::Fault::probability(billsync_emulator::FaultKind::Latency { ms: 300 }, 1.0));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    std::fs::write(&env.config, std::fs::read_to_string(&env.config).unwrap() + "[sync]\nmax_batch_events = 10\n")
+        .unwrap();
+    // The [sync] table must come before [[tenants]]: rewrite the file in the right order.
+    let cfg = std::fs::read_to_string(&env.config).unwrap();
+    let (head, tenants) = cfg.split_once("[[tenants]]").unwrap();
+    let tenants = tenants.replace("[sync]\nmax_batch_events = 10\n", "");
+    std::fs::write(&env.config, format!("{head}[sync]\nmax_batch_events = 10\n[[tenants]]{tenants}")).unwrap();
+
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_billsync"))
+        .arg("--config")
+        .arg(&env.config)
+        .args(["run", "--listen", &format!("127.0.0.1:{port}")])
+        .env("SECRET_ACME", "secret-acme")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let file = write(env.dir.path(), "e.jsonl", &(0..200).map(|i| line(&format!("r{i}"), "\"1\"")).collect::<Vec<_>>());
+    assert!(billsync(&env, &["enqueue", "--tenant", "acme", file.to_str().unwrap()], None).status.success());
+    // Wait until some, not all, are delivered; check /metrics and /healthz meanwhile.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while env.platform.stored_event_ids("acme-prod-001").len() < 30 {
+        assert!(std::time::Instant::now() < deadline, "run delivered nothing");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let client = reqwest_get(port, "/healthz").await;
+    assert_eq!(client.trim(), "ok");
+    let metrics = reqwest_get(port, "/metrics").await;
+    assert!(metrics.contains("billsync_events_delivered_total{tenant=\"acme\"}"), "{metrics}");
+
+    let started = std::time::Instant::now();
+    // SIGTERM.
+    assert!(Command::new("kill").args(["-TERM", &agent.id().to_string()]).status().unwrap().success());
+    let status = agent.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(10), "exited in {:?}", started.elapsed());
+    let delivered = env.platform.stored_event_ids("acme-prod-001").len();
+    assert!(delivered < 200, "SIGTERM landed mid-backlog ({delivered} delivered)");
+
+    // Nothing is lost: what is not delivered is pending, and a sync finishes it.
+    let s = status_json(&env);
+    let pending = s["tenants"][0]["pending"].as_u64().unwrap() + s["tenants"][0]["in_flight"].as_u64().unwrap();
+    assert_eq!(pending + s["tenants"][0]["delivered"].as_u64().unwrap(), 200, "{s}");
+    env.platform.clear_faults();
+    let out = billsync(&env, &["sync"], None);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(env.platform.stored_event_ids("acme-prod-001").len(), 200);
+}
+
+async fn reqwest_get(port: u16, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).await.unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.unwrap();
+    buf.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_emulator_runs_standalone_with_and_without_a_registry() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = dir.path().join("emulator.toml");
+    std::fs::write(
+        &registry,
+        "billing_token_lifetime_s = 900\ndevice_token_lifetime_s = 3600\nbilling_rate_per_min = 100\ndevice_rate_per_min = 500\n\n[[clients]]\nclient_id = \"app-a\"\nclient_secret = \"secret-a\"\ntenants = [\"tenant-a\"]\nbilling = true\n",
+    )
+    .unwrap();
+    for args in [vec![], vec!["--config".to_owned(), registry.display().to_string()]] {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_billsync"))
+            .arg("emulator")
+            .args(&args)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let (client, secret) = if args.is_empty() { ("app-acme", "secret-acme") } else { ("app-a", "secret-a") };
+        let mut answer = String::new();
+        for _ in 0..100 {
+            if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let body = format!(
+                    "grant_type=client_credentials&client_id={client}&client_secret={secret}&scope=urn:oracle:iot:billing:write"
+                );
+                let req = format!(
+                    "POST /oauth2/v1/token HTTP/1.0\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                s.write_all(req.as_bytes()).await.unwrap();
+                s.read_to_string(&mut answer).await.unwrap();
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.contains("urn:oracle:iot:billing:write"), "{answer}");
+    }
+}
