@@ -440,4 +440,96 @@ mod tests {
         assert!(!format!("{h:?}").contains("very-secret-token"));
         assert_eq!(h.bearer_token(), "very-secret-token");
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        // Weighted towards the good value, so that most cases break one rule or none: a bug in
+        // a single rule cannot hide behind another rule failing.
+        fn scopes() -> impl Strategy<Value = Vec<String>> {
+            prop_oneof![
+                6 => Just(vec![BILLING_WRITE_SCOPE.to_owned()]),
+                2 => Just(vec!["openid".to_owned(), BILLING_WRITE_SCOPE.to_owned()]),
+                1 => Just(vec!["billing:write".to_owned()]),
+                1 => Just(vec!["write".to_owned()]),
+                1 => Just(vec![DEVICE_WRITE_SCOPE.to_owned()]),
+                1 => Just(vec!["urn:oracle:iot:billing:read".to_owned()]),
+                1 => Just(vec![]),
+                1 => proptest::collection::vec("[a-z:]{1,12}", 0..3),
+            ]
+        }
+
+        fn audiences() -> impl Strategy<Value = Vec<String>> {
+            prop_oneof![
+                6 => Just(vec![BILLING_AUDIENCE.to_owned()]),
+                2 => Just(vec!["https://iot.oraclecloud.com".to_owned(), BILLING_AUDIENCE.to_owned()]),
+                1 => Just(vec!["https://iot.oraclecloud.com".to_owned()]),
+                1 => Just(vec!["https://iot.oraclecloud.com/billing/".to_owned()]),
+                1 => Just(vec![]),
+            ]
+        }
+
+        fn id(good: &'static str) -> impl Strategy<Value = Option<String>> {
+            prop_oneof![
+                8 => Just(Some(good.to_owned())),
+                1 => Just(None),
+                1 => Just(Some("tenant-b".to_owned())),
+                1 => Just(Some(format!("{good}x"))),
+            ]
+        }
+
+        fn claims() -> impl Strategy<Value = AccessTokenClaims> {
+            let exp = prop_oneof![6 => (0i64..2000).prop_map(Some), 3 => (-2i64..=2).prop_map(Some), 1 => Just(None)];
+            (scopes(), audiences(), id("tenant-a"), id("app-a"), exp).prop_map(
+                |(scope, aud, tenant_id, client_id, exp)| AccessTokenClaims {
+                    scope,
+                    aud,
+                    tenant_id,
+                    client_id,
+                    exp: exp.map(|e| NOW + e),
+                    iat: Some(NOW - 60),
+                    ..Default::default()
+                },
+            )
+        }
+
+        proptest! {
+            /// Computed independently of the implementation, rule by rule.
+            #[test]
+            fn the_policy_accepts_exactly_when_every_rule_holds(
+                c in claims(),
+                tenant in prop_oneof![4 => Just("tenant-a"), 1 => Just("tenant-b")],
+                app in prop_oneof![4 => Just("app-a"), 1 => Just("tenant-a")],
+            ) {
+                let now = DateTime::from_timestamp(NOW, 0).unwrap();
+                let expected = c.scope.iter().any(|s| s == BILLING_WRITE_SCOPE)
+                    && c.aud.iter().any(|a| a == BILLING_AUDIENCE)
+                    && c.tenant_id.as_deref() == Some(tenant)
+                    && c.client_id.as_deref() == Some(app)
+                    && c.exp.is_some_and(|e| e - NOW >= 1);
+                let got = BillingPolicy::default()
+                    .check(&c, &TenantId::parse(tenant).unwrap(), &ApplicationId::parse(app).unwrap(), now);
+                prop_assert_eq!(got.is_ok(), expected, "{:?}", got);
+                if let Err(v) = got {
+                    prop_assert!(!v.as_slice().is_empty());
+                }
+            }
+
+            #[test]
+            fn tenant_header_always_equals_tenant_claim(
+                c in claims(),
+                tenant in prop_oneof![Just("tenant-a"), Just("tenant-b")],
+            ) {
+                let now = DateTime::from_timestamp(NOW, 0).unwrap();
+                let app = ApplicationId::parse("app-a").unwrap();
+                if let Ok(h) = BillingPolicy::default().authorize(
+                    AccessToken::new("t"), c.clone(), &TenantId::parse(tenant).unwrap(), &app, now,
+                ) {
+                    prop_assert_eq!(Some(h.tenant_id().as_str()), c.tenant_id.as_deref());
+                    prop_assert_eq!(Some(h.application_id().as_str()), c.client_id.as_deref());
+                }
+            }
+        }
+    }
 }
