@@ -11,6 +11,7 @@ use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -65,10 +66,13 @@ async fn workload(
             Ok::<_, billsync_domain::OutboxError>(())
         }));
     }
+    // Stopped by a flag, not aborted: a lease already handed to the writer would still run
+    // after an abort and hold events while the caller checks the outbox.
+    let stop = Arc::new(AtomicBool::new(false));
     let leaser = {
-        let (outbox, t, report) = (outbox.clone(), t.clone(), report.clone());
+        let (outbox, t, report, stop) = (outbox.clone(), t.clone(), report.clone(), stop.clone());
         tokio::spawn(async move {
-            loop {
+            while !stop.load(Ordering::SeqCst) {
                 match outbox.lease(&t, 16, CHILD_LEASE).await? {
                     Some(lease) => {
                         let half: Vec<EventId> = lease.events.iter().step_by(2).map(|e| e.event_id().clone()).collect();
@@ -79,14 +83,14 @@ async fn workload(
                     None => tokio::time::sleep(Duration::from_millis(2)).await,
                 }
             }
-            #[allow(unreachable_code)]
             Ok::<_, billsync_domain::OutboxError>(())
         })
     };
     for e in enqueuers {
         e.await??;
     }
-    leaser.abort();
+    stop.store(true, Ordering::SeqCst);
+    leaser.await??;
     Ok(())
 }
 
