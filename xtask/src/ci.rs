@@ -27,6 +27,10 @@ pub fn run() -> Result<(), String> {
         // nextest does not run doctests.
         sh(cargo().args(["test", "--workspace", "--locked", "--doc"]).envs(vars.iter().map(|(k, v)| (k, v))))?;
     }
+    // Hostile conditions (docs/hostile.md): a one-minute fault soak with SIGKILLed agents, then
+    // a short run of every fuzz target (skipped with a message where cargo-fuzz cannot be had).
+    crate::soak::run(&["--minutes".into(), "1".into()])?;
+    crate::fuzz::run(&["--seconds".into(), "10".into()])?;
     Ok(())
 }
 

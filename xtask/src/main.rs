@@ -5,9 +5,15 @@
 //!   `-D warnings`, the domain purity check, then every test. If it passes locally, CI is green.
 //! - `bench [--quick]`: the benchmarks, written to `target/bench/`.
 //! - `purity`: only the domain purity check.
+//! - `soak [--minutes N] [--seed S] [--release] [--keep]`: the fault soak (every platform fault,
+//!   concurrent producers, the agent SIGKILLed and restarted), then a reconciliation; fails on
+//!   any loss. Default 5 minutes.
+//! - `fuzz [--seconds N]`: each cargo-fuzz target for N seconds (installs cargo-fuzz if missing).
 
 mod bench;
 mod ci;
+mod fuzz;
+mod soak;
 
 use std::process::{Command, ExitCode};
 
@@ -16,6 +22,8 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci::run(),
         Some("purity") => ci::purity(),
+        Some("soak") => soak::run(&args[1..]),
+        Some("fuzz") => fuzz::run(&args[1..]),
         Some("bench") => bench::run(args.iter().any(|a| a == "--quick")),
         Some("env") => ci::test_env().map(|vars| {
             for (k, v) in vars {
@@ -23,7 +31,9 @@ fn main() -> ExitCode {
             }
         }),
         _ => {
-            eprintln!("usage: cargo xtask <ci | bench [--quick] | purity | env>");
+            eprintln!(
+                "usage: cargo xtask <ci | bench [--quick] | purity | soak [--minutes N] | fuzz [--seconds N] | env>"
+            );
             return ExitCode::from(2);
         }
     };

@@ -111,6 +111,12 @@ impl AgentBuilder {
             .with_policy(policy.clone())
             .with_refresh(config.sync.refresh)
             .with_timeout(config.sync.request_timeout);
+        let auth_config = match &config.platform.ca_file {
+            Some(path) => auth_config.with_ca_pem(
+                std::fs::read(path).map_err(|e| AgentError::Auth(format!("ca_file {}: {e}", path.display())))?,
+            ),
+            None => auth_config,
+        };
         let mut auths = Vec::new();
         for t in &config.tenants {
             let mut a = TenantAuth::new(t.tenant.clone(), billsync_domain::ClientSecret::new(t.secret.secret()))
@@ -141,6 +147,12 @@ impl AgentBuilder {
         settings.batcher = config.sync.batcher;
         settings.rate = config.sync.rate;
         settings.max_backoff = config.sync.max_backoff;
+        if let Some(lease) = config.sync.lease {
+            settings.lease_for = lease;
+        }
+        if let Some(ttl) = config.sync.claim_ttl {
+            settings.claim_ttl = ttl;
+        }
         let metrics = Metrics::default();
         let engine = Engine::new(
             outbox.clone(),

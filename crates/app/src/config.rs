@@ -81,6 +81,8 @@ struct RawSync {
     refresh_at: Option<f64>,
     max_backoff_seconds: Option<u64>,
     request_timeout_seconds: Option<u64>,
+    lease_seconds: Option<u64>,
+    claim_ttl_seconds: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -150,6 +152,13 @@ pub struct SyncConfig {
     pub max_backoff: Duration,
     /// Per-request timeout.
     pub request_timeout: Duration,
+    /// How long a lease holds events (`sync.lease_seconds`); `None` keeps the engine's default
+    /// (120 s). After a crash, leased events return to pending only when their lease expires.
+    pub lease: Option<Duration>,
+    /// How long a tenant claim lasts without a heartbeat (`sync.claim_ttl_seconds`); `None`
+    /// keeps the engine's default (30 s). After a crash, a restarted agent drains the tenant
+    /// only once the dead agent's claim has expired.
+    pub claim_ttl: Option<Duration>,
 }
 
 /// One tenant with its credentials.
@@ -238,7 +247,7 @@ impl Config {
             retention: Duration::from_secs(u64::from(raw.storage.retention_days.unwrap_or(7)) * 86_400),
         };
         let rpm = raw.sync.requests_per_minute.unwrap_or(100);
-        let sync = SyncConfig {
+        let mut sync = SyncConfig {
             batcher: Batcher::new(raw.sync.max_batch_events.unwrap_or(500))
                 .map_err(|e| invalid("sync.max_batch_events", e.to_string()))?,
             rate: RatePolicy::per_minute(
@@ -249,7 +258,27 @@ impl Config {
                 .map_err(|e| invalid("sync.refresh_at", e.to_string()))?,
             max_backoff: Duration::from_secs(raw.sync.max_backoff_seconds.unwrap_or(300).max(1)),
             request_timeout: Duration::from_secs(raw.sync.request_timeout_seconds.unwrap_or(30).max(1)),
+            lease: None,
+            claim_ttl: None,
         };
+        if let Some(secs) = raw.sync.lease_seconds {
+            let timeout = sync.request_timeout.as_secs();
+            if secs < timeout.max(1) {
+                return Err(invalid(
+                    "sync.lease_seconds",
+                    format!(
+                        "{secs} is shorter than request_timeout_seconds ({timeout}); a lease must outlive a request"
+                    ),
+                ));
+            }
+            sync.lease = Some(Duration::from_secs(secs));
+        }
+        if let Some(secs) = raw.sync.claim_ttl_seconds {
+            if secs < 3 {
+                return Err(invalid("sync.claim_ttl_seconds", format!("{secs} is below the minimum of 3")));
+            }
+            sync.claim_ttl = Some(Duration::from_secs(secs));
+        }
         let mut tenants = Vec::new();
         let mut names = HashSet::new();
         for (i, t) in raw.tenants.into_iter().enumerate() {
@@ -405,6 +434,21 @@ extra_token_params = { audience = "https://iot.oraclecloud.com/billing" }
         assert!(e.contains("sync.refresh_at"), "{e}");
         let e = parse(&GOOD.replace("acme-prod-001", "acme prod")).unwrap_err();
         assert!(e.contains("tenants[acme].tenant_id"), "{e}");
+    }
+
+    #[test]
+    fn lease_and_claim_ttl_are_optional_and_checked() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!((c.sync.lease, c.sync.claim_ttl), (None, None));
+        let c =
+            parse(&format!("{GOOD}\n[sync]\nrequest_timeout_seconds = 5\nlease_seconds = 10\nclaim_ttl_seconds = 6\n"))
+                .unwrap();
+        assert_eq!(c.sync.lease, Some(Duration::from_secs(10)));
+        assert_eq!(c.sync.claim_ttl, Some(Duration::from_secs(6)));
+        let e = parse(&format!("{GOOD}\n[sync]\nlease_seconds = 10\n")).unwrap_err();
+        assert!(e.contains("sync.lease_seconds: 10 is shorter than request_timeout_seconds (30)"), "{e}");
+        let e = parse(&format!("{GOOD}\n[sync]\nclaim_ttl_seconds = 1\n")).unwrap_err();
+        assert!(e.contains("sync.claim_ttl_seconds"), "{e}");
     }
 
     #[test]

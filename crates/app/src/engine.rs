@@ -48,6 +48,10 @@ pub struct SyncSettings {
     /// How long a blocked tenant waits in `run` before trying again (the console may have been
     /// fixed meanwhile).
     pub blocked_retry: Duration,
+    /// Most leases held at once across all tenants (default 16): bounds the events in memory
+    /// whatever the number of tenants. A tenant leases only once its window has a slot free,
+    /// so a tenant waiting for its rate limit holds neither events nor a place.
+    pub max_in_flight: usize,
 }
 
 impl Default for SyncSettings {
@@ -62,6 +66,7 @@ impl Default for SyncSettings {
             poll_interval: Duration::from_secs(1),
             claim_ttl: Duration::from_secs(30),
             blocked_retry: Duration::from_secs(300),
+            max_in_flight: 16,
         }
     }
 }
@@ -128,6 +133,7 @@ struct Inner {
     agent_id: String,
     origin: Instant,
     limiters: HashMap<TenantName, Mutex<SlidingWindow>>,
+    in_flight: tokio::sync::Semaphore,
     reports: Mutex<HashMap<TenantName, TenantReport>>,
     metrics: Metrics,
 }
@@ -184,6 +190,7 @@ impl Engine {
             .iter()
             .map(|t| (t.name().clone(), TenantReport { name: t.name().to_string(), ..Default::default() }))
             .collect();
+        let in_flight = tokio::sync::Semaphore::new(settings.max_in_flight.max(1));
         let agent_id = format!("{}-{}-{:08x}", hostname(), std::process::id(), rand::thread_rng().r#gen::<u32>());
         Self {
             inner: Arc::new(Inner {
@@ -197,6 +204,7 @@ impl Engine {
                 agent_id,
                 origin: Instant::now(),
                 limiters,
+                in_flight,
                 reports: Mutex::new(reports),
                 metrics,
             }),
@@ -294,7 +302,27 @@ impl Engine {
     }
 
     /// Drains one tenant until nothing is deliverable (or, for `forever`, until stopped).
+    ///
+    /// A batch's ack is not waited for before the next lease and post: it commits while the
+    /// next batch travels (at most one ack in flight per tenant, in order), so the outbox's
+    /// commit and the platform's answer overlap. Every way out of the loop, and every nack,
+    /// dead letter and count, first waits for the ack in flight.
     async fn drain(&self, tenant: &Tenant, forever: bool, stop: watch::Receiver<bool>) -> Drained {
+        let mut acking = None;
+        let drained = self.drain_inner(tenant, forever, stop, &mut acking).await;
+        if let Err(e) = finish_ack(&mut acking).await {
+            self.note_error(tenant, &e);
+        }
+        drained
+    }
+
+    async fn drain_inner(
+        &self,
+        tenant: &Tenant,
+        forever: bool,
+        stop: watch::Receiver<bool>,
+        acking: &mut Option<AckTask>,
+    ) -> Drained {
         let name = tenant.name();
         let mut failures = 0u32;
         let mut claimed_at: Option<Instant> = None;
@@ -317,6 +345,11 @@ impl Engine {
                 }
                 self.update(tenant, |r| r.held_elsewhere = false);
             }
+            // Lease only when a request could go at once, and within the global bound.
+            if !self.wait_for_slot(tenant, &stop).await {
+                return Drained::Idle;
+            }
+            let Ok(permit) = self.inner.in_flight.acquire().await else { return Drained::Idle };
             let lease = match self
                 .inner
                 .outbox
@@ -325,8 +358,13 @@ impl Engine {
             {
                 Ok(Some(lease)) => lease,
                 Ok(None) => {
+                    drop(permit);
                     if forever {
                         return Drained::Idle;
+                    }
+                    if let Err(e) = finish_ack(acking).await {
+                        self.note_error(tenant, &e);
+                        return Drained::GaveUp;
                     }
                     // Anything backing off? `sync` waits for it while it has retries left.
                     match self.inner.outbox.counts(name).await {
@@ -348,6 +386,7 @@ impl Engine {
                     }
                 }
                 Err(e) => {
+                    drop(permit);
                     self.note_error(tenant, &e);
                     if forever && sleep_or_stop(self.backoff(failures), stop.clone()).await {
                         failures = failures.saturating_add(1);
@@ -356,7 +395,16 @@ impl Engine {
                     return Drained::GaveUp;
                 }
             };
-            match self.deliver_lease(tenant, &lease, stop.clone()).await {
+            let delivered = self.deliver_lease(tenant, &lease, stop.clone(), acking).await;
+            drop(permit);
+            if !matches!(delivered, Ok(None)) {
+                if let Err(e) = finish_ack(acking).await {
+                    self.note_error(tenant, &e);
+                    let _ = self.inner.outbox.nack(&lease, self.now()).await;
+                    return Drained::GaveUp;
+                }
+            }
+            match delivered {
                 Ok(None) => failures = 0,
                 Ok(Some(Step::Block(blocked))) => {
                     let _ = self.inner.outbox.nack(&lease, self.now()).await;
@@ -398,6 +446,7 @@ impl Engine {
         tenant: &Tenant,
         lease: &Lease,
         stop: watch::Receiver<bool>,
+        acking: &mut Option<AckTask>,
     ) -> Result<Option<Step>, OutboxError> {
         let mut queue: VecDeque<Vec<EncodedEvent>> =
             self.inner.settings.batcher.split(&lease.events).into_iter().map(<[_]>::to_vec).collect();
@@ -407,11 +456,24 @@ impl Engine {
             }
             match self.send(tenant, &batch, stop.clone()).await {
                 Step::Settled { delivered, dead } => {
-                    if !delivered.is_empty() {
-                        self.inner.outbox.ack(lease, &delivered).await?;
-                    }
-                    if !dead.is_empty() {
-                        self.inner.outbox.dead_letter(lease, &dead).await?;
+                    finish_ack(acking).await?;
+                    if dead.is_empty() && !delivered.is_empty() {
+                        // Commits while the next batch is leased and sent.
+                        let outbox = Arc::clone(&self.inner.outbox);
+                        let receipt = Lease {
+                            id: lease.id.clone(),
+                            tenant: lease.tenant.clone(),
+                            events: Vec::new(),
+                            expires_at: lease.expires_at,
+                        };
+                        *acking = Some(tokio::spawn(async move { outbox.ack(&receipt, &delivered).await }));
+                    } else {
+                        if !delivered.is_empty() {
+                            self.inner.outbox.ack(lease, &delivered).await?;
+                        }
+                        if !dead.is_empty() {
+                            self.inner.outbox.dead_letter(lease, &dead).await?;
+                        }
                     }
                 }
                 Step::Split => {
@@ -423,6 +485,26 @@ impl Engine {
             }
         }
         Ok(None)
+    }
+
+    /// Waits until the tenant's window has a slot free, without taking it.
+    async fn wait_for_slot(&self, tenant: &Tenant, stop: &watch::Receiver<bool>) -> bool {
+        loop {
+            let wait = match self.inner.limiters.get(tenant.name()) {
+                Some(w) => {
+                    let mut probe = lock(w).clone();
+                    match probe.try_acquire(self.inner.origin.elapsed()) {
+                        Ok(()) => return true,
+                        Err(wait) => wait,
+                    }
+                }
+                None => return true,
+            };
+            self.inner.metrics.rate_limit_wait(tenant.name().as_str());
+            if !sleep_or_stop(wait, stop.clone()).await {
+                return false;
+            }
+        }
     }
 
     async fn take_slot(&self, tenant: &Tenant, stop: &watch::Receiver<bool>) -> bool {
@@ -624,6 +706,17 @@ fn status_label(r: &BillingResponse) -> &'static str {
         BillingResponse::RateLimited { .. } => "429",
         BillingResponse::ServerError { .. } => "5xx",
         BillingResponse::Unexpected { .. } => "other",
+    }
+}
+
+/// An ack committing in the background.
+type AckTask = tokio::task::JoinHandle<Result<(), OutboxError>>;
+
+/// Waits for the ack in flight, if any.
+async fn finish_ack(acking: &mut Option<AckTask>) -> Result<(), OutboxError> {
+    match acking.take() {
+        None => Ok(()),
+        Some(task) => task.await.unwrap_or_else(|e| Err(OutboxError::Storage(format!("the ack task failed: {e}")))),
     }
 }
 

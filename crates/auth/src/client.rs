@@ -122,13 +122,19 @@ impl OAuthClient {
     /// # Errors
     /// [`ConfigError::HttpClient`] if the HTTP client cannot be built.
     pub fn with_clock(config: AuthConfig, clock: Arc<dyn Clock>) -> Result<Self, ConfigError> {
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .timeout(config.timeout())
             .connect_timeout(config.timeout())
             .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("billsync-auth/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| ConfigError::HttpClient(e.to_string()))?;
+            .user_agent(concat!("billsync-auth/", env!("CARGO_PKG_VERSION")));
+        if let Some(pem) = config.ca_pem() {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| ConfigError::HttpClient(format!("the CA bundle is not PEM certificates: {e}")))?;
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder.build().map_err(|e| ConfigError::HttpClient(e.to_string()))?;
         let jwks = JwksCache::new(config.jwks_url_parsed().clone());
         Ok(Self {
             inner: Arc::new(Inner {
@@ -332,6 +338,27 @@ async fn read_capped(mut resp: reqwest::Response) -> Result<Vec<u8>, String> {
     }
 }
 
+/// A token endpoint's answer as billsync reads it: the access token (redacted in `Debug`),
+/// `expires_in` in seconds (clamped to between -1 and ten years) and the granted scopes.
+pub type TokenResponse = (AccessToken, Option<i64>, Option<Vec<String>>);
+
+/// Parses a token endpoint's answer the way the token cache does: a `2xx` body as an RFC 6749
+/// §5.1 token response, a `4xx` body as an RFC 6749 §5.2 error. Exposed so that the parser can
+/// be fuzzed and tested on its own; it never panics and never echoes the body (which holds the
+/// token) in an error.
+///
+/// # Errors
+/// [`TokenError::Malformed`] for a `2xx` body that is not a usable token response, or a status
+/// that is neither `2xx` nor `4xx`; [`TokenError::Refused`] for a `4xx`, with the server's
+/// `error` and `error_description` (made printable and short).
+pub fn parse_token_response(status: u16, body: &[u8]) -> Result<TokenResponse, TokenError> {
+    match reqwest::StatusCode::from_u16(status) {
+        Ok(s) if s.is_success() => parse_success(body),
+        Ok(s) if s.is_client_error() => Err(parse_error(s, body)),
+        _ => Err(TokenError::Malformed(format!("unexpected HTTP status {status} from the token endpoint"))),
+    }
+}
+
 #[derive(Deserialize)]
 struct SuccessBody {
     access_token: Option<serde_json::Value>,
@@ -340,10 +367,8 @@ struct SuccessBody {
     scope: Option<serde_json::Value>,
 }
 
-type Parsed = (AccessToken, Option<i64>, Option<Vec<String>>);
-
 /// Parses RFC 6749 §5.1. Never echoes the body (it holds the token).
-fn parse_success(body: &[u8]) -> Result<Parsed, TokenError> {
+fn parse_success(body: &[u8]) -> Result<TokenResponse, TokenError> {
     let b: SuccessBody = serde_json::from_slice(body).map_err(|e| {
         TokenError::Malformed(format!(
             "HTTP 200 but the body is not a JSON token response (line {}, column {})",

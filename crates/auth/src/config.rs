@@ -239,6 +239,7 @@ pub struct AuthConfig {
     timeout: Duration,
     retry: RetryPolicy,
     opaque_lifetime: Duration,
+    ca_pem: Option<Vec<u8>>,
 }
 
 impl AuthConfig {
@@ -261,7 +262,15 @@ impl AuthConfig {
             timeout: Duration::from_secs(10),
             retry: RetryPolicy::default(),
             opaque_lifetime: Duration::from_secs(900),
+            ca_pem: None,
         })
+    }
+
+    /// Trusts the certificates of this PEM bundle besides the system roots, for a token
+    /// endpoint and JWKS behind a private CA (`platform.ca_file`).
+    pub fn with_ca_pem(mut self, pem: Vec<u8>) -> Self {
+        self.ca_pem = Some(pem);
+        self
     }
 
     /// Sets the JWKS URL.
@@ -326,6 +335,9 @@ impl AuthConfig {
     /// The lifetime assumed for opaque tokens without `expires_in`.
     pub fn opaque_lifetime(&self) -> Duration {
         self.opaque_lifetime
+    }
+    pub(crate) fn ca_pem(&self) -> Option<&[u8]> {
+        self.ca_pem.as_deref()
     }
     pub(crate) fn token_url_parsed(&self) -> &Url {
         &self.token_url

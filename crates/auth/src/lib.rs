@@ -60,7 +60,7 @@ mod jwt;
 mod preflight;
 
 pub use cache::TokenCache;
-pub use client::OAuthClient;
+pub use client::{OAuthClient, TokenResponse, parse_token_response};
 pub use config::{AuthConfig, AuthMethod, ConfigError, RetryPolicy, TenantAuth};
 pub use diagnose::{Check, Diagnosis, HeaderConfig};
 pub use inspect::{Inspection, TokenTimes, inspect};

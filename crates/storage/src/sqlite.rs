@@ -189,6 +189,12 @@ enum Op {
 }
 
 impl Op {
+    /// Whether the operation may commit without an fsync: a lease or a claim lost in a crash
+    /// is the same as one that expired.
+    fn relaxed(&self) -> bool {
+        matches!(self, Op::Lease { .. } | Op::Claim { .. })
+    }
+
     fn weight(&self) -> usize {
         match self {
             Op::Enqueue { events, .. } => events.len(),
@@ -296,15 +302,31 @@ fn run_in_transaction<'a>(
     now: i64,
 ) -> BoxFuture<'a, Result<Vec<Out>, StoreError>> {
     Box::pin(async move {
-        conn.execute("BEGIN IMMEDIATE").await?;
-        let result = match exec_all(conn, ops, now).await {
-            Ok(outs) => conn.execute("COMMIT").await.map(|_| outs).map_err(StoreError::from),
-            Err(e) => Err(e),
+        // A group of leases and claims only needs no fsync of its own: losing it in a crash
+        // equals its expiry (the events are pending again, the claim is free), and the next
+        // durable commit syncs the WAL with it in it.
+        let relaxed = ops.iter().all(|op| op.relaxed());
+        if relaxed {
+            conn.execute("PRAGMA synchronous = NORMAL").await?;
+        }
+        let mut result = match conn.execute("BEGIN IMMEDIATE").await {
+            Ok(_) => match exec_all(conn, ops, now).await {
+                Ok(outs) => conn.execute("COMMIT").await.map(|_| outs).map_err(StoreError::from),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e.into()),
         };
         if result.is_err() {
             // SQLite may already have rolled back (SQLITE_FULL can do that): then this fails
             // harmlessly.
             let _ = conn.execute("ROLLBACK").await;
+        }
+        if relaxed {
+            // Every other commit stays durable: if this fails, so does the group (a lease
+            // that is not returned expires; a claim that is not returned is retried).
+            if let Err(e) = conn.execute("PRAGMA synchronous = FULL").await {
+                result = Err(e.into());
+            }
         }
         result
     })

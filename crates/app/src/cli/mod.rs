@@ -353,10 +353,8 @@ pub fn inspect(
 /// When the address cannot be bound.
 pub async fn serve_emulator(config: billsync_emulator::EmulatorConfig, listen: SocketAddr) -> anyhow::Result<ExitCode> {
     let emulator = billsync_emulator::Emulator::start(config, listen).await?;
-    println!("billsync emulator listening on {}", emulator.base_url());
-    println!("  token endpoint: {}", emulator.token_url());
-    println!("  audit log:      {}/admin/audit", emulator.base_url());
-    println!("Ctrl-C to stop.");
+    print!("{}", emulator.describe());
+    println!("  audit log:      {}/admin/audit\nCtrl-C to stop.", emulator.base_url());
     shutdown_signal().await;
     emulator.shutdown().await;
     Ok(ExitCode::SUCCESS)

@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+mod fleet;
+
 use billsync_emulator::{Emulator, EmulatorConfig};
 
 struct Env {

@@ -20,7 +20,9 @@ async fn sleep_until(t: chrono::DateTime<chrono::Utc>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fifty_concurrent_callers_on_an_empty_then_expired_cache_cause_one_request_each_time() {
     // Arrange: a slow endpoint, so that all callers arrive while the first fetch is in flight.
-    let stub = Stub::start(Reply::Token(TokenSpec::good().lifetime(2))).await;
+    // 3 s tokens: `iat` has whole seconds, so a token can arrive with up to 1 s less than its
+    // lifetime, and a token with under 1 s left is refused as `expires_too_soon`.
+    let stub = Stub::start(Reply::Token(TokenSpec::good().lifetime(3))).await;
     stub.set_delay(Duration::from_millis(200));
     let cache = Arc::new(TokenCache::new(config(&stub), [auth()]).unwrap());
     let burst = |cache: Arc<TokenCache>| async move {

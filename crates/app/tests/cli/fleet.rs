@@ -1,0 +1,139 @@
+//! A fleet: two `billsync run` agents share one PostgreSQL outbox; one dies by SIGKILL; the
+//! other finishes every tenant, and the platform holds every event exactly once.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use billsync_emulator::{Emulator, EmulatorConfig, Fault, FaultKind};
+use sqlx::Connection;
+
+/// A throwaway database on the test server; dropped at the end.
+struct Database {
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+impl Database {
+    async fn create() -> Self {
+        let admin_url = std::env::var("BILLSYNC_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let name = format!("billsync_fleet_{}", std::process::id());
+        let mut c = sqlx::PgConnection::connect(&admin_url)
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL must answer at {admin_url} (run scripts/ensure-postgres.sh): {e}"));
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {name}")).execute(&mut c).await.unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut c).await.unwrap();
+        let (base, _) = admin_url.rsplit_once('/').unwrap();
+        Self { url: format!("{base}/{name}"), admin_url, name }
+    }
+
+    async fn drop_it(self) {
+        let mut c = sqlx::PgConnection::connect(&self.admin_url).await.unwrap();
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
+            .execute(&mut c)
+            .await;
+    }
+}
+
+fn agent(config: &std::path::Path) -> Child {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    Command::new(env!("CARGO_BIN_EXE_billsync"))
+        .arg("--config")
+        .arg(config)
+        .args(["run", "--listen", &format!("127.0.0.1:{port}")])
+        .env("SECRET_ACME", "secret-acme")
+        .env("SECRET_GLOBEX", "secret-globex")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn held(platform: &Emulator) -> (usize, usize, bool) {
+    let mut twice = false;
+    let mut n = [0; 2];
+    for (i, t) in ["acme-prod-001", "globex-prod-001"].iter().enumerate() {
+        let mut ids = platform.stored_event_ids(t);
+        let all = ids.len();
+        ids.sort();
+        ids.dedup();
+        twice |= ids.len() != all;
+        n[i] = ids.len();
+    }
+    (n[0], n[1], twice)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_one_agent_of_a_fleet_dies_the_other_finishes_every_tenant() {
+    // Arrange: a slow platform, short leases and claims, 200 events for each of two tenants.
+    let db = Database::create().await;
+    let platform = Emulator::start(EmulatorConfig::builtin(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    platform.inject(Fault::probability(FaultKind::Latency { ms: 150 }, 1.0));
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("billsync.toml");
+    let mut text = format!(
+        "[platform]\nbase_url = \"{}\"\n[storage]\nurl = \"{}\"\n[sync]\nmax_batch_events = 10\nlease_seconds = 3\nrequest_timeout_seconds = 2\nclaim_ttl_seconds = 3\n",
+        platform.base_url(),
+        db.url
+    );
+    for (name, tenant, app) in [("acme", "acme-prod-001", "app-acme"), ("globex", "globex-prod-001", "app-globex")] {
+        text.push_str(&format!(
+            "[[tenants]]\nname = \"{name}\"\ntenant_id = \"{tenant}\"\napplication_id = \"{app}\"\nclient_secret_env = \"SECRET_{}\"\n",
+            name.to_uppercase()
+        ));
+    }
+    std::fs::write(&config, text).unwrap();
+    for tenant in ["acme", "globex"] {
+        let at = (chrono::Utc::now() - chrono::Duration::minutes(1)).to_rfc3339();
+        let lines: Vec<String> = (0..200)
+            .map(|i| format!(r#"{{"event_id":"{tenant}-{i}","device_id":"d","meter":"m","quantity":"1","unit":"kWh","occurred_at":"{at}"}}"#))
+            .collect();
+        let file = dir.path().join(format!("{tenant}.jsonl"));
+        std::fs::write(&file, lines.join("\n")).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_billsync"))
+            .arg("--config")
+            .arg(&config)
+            .args(["enqueue", "--tenant", tenant])
+            .arg(&file)
+            .env("SECRET_ACME", "x")
+            .env("SECRET_GLOBEX", "x")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    // Act: two agents; the first dies by SIGKILL once delivery is under way.
+    let mut a = agent(&config);
+    let mut b = agent(&config);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while {
+        let (x, y, _) = held(&platform);
+        x + y < 60
+    } {
+        assert!(Instant::now() < deadline, "the fleet delivered nothing");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    a.kill().unwrap();
+    a.wait().unwrap();
+    let killed_at = held(&platform);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while {
+        let (x, y, _) = held(&platform);
+        x + y < 400
+    } {
+        assert!(Instant::now() < deadline, "the survivor did not finish: {:?}", held(&platform));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = Command::new("kill").args(["-TERM", &b.id().to_string()]).status();
+    let _ = b.wait();
+
+    // Assert
+    let (acme, globex, twice) = held(&platform);
+    assert_eq!((acme, globex, twice), (200, 200, false), "killed at {killed_at:?}");
+    assert!(killed_at.0 + killed_at.1 < 400, "the kill landed mid-backlog");
+    let counters = platform.counters();
+    assert_eq!(counters.status(429), 0, "the per-tenant limit held across the fleet: {counters:?}");
+    platform.shutdown().await;
+    db.drop_it().await;
+}

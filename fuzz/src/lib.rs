@@ -1,0 +1,104 @@
+//! The fuzzed entry points of billsync, one function per cargo-fuzz target. The targets in
+//! `fuzz_targets/` call these, and so does the corpus regression test
+//! (`tests/e2e/fuzz_corpus.rs`, which includes this file), so the committed corpus is replayed
+//! on stable Rust in every `cargo test`. Each function must return normally for every input:
+//! a panic is a bug in billsync.
+//!
+//! Inputs of the multi-part targets are text with the parts on separate lines, so that the
+//! corpus stays readable: `billing_response` is `STATUS\nWWW-Authenticate\nRetry-After\nBODY`,
+//! `token_response` is `STATUS\nBODY`, `jwt_inspect` is `TOKEN\nTENANT_ID\nAPPLICATION_ID`.
+
+use std::path::Path;
+
+use billsync_domain::{AccessToken, ApplicationId, BillingEvent, BillingPolicy, ClientSecret, TenantId};
+use chrono::{DateTime, TimeZone, Utc};
+
+/// A fuzzed entry point.
+pub type Target = fn(&[u8]);
+
+/// Every target: (name = directory under `fuzz/corpus/`, function).
+pub const TARGETS: &[(&str, Target)] = &[
+    ("billing_event", billing_event),
+    ("jwt_inspect", jwt_inspect),
+    ("token_response", token_response),
+    ("billing_response", billing_response),
+    ("config", config),
+];
+
+/// A fixed "now" so that a run is reproducible: 2026-11-23T10:20:00Z.
+fn now() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 23, 10, 20, 0).single().unwrap_or_default()
+}
+
+/// Splits off the first line (without its `\n`).
+fn line(data: &[u8]) -> (&[u8], &[u8]) {
+    match data.iter().position(|&b| b == b'\n') {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (data, &[]),
+    }
+}
+
+/// `BillingEvent::parse`; an accepted event must survive its own encoding unchanged.
+pub fn billing_event(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    if let Ok(event) = BillingEvent::parse(text, now()) {
+        let encoded = event.encode();
+        let again = BillingEvent::parse(encoded.json(), now())
+            .unwrap_or_else(|e| panic!("an accepted event's encoding is refused: {e}: {}", encoded.json()));
+        assert_eq!(again.encode().json(), encoded.json(), "encoding is not stable");
+        assert_eq!(again.event_id(), event.event_id());
+    }
+}
+
+/// `billsync_auth::inspect` (JWT decoding + the billing policy), with and without the ids.
+pub fn jwt_inspect(data: &[u8]) {
+    let (token, rest) = line(data);
+    let (tenant, rest) = line(rest);
+    let (app, _) = line(rest);
+    let token = String::from_utf8_lossy(token);
+    let tenant = TenantId::parse(String::from_utf8_lossy(tenant).into_owned()).ok();
+    let app = ApplicationId::parse(String::from_utf8_lossy(app).into_owned()).ok();
+    let policy = BillingPolicy::default();
+    let _ = billsync_auth::inspect(&token, tenant.as_ref(), app.as_ref(), &policy, now());
+    let _ = billsync_auth::inspect(&token, None, None, &policy, now());
+}
+
+/// `billsync_auth::parse_token_response`; an error never carries the body's token.
+pub fn token_response(data: &[u8]) {
+    let (status, body) = line(data);
+    let status = std::str::from_utf8(status).ok().and_then(|s| s.trim().parse::<u16>().ok()).unwrap_or(200);
+    match billsync_auth::parse_token_response(status, body) {
+        Ok((token, _, _)) => {
+            assert!(!token.secret().is_empty());
+            let redacted = format!("{:?}", AccessToken::new(String::from("x")));
+            assert_eq!(format!("{token:?}"), redacted, "an access token's Debug depends on its value");
+        }
+        Err(e) => {
+            let _ = e.to_string();
+        }
+    }
+}
+
+/// `billsync_domain::classify` of a billing response.
+pub fn billing_response(data: &[u8]) {
+    let (status, rest) = line(data);
+    let (www, rest) = line(rest);
+    let (retry, body) = line(rest);
+    let status = std::str::from_utf8(status).ok().and_then(|s| s.trim().parse::<u16>().ok()).unwrap_or(202);
+    let www = std::str::from_utf8(www).ok().filter(|s| !s.is_empty());
+    let retry = std::str::from_utf8(retry).ok().filter(|s| !s.is_empty());
+    let r = billsync_domain::classify(status, www, retry, body);
+    let _ = format!("{r:?}");
+}
+
+/// `billsync::config::Config::parse`; a valid configuration never shows its secrets in `Debug`.
+pub fn config(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    if let Ok(c) = billsync::config::Config::parse(text, Path::new("fuzz/billsync.toml")) {
+        let redacted = format!("{:?}", ClientSecret::new(String::from("x")));
+        for t in &c.tenants {
+            assert_eq!(format!("{:?}", t.secret), redacted, "a client secret's Debug depends on its value");
+        }
+        let _ = format!("{c:?}");
+    }
+}

@@ -1,0 +1,7 @@
+//! Hostile conditions (docs/hostile.md): the fuzz corpus replayed on stable, TLS refusals,
+//! forged tokens through the emulator, SQL only through bound parameters, a full disk.
+
+mod fuzz_corpus;
+mod sql_tidy;
+mod tenant_isolation;
+mod tls;
