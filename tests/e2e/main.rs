@@ -39,18 +39,19 @@ async fn events_reach_the_platform_and_the_misconfigured_tenant_is_blocked_befor
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_lived_tokens_never_expire_mid_sync() {
-    // 4 s tokens; every billing request takes 400 ms, so 45 batches span about 18 s.
+    // 4 s tokens over a 20 s sync: every billing request takes 400 ms, and 50 batches go one by one.
     let platform = EmulatorConfig::builtin().billing_token_lifetime(Duration::from_secs(4));
     let app = spawn_app(platform, &[ACME], "max_batch_events = 10").await;
     app.platform.inject(Fault::probability(FaultKind::Latency { ms: 400 }, 1.0));
-    app.agent.enqueue("acme", &events("acme", 450)).await.unwrap();
+    app.agent.enqueue("acme", &events("acme", 500)).await.unwrap();
 
     let started = std::time::Instant::now();
     app.agent.sync_once().await;
     let elapsed = started.elapsed().as_secs_f64();
 
     let counters = app.platform.counters();
-    assert_eq!(stored(&app, "acme-prod-001").0.len(), 450);
+    assert_eq!(stored(&app, "acme-prod-001").0.len(), 500);
+    assert!(elapsed >= 20.0, "the sync spanned {elapsed:.1} s");
     assert_eq!(counters.status(401), 0, "no request ever carried an expired token: {counters:?}");
     let tokens = app.agent.tokens().token_requests(&billsync_domain::TenantName::parse("acme").unwrap()) as f64;
     // One token per 3.2 s (80 % of 4 s), plus the first.

@@ -267,7 +267,19 @@ impl Agent {
     pub async fn sync_once(&self) -> Vec<TenantReport> {
         let reports = self.engine.sync_once().await;
         self.refresh_gauges().await;
+        self.save_state().await;
         reports
+    }
+
+    /// Saves what this agent knows of each tenant it worked on (blocked reason, last error,
+    /// token expiry) in the outbox, so that `billsync status` in another process shows it.
+    pub async fn save_state(&self) {
+        for r in self.engine.reports().into_iter().filter(TenantReport::touched) {
+            let (Ok(name), Ok(json)) = (TenantName::parse(r.name.clone()), serde_json::to_string(&r)) else { continue };
+            if let Err(e) = self.outbox.save_tenant_state(&name, &json).await {
+                tracing::warn!(tenant = %name, error = %e, "could not save the tenant's state");
+            }
+        }
     }
 
     /// Runs the agent until `shutdown` resolves.
@@ -296,7 +308,17 @@ impl Agent {
         for t in &self.config.tenants {
             let name = t.tenant.name();
             let c: TenantCounts = self.outbox.counts(name).await?;
-            let r = reports.iter().find(|r| r.name == name.as_str());
+            let here = reports.iter().find(|r| r.name == name.as_str() && r.touched()).cloned();
+            let r = match here {
+                Some(r) => Some(r),
+                // Another process (a `sync`, or the `run` agent) may have saved what it knows.
+                None => self
+                    .outbox
+                    .tenant_state(name)
+                    .await?
+                    .and_then(|json| serde_json::from_str::<TenantReport>(&json).ok()),
+            };
+            let r = r.as_ref();
             out.push(TenantStatus {
                 name: name.to_string(),
                 pending: c.pending,

@@ -73,7 +73,7 @@ impl Default for SyncSettings {
 
 /// Why a tenant is blocked: a configuration problem that retrying cannot fix. Its events stay
 /// pending; a configuration problem never dead-letters events.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Blocked {
     /// The reason codes (`missing_scope`, `tenant_not_authorized`, `invalid_client`, ...).
     pub codes: Vec<String>,
@@ -94,7 +94,7 @@ impl std::fmt::Display for Blocked {
 }
 
 /// What happened to one tenant during a sync.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct TenantReport {
     /// The tenant's local name.
     pub name: String,
@@ -114,6 +114,14 @@ pub struct TenantReport {
     pub token_expires_at: Option<DateTime<Utc>>,
     /// Set when another agent holds this tenant.
     pub held_elsewhere: bool,
+}
+
+impl TenantReport {
+    /// Whether this engine did anything for the tenant (otherwise another process's saved
+    /// report says more).
+    pub fn touched(&self) -> bool {
+        self.requests > 0 || self.blocked.is_some() || self.last_error.is_some()
+    }
 }
 
 /// The sync engine. Cheap to clone; all clones share state.

@@ -180,6 +180,14 @@ impl Outbox for MemoryOutbox {
         Ok(true)
     }
 
+    async fn save_tenant_state(&self, _tenant: &TenantName, _state: &str) -> Result<(), OutboxError> {
+        Ok(())
+    }
+
+    async fn tenant_state(&self, _tenant: &TenantName) -> Result<Option<String>, OutboxError> {
+        Ok(None)
+    }
+
     async fn release_tenant(&self, _tenant: &TenantName, _agent: &str) -> Result<(), OutboxError> {
         Ok(())
     }

@@ -9,7 +9,7 @@ use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use reqwest::Url;
 
-use crate::jwt::DecodedJwt;
+use crate::jwt::{DecodedJwt, decode_unverified, normalize};
 
 const MAX_JWKS_BODY: usize = 1024 * 1024;
 
@@ -74,18 +74,7 @@ impl JwksCache {
         token: &str,
         jwt: &DecodedJwt,
     ) -> Result<String, SignatureError> {
-        let alg_name = jwt.header_str("alg").unwrap_or("(missing)");
-        let alg = match alg_name {
-            a if a.eq_ignore_ascii_case("none") => return Err(SignatureError::AlgNone),
-            "HS256" | "HS384" | "HS512" => return Err(SignatureError::Symmetric(alg_name.to_owned())),
-            "RS256" => Algorithm::RS256,
-            "RS384" => Algorithm::RS384,
-            "RS512" => Algorithm::RS512,
-            "PS256" => Algorithm::PS256,
-            "PS384" => Algorithm::PS384,
-            "PS512" => Algorithm::PS512,
-            other => return Err(SignatureError::Unsupported(other.to_owned())),
-        };
+        let alg = algorithm(jwt)?;
         let kid = jwt.header_str("kid").ok_or(SignatureError::MissingKid)?.to_owned();
         let key = match self.lookup(&kid) {
             Some(k) => k,
@@ -94,15 +83,9 @@ impl JwksCache {
                 self.lookup(&kid).ok_or_else(|| SignatureError::UnknownKid(kid.clone()))?
             }
         };
-        let mut validation = Validation::new(alg);
-        validation.validate_exp = false;
-        validation.validate_nbf = false;
-        validation.validate_aud = false;
-        validation.required_spec_claims.clear();
-        validation.leeway = 0;
-        match jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation) {
-            Ok(_) => Ok(kid),
-            Err(_) => Err(SignatureError::BadSignature(kid)),
+        match check_signature(token, &key, alg) {
+            Ok(()) => Ok(kid),
+            Err(()) => Err(SignatureError::BadSignature(kid)),
         }
     }
 
@@ -130,6 +113,52 @@ impl JwksCache {
         *self.keys.lock().unwrap_or_else(|p| p.into_inner()) = keys;
         Ok(())
     }
+}
+
+/// The signature algorithm a token names, if billsync accepts it.
+fn algorithm(jwt: &DecodedJwt) -> Result<Algorithm, SignatureError> {
+    let alg_name = jwt.header_str("alg").unwrap_or("(missing)");
+    Ok(match alg_name {
+        a if a.eq_ignore_ascii_case("none") => return Err(SignatureError::AlgNone),
+        "HS256" | "HS384" | "HS512" => return Err(SignatureError::Symmetric(alg_name.to_owned())),
+        "RS256" => Algorithm::RS256,
+        "RS384" => Algorithm::RS384,
+        "RS512" => Algorithm::RS512,
+        "PS256" => Algorithm::PS256,
+        "PS384" => Algorithm::PS384,
+        "PS512" => Algorithm::PS512,
+        other => return Err(SignatureError::Unsupported(other.to_owned())),
+    })
+}
+
+/// The signature check alone: no claim is validated here (the policy does that).
+fn check_signature(token: &str, key: &DecodingKey, alg: Algorithm) -> Result<(), ()> {
+    let mut validation = Validation::new(alg);
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.validate_aud = false;
+    validation.required_spec_claims.clear();
+    validation.leeway = 0;
+    jsonwebtoken::decode::<serde_json::Value>(token, key, &validation).map(drop).map_err(drop)
+}
+
+/// Verifies `token`'s signature against the keys of a JWKS document (`jwks`, the JSON body),
+/// exactly as the token cache does with `verify_jwks = true` once it holds the JWKS: the same
+/// algorithm rules, key selection by `kid` and signature check, without fetching anything.
+/// Returns the `kid` that verified it. Meant for tools and benchmarks.
+///
+/// # Errors
+/// The reason, as text: not a JWT, an algorithm billsync refuses, no or unknown `kid`, a bad
+/// signature, or an unusable JWKS.
+pub fn verify_with_jwks(token: &str, jwks: &[u8]) -> Result<String, String> {
+    let jwt = decode_unverified(token).map_err(|e| e.to_string())?;
+    let alg = algorithm(&jwt).map_err(|e| e.to_string())?;
+    let kid = jwt.header_str("kid").ok_or_else(|| SignatureError::MissingKid.to_string())?;
+    let keys = parse_jwks(jwks)?;
+    let key = keys.get(kid).ok_or_else(|| SignatureError::UnknownKid(kid.to_owned()).to_string())?;
+    check_signature(normalize(token), key, alg)
+        .map(|()| kid.to_owned())
+        .map_err(|()| SignatureError::BadSignature(kid.to_owned()).to_string())
 }
 
 /// The RSA keys of a JWKS document by `kid`; other keys are skipped.

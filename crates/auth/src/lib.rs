@@ -64,4 +64,5 @@ pub use client::{OAuthClient, TokenResponse, parse_token_response};
 pub use config::{AuthConfig, AuthMethod, ConfigError, RetryPolicy, TenantAuth};
 pub use diagnose::{Check, Diagnosis, HeaderConfig};
 pub use inspect::{Inspection, TokenTimes, inspect};
+pub use jwks::verify_with_jwks;
 pub use jwt::{InspectError, MAX_TOKEN_LEN, Segment};

@@ -161,6 +161,7 @@ async fn run(args: &Args) -> Res<()> {
                 if tenants == 1 { ">= 50000 events/s and ratio >= 0.5" } else { "ratio >= 0.5" },
                 &format!("{events} events, batches of 500, emulator rate limit off"),
             ));
+            print_last(&figures);
             if tenants == 1 {
                 let base = raw_sqlite_insert(one).await?;
                 figures.push(throughput(
@@ -308,7 +309,8 @@ async fn start(config: EmulatorConfig) -> Res<Emulator> {
 }
 
 fn config_text(base_url: &str, storage_url: &str, tenants: usize, sync: &str) -> String {
-    let mut text = format!("[platform]\nbase_url = \"{base_url}\"\n\n[storage]\nurl = \"{storage_url}\"\n\n[sync]\n{sync}\n");
+    let mut text =
+        format!("[platform]\nbase_url = \"{base_url}\"\n\n[storage]\nurl = \"{storage_url}\"\n\n[sync]\n{sync}\n");
     for i in 0..tenants {
         let (name, tenant_id, client, secret) = tenant(i);
         text.push_str(&format!(
@@ -330,9 +332,7 @@ fn event_json(id: &str, i: usize, occurred_at: &str) -> String {
 fn events(prefix: &str, n: usize) -> Res<Vec<EncodedEvent>> {
     let now = SystemClock.now();
     let at = (now - chrono::Duration::minutes(1)).to_rfc3339();
-    (0..n)
-        .map(|i| Ok(BillingEvent::parse(&event_json(&format!("{prefix}-{i}"), i, &at), now)?.encode()))
-        .collect()
+    (0..n).map(|i| Ok(BillingEvent::parse(&event_json(&format!("{prefix}-{i}"), i, &at), now)?.encode())).collect()
 }
 
 async fn agent(text: &str, dir: &Path) -> Res<Agent> {
@@ -376,7 +376,9 @@ async fn e2e(storage: &Storage, url: &dyn Fn(&Path) -> String, tenants: usize, p
     let elapsed = start.elapsed();
     let accepted: u64 = reports.iter().map(|r| r.accepted + r.duplicates).sum();
     if accepted != total {
-        return Err(format!("e2e {storage_name}: {accepted} of {total} delivered", storage_name = storage.name()).into());
+        return Err(
+            format!("e2e {storage_name}: {accepted} of {total} delivered", storage_name = storage.name()).into()
+        );
     }
     drop(agent);
     emu.shutdown().await;
@@ -596,6 +598,14 @@ async fn drain(quick: bool) -> Res<Figure> {
         return Err(format!("drain: {delivered} of {} delivered", TENANTS * per_tenant).into());
     }
     let refused = emu.counters().status(429);
+    if std::env::var_os("BENCH_DRAIN_TRACE").is_some() {
+        let audit = emu.audit();
+        let first = audit.iter().map(|a| a.time).min();
+        for a in audit.iter().filter(|a| a.endpoint.contains("billing")) {
+            let t = first.map(|f| (a.time - f).num_milliseconds()).unwrap_or_default();
+            eprintln!("  {t:>7} ms {} {:?}", a.status, a.tenant_id);
+        }
+    }
     drop(agent);
     emu.shutdown().await;
     let requests = per_tenant.div_ceil(batch);
@@ -799,7 +809,8 @@ async fn deliver_first(backlog: usize, first: u64) -> Res<Duration> {
     let db = dir.path().join("outbox.db");
     prefill(&db, 1, backlog).await?;
     let sync = format!("max_batch_events = 500\nrequests_per_minute = {NO_LIMIT_RPM}");
-    let agent = agent(&config_text(&emu.base_url(), &format!("sqlite://{}", db.display()), 1, &sync), dir.path()).await?;
+    let agent =
+        agent(&config_text(&emu.base_url(), &format!("sqlite://{}", db.display()), 1, &sync), dir.path()).await?;
     let stored = |emu: &Emulator| emu.counters().events_stored.values().sum::<u64>();
     let start = Instant::now();
     let deadline = Duration::from_secs(120);

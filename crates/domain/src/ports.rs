@@ -334,6 +334,20 @@ pub trait Outbox: Send + Sync {
     /// [`OutboxError::Storage`].
     async fn claim_tenant(&self, tenant: &TenantName, agent: &str, ttl: Duration) -> Result<bool, OutboxError>;
 
+    /// Records what an agent last knew of a tenant (a small JSON document: why it is blocked,
+    /// the last error, when its token expires), so that `status` in another process can show
+    /// it. The last writer wins.
+    ///
+    /// # Errors
+    /// [`OutboxError::Storage`].
+    async fn save_tenant_state(&self, tenant: &TenantName, state: &str) -> Result<(), OutboxError>;
+
+    /// The document last saved for a tenant, if any.
+    ///
+    /// # Errors
+    /// [`OutboxError::Storage`].
+    async fn tenant_state(&self, tenant: &TenantName) -> Result<Option<String>, OutboxError>;
+
     /// Gives up a claim held by `agent` (a no-op otherwise).
     ///
     /// # Errors

@@ -59,6 +59,11 @@ pub use sqlite::{SqliteOptions, SqliteOutbox};
 
 use crate::error::{StoreError, redact_url};
 
+/// The schema version this build writes: the newest embedded migration (the same number for
+/// SQLite and PostgreSQL). An outbox with a newer one is refused with
+/// [`OutboxError::SchemaTooNew`](billsync_domain::OutboxError::SchemaTooNew).
+pub const SCHEMA_VERSION: i64 = 2;
+
 /// Opens the outbox named by `url`:
 ///
 /// - `sqlite://PATH` (or `sqlite:PATH`): a SQLite file, created if missing; `sqlite:///abs/path.db`

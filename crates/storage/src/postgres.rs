@@ -434,6 +434,29 @@ impl Outbox for PostgresOutbox {
         Ok(row.is_some())
     }
 
+    async fn save_tenant_state(&self, tenant: &TenantName, state: &str) -> Result<(), OutboxError> {
+        sqlx::query(
+            "INSERT INTO tenant_state (tenant, state, updated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (tenant) DO UPDATE SET state = EXCLUDED.state, updated_at = EXCLUDED.updated_at",
+        )
+        .bind(tenant.as_str())
+        .bind(state)
+        .bind(self.now_ms())
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::from)?;
+        Ok(())
+    }
+
+    async fn tenant_state(&self, tenant: &TenantName) -> Result<Option<String>, OutboxError> {
+        let row = sqlx::query("SELECT state FROM tenant_state WHERE tenant = $1")
+            .bind(tenant.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(StoreError::from)?;
+        Ok(row.map(|r| r.try_get::<String, _>(0)).transpose().map_err(StoreError::from)?)
+    }
+
     async fn release_tenant(&self, tenant: &TenantName, agent: &str) -> Result<(), OutboxError> {
         sqlx::query("DELETE FROM tenant_claims WHERE tenant = $1 AND holder = $2")
             .bind(tenant.as_str())
@@ -442,5 +465,13 @@ impl Outbox for PostgresOutbox {
             .await
             .map_err(StoreError::from)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod schema_version {
+    #[test]
+    fn the_newest_migration_is_the_published_schema_version() {
+        assert_eq!(super::MIGRATOR.iter().map(|m| m.version).max(), Some(crate::SCHEMA_VERSION));
     }
 }

@@ -186,6 +186,7 @@ enum Op {
     CompactChunk { before: i64 },
     Claim { tenant: String, agent: String, ttl_ms: i64 },
     Release { tenant: String, agent: String },
+    SaveState { tenant: String, state: String },
 }
 
 impl Op {
@@ -537,6 +538,18 @@ async fn exec_one(conn: &mut SqliteConnection, op: &Op, now: i64) -> Result<Out,
                 .await?;
             Ok(Out::Done)
         }
+        Op::SaveState { tenant, state } => {
+            sqlx::query(
+                "INSERT INTO tenant_state (tenant, state, updated_at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (tenant) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+            )
+            .bind(tenant)
+            .bind(state)
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+            Ok(Out::Done)
+        }
     }
 }
 
@@ -708,6 +721,19 @@ impl Outbox for SqliteOutbox {
         }
     }
 
+    async fn save_tenant_state(&self, tenant: &TenantName, state: &str) -> Result<(), OutboxError> {
+        self.call(Op::SaveState { tenant: tenant.as_str().to_owned(), state: state.to_owned() }).await.map(drop)
+    }
+
+    async fn tenant_state(&self, tenant: &TenantName) -> Result<Option<String>, OutboxError> {
+        let row = sqlx::query("SELECT state FROM tenant_state WHERE tenant = ?1")
+            .bind(tenant.as_str())
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(StoreError::from)?;
+        Ok(row.map(|r| r.try_get::<String, _>(0)).transpose().map_err(StoreError::from)?)
+    }
+
     async fn release_tenant(&self, tenant: &TenantName, agent: &str) -> Result<(), OutboxError> {
         self.call(Op::Release { tenant: tenant.as_str().to_owned(), agent: agent.to_owned() }).await.map(drop)
     }
@@ -727,5 +753,13 @@ mod tests {
         let sync: i64 = sqlx::query_scalar("PRAGMA synchronous").fetch_one(&outbox.reader).await?;
         assert_eq!((mode.as_str(), sync), ("wal", 2), "WAL with synchronous=FULL");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod schema_version {
+    #[test]
+    fn the_newest_migration_is_the_published_schema_version() {
+        assert_eq!(super::MIGRATOR.iter().map(|m| m.version).max(), Some(crate::SCHEMA_VERSION));
     }
 }

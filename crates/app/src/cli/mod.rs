@@ -156,6 +156,17 @@ pub async fn run(agent: Agent, listen: SocketAddr) -> anyhow::Result<ExitCode> {
             }
         }
     });
+    // What the agent knows of each tenant, saved for `billsync status` every few seconds.
+    let state_agent = agent.clone();
+    let mut state_stop = stop_rx.clone();
+    let saver = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(5)) => state_agent.save_state().await,
+                _ = state_stop.changed() => break,
+            }
+        }
+    });
     let mut engine_stop = stop_rx.clone();
     let engine = {
         let agent = agent.clone();
@@ -175,6 +186,8 @@ pub async fn run(agent: Agent, listen: SocketAddr) -> anyhow::Result<ExitCode> {
     let _ = tokio::time::timeout(Duration::from_secs(9), engine).await;
     let _ = tokio::time::timeout(Duration::from_millis(500), server).await;
     compactor.abort();
+    saver.abort();
+    agent.save_state().await;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -30,9 +30,7 @@ impl Database {
 
     async fn drop_it(self) {
         let mut c = sqlx::PgConnection::connect(&self.admin_url).await.unwrap();
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
-            .execute(&mut c)
-            .await;
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)).execute(&mut c).await;
     }
 }
 

@@ -115,6 +115,10 @@ async fn sync_delivers_reports_and_exits_3_when_a_tenant_is_blocked() {
     let status = status_json(&env);
     assert_eq!(status["tenants"][0]["delivered"], 30);
     assert_eq!(status["tenants"][1]["pending"], 30);
+    // `status` is another process: it reads what `sync` saved.
+    assert_eq!(status["tenants"][1]["blocked"]["codes"], serde_json::json!(["missing_scope", "audience_missing"]));
+    assert!(status["tenants"][0]["token_expires_at"].is_string(), "{status}");
+    assert!(status["tenants"][0]["blocked"].is_null(), "{status}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -45,6 +45,7 @@ macro_rules! all_conformance_tests {
             claim_is_exclusive_until_it_expires,
             claim_renewal_is_a_heartbeat_and_release_frees_it,
             tenants_are_isolated,
+            tenant_state_is_saved_per_tenant_and_the_last_writer_wins,
         );
     };
 }
@@ -433,6 +434,20 @@ pub async fn tenants_are_isolated(outbox: Arc<dyn Outbox>, _: Arc<ManualClock>) 
     assert_eq!(outbox.counts(&a).await?.delivered, 2);
     let cb = outbox.counts(&b).await?;
     assert_eq!((cb.pending, cb.delivered), (3, 0));
+    Ok(())
+}
+
+pub async fn tenant_state_is_saved_per_tenant_and_the_last_writer_wins(
+    outbox: Arc<dyn Outbox>,
+    _: Arc<ManualClock>,
+) -> TestResult {
+    let (a, b) = (tenant("acme"), tenant("bolt"));
+    assert_eq!(outbox.tenant_state(&a).await?, None);
+    outbox.save_tenant_state(&a, r#"{"blocked":{"codes":["missing_scope"]}}"#).await?;
+    outbox.save_tenant_state(&b, r#"{"last_error":"503"}"#).await?;
+    outbox.save_tenant_state(&a, r#"{"blocked":null}"#).await?;
+    assert_eq!(outbox.tenant_state(&a).await?.as_deref(), Some(r#"{"blocked":null}"#));
+    assert_eq!(outbox.tenant_state(&b).await?.as_deref(), Some(r#"{"last_error":"503"}"#));
     Ok(())
 }
 

@@ -36,7 +36,10 @@ async fn a_newer_schema_is_refused_and_left_untouched() -> TestResult {
     .await?;
 
     let err = SqliteOutbox::open(&path, clock.clone()).await.err();
-    assert_eq!(err, Some(OutboxError::SchemaTooNew { found: 20990101000000, supported: 1 }));
+    assert_eq!(
+        err,
+        Some(OutboxError::SchemaTooNew { found: 20990101000000, supported: billsync_storage::SCHEMA_VERSION })
+    );
     let err = billsync_storage::open(&format!("sqlite://{}", path.display()), clock).await.err();
     assert!(matches!(err, Some(OutboxError::SchemaTooNew { .. })), "{err:?}");
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&mut conn).await?;
