@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use billsync::engine::{Engine, SyncSettings};
+use billsync::engine::{Engine, Ports, SyncSettings};
 use billsync::metrics::Metrics;
 use billsync_domain::{
     AccessToken, AccessTokenClaims, ApplicationId, BatchBody, Batcher, BillingApi, BillingEvent, BillingPolicy,
@@ -143,10 +143,7 @@ async fn run_case(per_tenant: Vec<usize>, batch: usize, confused: Vec<bool>, scr
         ..SyncSettings::default()
     };
     let engine = Engine::new(
-        outbox,
-        tokens,
-        api.clone(),
-        Arc::new(SystemClock),
+        Ports { outbox, tokens, api: api.clone(), clock: Arc::new(SystemClock) },
         BillingPolicy::default(),
         settings,
         tenants,

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::config::{AuthMethod, Config};
-use crate::engine::{Blocked, Engine, SyncSettings, TenantReport};
+use crate::engine::{Blocked, Engine, Ports, SyncSettings, TenantReport};
 use crate::metrics::Metrics;
 
 /// Why the agent could not be built or could not do what was asked.
@@ -155,10 +155,7 @@ impl AgentBuilder {
         }
         let metrics = Metrics::default();
         let engine = Engine::new(
-            outbox.clone(),
-            tokens.clone(),
-            Arc::new(api),
-            clock.clone(),
+            Ports { outbox: outbox.clone(), tokens: tokens.clone(), api: Arc::new(api), clock: clock.clone() },
             policy,
             settings,
             config.tenants.iter().map(|t| t.tenant.clone()).collect(),

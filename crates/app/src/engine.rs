@@ -124,6 +124,25 @@ impl TenantReport {
     }
 }
 
+/// The ports the engine drives: the adapters, as the domain's traits.
+#[derive(Clone)]
+pub struct Ports {
+    /// Where events wait.
+    pub outbox: Arc<dyn Outbox>,
+    /// Where billing headers come from.
+    pub tokens: Arc<dyn TokenSource>,
+    /// Where batches go.
+    pub api: Arc<dyn BillingApi>,
+    /// What time it is.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for Ports {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ports").field("clock", &self.clock).finish_non_exhaustive()
+    }
+}
+
 /// The sync engine. Cheap to clone; all clones share state.
 #[derive(Clone)]
 pub struct Engine {
@@ -181,17 +200,13 @@ enum Drained {
 
 impl Engine {
     /// An engine over the given ports.
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
-        outbox: Arc<dyn Outbox>,
-        tokens: Arc<dyn TokenSource>,
-        api: Arc<dyn BillingApi>,
-        clock: Arc<dyn Clock>,
+        ports: Ports,
         policy: BillingPolicy,
         settings: SyncSettings,
         tenants: Vec<Tenant>,
         metrics: Metrics,
-    ) -> Self {
+) -> Self {
         let limiters =
             tenants.iter().map(|t| (t.name().clone(), Mutex::new(SlidingWindow::new(settings.rate)))).collect();
         let reports = tenants
@@ -202,10 +217,10 @@ impl Engine {
         let agent_id = format!("{}-{}-{:08x}", hostname(), std::process::id(), rand::thread_rng().r#gen::<u32>());
         Self {
             inner: Arc::new(Inner {
-                outbox,
-                tokens,
-                api,
-                clock,
+                outbox: ports.outbox,
+                tokens: ports.tokens,
+                api: ports.api,
+                clock: ports.clock,
                 policy,
                 settings,
                 tenants,

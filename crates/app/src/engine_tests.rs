@@ -152,10 +152,7 @@ async fn world(
     let tokens =
         Arc::new(FakeTokens { clock: clock.clone(), spoil, issued: Mutex::new(0), invalidated: Mutex::new(0) });
     let engine = Engine::new(
-        outbox.clone(),
-        tokens.clone(),
-        api.clone(),
-        clock,
+        Ports { outbox: outbox.clone(), tokens: tokens.clone(), api: api.clone(), clock },
         BillingPolicy::default(),
         settings,
         tenants.iter().map(|t| tenant(t)).collect(),
@@ -322,10 +319,7 @@ async fn a_token_that_fails_the_policy_sends_nothing_and_blocks_only_its_tenant(
         Ok(reply(BillingResponse::Accepted(Receipt { accepted: b.events() as u64, ..Default::default() })))
     });
     let engine = Engine::new(
-        outbox.clone(),
-        Arc::new(tokens),
-        Arc::new(api),
-        clock,
+        Ports { outbox: outbox.clone(), tokens: Arc::new(tokens), api: Arc::new(api), clock },
         BillingPolicy::default(),
         settings(500, 100),
         vec![tenant("acme"), tenant("initech")],
