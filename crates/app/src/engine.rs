@@ -206,7 +206,7 @@ impl Engine {
         settings: SyncSettings,
         tenants: Vec<Tenant>,
         metrics: Metrics,
-) -> Self {
+    ) -> Self {
         let limiters =
             tenants.iter().map(|t| (t.name().clone(), Mutex::new(SlidingWindow::new(settings.rate)))).collect();
         let reports = tenants
@@ -510,8 +510,10 @@ impl Engine {
         Ok(None)
     }
 
-    /// Waits until the tenant's window has a slot free, without taking it.
+    /// Waits until the tenant's window has a slot free, without taking it; does not wait when
+    /// nothing is pending (the lease that follows then finds the tenant idle at once).
     async fn wait_for_slot(&self, tenant: &Tenant, stop: &watch::Receiver<bool>) -> bool {
+        let mut looked = false;
         loop {
             let wait = match self.inner.limiters.get(tenant.name()) {
                 Some(w) => {
@@ -523,6 +525,12 @@ impl Engine {
                 }
                 None => return true,
             };
+            if !looked {
+                looked = true;
+                if self.inner.outbox.counts(tenant.name()).await.is_ok_and(|c| c.pending == 0) {
+                    return true;
+                }
+            }
             self.inner.metrics.rate_limit_wait(tenant.name().as_str());
             if !sleep_or_stop(wait, stop.clone()).await {
                 return false;

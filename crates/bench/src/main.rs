@@ -173,8 +173,8 @@ async fn run(args: &Args) -> Res<()> {
                     "Agent::enqueue in batches of 500 vs a raw sqlx insert loop, one transaction per 500, WAL + \
                      synchronous=FULL",
                 ));
+                print_last(&figures);
             }
-            print_last(&figures);
         }
         match Postgres::create().await {
             Ok(pg) => {
