@@ -31,6 +31,9 @@ pub fn run() -> Result<(), String> {
     // a short run of every fuzz target (skipped with a message where cargo-fuzz cannot be had).
     crate::soak::run(&["--minutes".into(), "1".into()])?;
     crate::fuzz::run(&["--seconds".into(), "10".into()])?;
+    // Speed is measured, never asserted: the quick benchmarks must run, and their figures
+    // (with baselines of the same run) land in target/bench/report.{json,md}.
+    crate::bench::run(true)?;
     Ok(())
 }
 

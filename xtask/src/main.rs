@@ -2,7 +2,8 @@
 //!
 //! - `ci`: exactly what CI runs: set up the test environment (PostgreSQL, the npm
 //!   authorization server used for interoperability), `cargo fmt --check`, clippy with
-//!   `-D warnings`, the domain purity check, then every test. If it passes locally, CI is green.
+//!   `-D warnings`, the domain purity check, every test, a one-minute soak, a short fuzz run of
+//!   each target, and the quick benchmarks. If it passes locally, CI is green.
 //! - `bench [--quick]`: the benchmarks, written to `target/bench/`.
 //! - `purity`: only the domain purity check.
 //! - `soak [--minutes N] [--seed S] [--release] [--keep]`: the fault soak (every platform fault,

@@ -117,6 +117,8 @@ pub fn summary_table(reports: &[TenantReport], status: &[crate::agent::TenantSta
 /// When the listen address cannot be bound.
 pub async fn run(agent: Agent, listen: SocketAddr) -> anyhow::Result<ExitCode> {
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    // Port 0 picks a free port: say which.
+    let listen = listener.local_addr().with_context(|| format!("cannot listen on {listen}"))?;
     let metrics_agent = agent.clone();
     let app = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok\n" })).route(
         "/metrics",

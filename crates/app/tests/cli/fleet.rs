@@ -35,11 +35,10 @@ impl Database {
 }
 
 fn agent(config: &std::path::Path) -> Child {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     Command::new(env!("CARGO_BIN_EXE_billsync"))
         .arg("--config")
         .arg(config)
-        .args(["run", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["run", "--listen", "127.0.0.1:0"])
         .env("SECRET_ACME", "secret-acme")
         .env("SECRET_GLOBEX", "secret-globex")
         .stdout(Stdio::null())

@@ -186,7 +186,6 @@ async fn run_delivers_what_arrives_and_sigterm_loses_nothing() {
     let env = env(&[("acme", "acme-prod-001", "app-acme")]).await;
     // A slow platform so that SIGTERM lands mid-backlog.
     env.platform.inject(billsync_emulator::Fault::probability(billsync_emulator::FaultKind::Latency { ms: 300 }, 1.0));
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     std::fs::write(&env.config, std::fs::read_to_string(&env.config).unwrap() + "[sync]\nmax_batch_events = 10\n")
         .unwrap();
     // The [sync] table must come before [[tenants]]: rewrite the file in the right order.
@@ -198,20 +197,27 @@ async fn run_delivers_what_arrives_and_sigterm_loses_nothing() {
     let mut agent = Command::new(env!("CARGO_BIN_EXE_billsync"))
         .arg("--config")
         .arg(&env.config)
-        .args(["run", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["run", "--listen", "127.0.0.1:0"])
         .env("SECRET_ACME", "secret-acme")
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(std::fs::File::create(env.dir.path().join("agent.log")).unwrap())
         .spawn()
         .unwrap();
-    let file = write(env.dir.path(), "e.jsonl", &(0..200).map(|i| line(&format!("r{i}"), "\"1\"")).collect::<Vec<_>>());
+    // 600 events in batches of 10 at 300 ms a request: 18 s of work, so that SIGTERM lands
+    // mid-backlog even on a loaded machine.
+    let file = write(env.dir.path(), "e.jsonl", &(0..600).map(|i| line(&format!("r{i}"), "\"1\"")).collect::<Vec<_>>());
     assert!(billsync(&env, &["enqueue", "--tenant", "acme", file.to_str().unwrap()], None).status.success());
     // Wait until some, not all, are delivered; check /metrics and /healthz meanwhile.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while env.platform.stored_event_ids("acme-prod-001").len() < 30 {
-        assert!(std::time::Instant::now() < deadline, "run delivered nothing");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "run delivered nothing; its log:\n{}",
+            std::fs::read_to_string(env.dir.path().join("agent.log")).unwrap_or_default()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let port = served_port(&env.dir.path().join("agent.log"));
     let client = reqwest_get(port, "/healthz").await;
     assert_eq!(client.trim(), "ok");
     let metrics = reqwest_get(port, "/metrics").await;
@@ -224,16 +230,26 @@ async fn run_delivers_what_arrives_and_sigterm_loses_nothing() {
     assert!(status.success(), "{status:?}");
     assert!(started.elapsed() < Duration::from_secs(10), "exited in {:?}", started.elapsed());
     let delivered = env.platform.stored_event_ids("acme-prod-001").len();
-    assert!(delivered < 200, "SIGTERM landed mid-backlog ({delivered} delivered)");
+    assert!(delivered < 600, "SIGTERM landed mid-backlog ({delivered} delivered)");
 
     // Nothing is lost: what is not delivered is pending, and a sync finishes it.
     let s = status_json(&env);
     let pending = s["tenants"][0]["pending"].as_u64().unwrap() + s["tenants"][0]["in_flight"].as_u64().unwrap();
-    assert_eq!(pending + s["tenants"][0]["delivered"].as_u64().unwrap(), 200, "{s}");
+    assert_eq!(pending + s["tenants"][0]["delivered"].as_u64().unwrap(), 600, "{s}");
     env.platform.clear_faults();
     let out = billsync(&env, &["sync"], None);
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(env.platform.stored_event_ids("acme-prod-001").len(), 200);
+    assert_eq!(env.platform.stored_event_ids("acme-prod-001").len(), 600);
+}
+
+/// The port `billsync run --listen 127.0.0.1:0` chose, from its log.
+fn served_port(log: &Path) -> u16 {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let line = text
+        .lines()
+        .find(|l| l.contains("serving /metrics and /healthz on http://"))
+        .expect("run says where it listens");
+    line.rsplit(':').next().and_then(|p| p.trim().parse().ok()).expect("a port")
 }
 
 async fn reqwest_get(port: u16, path: &str) -> String {
@@ -255,32 +271,33 @@ async fn the_emulator_runs_standalone_with_and_without_a_registry() {
     )
     .unwrap();
     for args in [vec![], vec!["--config".to_owned(), registry.display().to_string()]] {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let mut child = Command::new(env!("CARGO_BIN_EXE_billsync"))
             .arg("emulator")
             .args(&args)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--listen", "127.0.0.1:0"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
+        // The banner's first line names the port it chose.
+        let mut banner = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut banner).unwrap();
+        let port: u16 =
+            banner.trim().rsplit(':').next().and_then(|p| p.parse().ok()).expect("the banner names the port");
         let (client, secret) = if args.is_empty() { ("app-acme", "secret-acme") } else { ("app-a", "secret-a") };
         let mut answer = String::new();
-        for _ in 0..100 {
-            if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let body = format!(
-                    "grant_type=client_credentials&client_id={client}&client_secret={secret}&scope=urn:oracle:iot:billing:write"
-                );
-                let req = format!(
-                    "POST /oauth2/v1/token HTTP/1.0\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
-                    body.len()
-                );
-                s.write_all(req.as_bytes()).await.unwrap();
-                s.read_to_string(&mut answer).await.unwrap();
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            let body = format!(
+                "grant_type=client_credentials&client_id={client}&client_secret={secret}&scope=urn:oracle:iot:billing:write"
+            );
+            let req = format!(
+                "POST /oauth2/v1/token HTTP/1.0\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            s.write_all(req.as_bytes()).await.unwrap();
+            s.read_to_string(&mut answer).await.unwrap();
         }
         let _ = child.kill();
         let _ = child.wait();
