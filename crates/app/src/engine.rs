@@ -258,7 +258,13 @@ impl Engine {
         for tenant in self.inner.tenants.clone() {
             let engine = self.clone();
             let rx = rx.clone();
-            set.spawn(async move { engine.drain(&tenant, false, rx).await });
+            set.spawn(async move {
+                let drained = engine.drain(&tenant, false, rx).await;
+                // Done with the tenant: let the next `sync` (or another agent) have it now, not
+                // when the claim expires.
+                let _ = engine.inner.outbox.release_tenant(tenant.name(), &engine.inner.agent_id).await;
+                drained
+            });
         }
         while set.join_next().await.is_some() {}
         self.reports()

@@ -107,16 +107,15 @@ enum DeadLetterCommand {
 }
 
 #[derive(Args, Debug)]
-#[group(required = true, multiple = false, id = "which")]
 struct RequeueArgs {
     /// Only this tenant (required with event ids).
     #[arg(long)]
     tenant: Option<String>,
     /// Every dead-lettered event (of the tenant, or of all tenants).
-    #[arg(long, group = "which")]
+    #[arg(long, conflicts_with = "event_ids")]
     all: bool,
     /// These events.
-    #[arg(group = "which")]
+    #[arg(required_unless_present = "all")]
     event_ids: Vec<String>,
 }
 

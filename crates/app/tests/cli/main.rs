@@ -305,3 +305,38 @@ async fn the_emulator_runs_standalone_with_and_without_a_registry() {
         assert!(answer.contains("urn:oracle:iot:billing:write"), "{answer}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_listed_with_their_code_and_requeued_after_the_fix() {
+    // Arrange: the platform refuses meter water.flow (not registered).
+    let env = env(&[("acme", "acme-prod-001", "app-acme")]).await;
+    env.platform.reject_meter("water.flow", "unknown_meter");
+    let at = (chrono::Utc::now() - chrono::Duration::minutes(1)).to_rfc3339();
+    let poison = format!(
+        r#"{{"event_id":"p1","device_id":"pump","meter":"water.flow","quantity":"2","unit":"m3","occurred_at":"{at}"}}"#
+    );
+    let file = write(env.dir.path(), "e.jsonl", &[line("a1", "\"1\""), poison, line("a2", "\"1\"")]);
+    assert!(billsync(&env, &["enqueue", "--tenant", "acme", file.to_str().unwrap()], None).status.success());
+
+    // Act: the refused event is dead-lettered; nothing is pending, so sync exits 0.
+    let out = billsync(&env, &["sync"], None);
+    assert!(out.status.success(), "{}", text(&out));
+    let listed = billsync(&env, &["dead-letter", "list", "--tenant", "acme", "--json"], None);
+
+    // Assert
+    let v: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let dead = v["dead_letters"].as_array().unwrap();
+    assert_eq!(dead.len(), 1, "{v}");
+    assert_eq!((dead[0]["event_id"].as_str(), dead[0]["code"].as_str()), (Some("p1"), Some("unknown_meter")));
+    assert_eq!(env.platform.stored_event_ids("acme-prod-001").len(), 2);
+
+    // The platform-side fix, a requeue, a sync: delivered.
+    env.platform.accept_meter("water.flow");
+    let out = billsync(&env, &["dead-letter", "requeue", "--tenant", "acme", "p1"], None);
+    assert!(text(&out).contains("acme: 1 event(s) back to pending"), "{}", text(&out));
+    let out = billsync(&env, &["sync"], None);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(env.platform.stored_event_ids("acme-prod-001").len(), 3);
+    let listed = billsync(&env, &["dead-letter", "list"], None);
+    assert!(text(&listed).contains("no dead-lettered events"), "{}", text(&listed));
+}
