@@ -159,16 +159,30 @@ impl SqliteOutbox {
 }
 
 /// Applies the embedded migrations, refusing a database written by a newer schema.
+/// Tries of the migrations when another process migrates the same fresh file at once.
+const MIGRATE_TRIES: u64 = 6;
+
 async fn migrate(conn: &mut SqliteConnection) -> Result<(), StoreError> {
     let supported = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
-    match MIGRATOR.run(&mut *conn).await {
-        Ok(()) => Ok(()),
-        Err(sqlx::migrate::MigrateError::VersionMissing(v)) => {
-            let found: Option<i64> =
-                sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations").fetch_one(&mut *conn).await?;
-            Err(StoreError::SchemaTooNew { found: found.unwrap_or(v).max(v), supported })
+    let mut tries = 1;
+    loop {
+        match MIGRATOR.run(&mut *conn).await {
+            Ok(()) => return Ok(()),
+            Err(sqlx::migrate::MigrateError::VersionMissing(v)) => {
+                let found: Option<i64> =
+                    sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations").fetch_one(&mut *conn).await?;
+                return Err(StoreError::SchemaTooNew { found: found.unwrap_or(v).max(v), supported });
+            }
+            // sqlx takes no migration lock on SQLite: another process creating the same fresh
+            // outbox (`billsync enqueue` while `billsync run` starts) makes our CREATE TABLE
+            // fail. Its migration is one transaction: look again once it has committed.
+            Err(e) if tries < MIGRATE_TRIES => {
+                tracing::debug!(error = %e, tries, "migration raced with another process; trying again");
+                tokio::time::sleep(std::time::Duration::from_millis(50 * tries)).await;
+                tries += 1;
+            }
+            Err(e) => return Err(e.into()),
         }
-        Err(e) => Err(e.into()),
     }
 }
 

@@ -148,3 +148,25 @@ async fn a_file_that_is_not_a_database_is_an_error() -> TestResult {
     assert!(matches!(err, Some(OutboxError::Storage(_))), "{err:?}");
     Ok(())
 }
+
+#[test]
+fn several_processes_may_create_the_same_fresh_outbox_at_once() -> TestResult {
+    // Each open has its own connections, as separate processes would: their migrations race.
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("fresh.db");
+    let clock: std::sync::Arc<dyn billsync_domain::Clock> = std::sync::Arc::new(billsync_domain::SystemClock);
+    let opens: Vec<_> = (0..6)
+        .map(|_| {
+            let (path, clock) = (path.clone(), clock.clone());
+            std::thread::spawn(move || {
+                let rt =
+                    tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+                rt.block_on(billsync_storage::SqliteOutbox::open(&path, clock)).map(drop).map_err(|e| e.to_string())
+            })
+        })
+        .collect();
+    for open in opens {
+        open.join().map_err(|_| "an open panicked")?.map_err(|e| format!("a concurrent open failed: {e}"))?;
+    }
+    Ok(())
+}
