@@ -113,7 +113,27 @@ impl SqliteOutbox {
         Ok(Self::try_open(path, clock, options).await?)
     }
 
+    /// Opens, trying again while another process is creating the same fresh outbox: sqlx takes
+    /// no migration lock on SQLite, and switching a new file to WAL answers `SQLITE_BUSY`
+    /// without waiting, so `billsync enqueue` starting while `billsync run` starts would fail.
+    /// A schema that is too new is final at once.
     async fn try_open(path: &Path, clock: Arc<dyn Clock>, options: SqliteOptions) -> Result<Self, StoreError> {
+        let mut tries = 1;
+        loop {
+            match Self::try_open_once(path, Arc::clone(&clock), options.clone()).await {
+                Ok(outbox) => return Ok(outbox),
+                Err(e @ StoreError::SchemaTooNew { .. }) => return Err(e),
+                Err(e) if tries < OPEN_TRIES => {
+                    tracing::debug!(error = %e, tries, "opening the outbox raced with another process; trying again");
+                    tokio::time::sleep(std::time::Duration::from_millis(50 * tries)).await;
+                    tries += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn try_open_once(path: &Path, clock: Arc<dyn Clock>, options: SqliteOptions) -> Result<Self, StoreError> {
         let mut connect = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -159,30 +179,19 @@ impl SqliteOutbox {
 }
 
 /// Applies the embedded migrations, refusing a database written by a newer schema.
-/// Tries of the migrations when another process migrates the same fresh file at once.
-const MIGRATE_TRIES: u64 = 6;
+/// Tries of an open while another process creates the same fresh outbox (about 2 s in all).
+const OPEN_TRIES: u64 = 9;
 
 async fn migrate(conn: &mut SqliteConnection) -> Result<(), StoreError> {
     let supported = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
-    let mut tries = 1;
-    loop {
-        match MIGRATOR.run(&mut *conn).await {
-            Ok(()) => return Ok(()),
-            Err(sqlx::migrate::MigrateError::VersionMissing(v)) => {
-                let found: Option<i64> =
-                    sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations").fetch_one(&mut *conn).await?;
-                return Err(StoreError::SchemaTooNew { found: found.unwrap_or(v).max(v), supported });
-            }
-            // sqlx takes no migration lock on SQLite: another process creating the same fresh
-            // outbox (`billsync enqueue` while `billsync run` starts) makes our CREATE TABLE
-            // fail. Its migration is one transaction: look again once it has committed.
-            Err(e) if tries < MIGRATE_TRIES => {
-                tracing::debug!(error = %e, tries, "migration raced with another process; trying again");
-                tokio::time::sleep(std::time::Duration::from_millis(50 * tries)).await;
-                tries += 1;
-            }
-            Err(e) => return Err(e.into()),
+    match MIGRATOR.run(&mut *conn).await {
+        Ok(()) => Ok(()),
+        Err(sqlx::migrate::MigrateError::VersionMissing(v)) => {
+            let found: Option<i64> =
+                sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations").fetch_one(&mut *conn).await?;
+            Err(StoreError::SchemaTooNew { found: found.unwrap_or(v).max(v), supported })
         }
+        Err(e) => Err(e.into()),
     }
 }
 

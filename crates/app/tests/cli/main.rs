@@ -206,7 +206,8 @@ async fn run_delivers_what_arrives_and_sigterm_loses_nothing() {
     // 600 events in batches of 10 at 300 ms a request: 18 s of work, so that SIGTERM lands
     // mid-backlog even on a loaded machine.
     let file = write(env.dir.path(), "e.jsonl", &(0..600).map(|i| line(&format!("r{i}"), "\"1\"")).collect::<Vec<_>>());
-    assert!(billsync(&env, &["enqueue", "--tenant", "acme", file.to_str().unwrap()], None).status.success());
+    let out = billsync(&env, &["enqueue", "--tenant", "acme", file.to_str().unwrap()], None);
+    assert!(out.status.success(), "{}", text(&out));
     // Wait until some, not all, are delivered; check /metrics and /healthz meanwhile.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while env.platform.stored_event_ids("acme-prod-001").len() < 30 {
