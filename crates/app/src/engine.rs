@@ -336,21 +336,57 @@ impl Engine {
     /// next batch travels (at most one ack in flight per tenant, in order), so the outbox's
     /// commit and the platform's answer overlap. Every way out of the loop, and every nack,
     /// dead letter and count, first waits for the ack in flight.
+    ///
+    /// Likewise the next lease is taken while a batch travels (when the tenant's window and the
+    /// global bound have room for it), so the outbox's lease overlaps the post too; a lease
+    /// taken ahead that is not sent is given back on the way out, with the batch before it.
     async fn drain(&self, tenant: &Tenant, forever: bool, stop: watch::Receiver<bool>) -> Drained {
         let mut acking = None;
-        let drained = self.drain_inner(tenant, forever, stop, &mut acking).await;
+        let mut ahead = None;
+        let drained = self.drain_inner(tenant, forever, stop, &mut acking, &mut ahead).await;
         if let Err(e) = finish_ack(&mut acking).await {
             self.note_error(tenant, &e);
         }
+        self.give_back(&mut ahead, self.now()).await;
         drained
     }
 
-    async fn drain_inner(
-        &self,
+    /// Takes the tenant's next lease ahead of time, if a request for it could go right after
+    /// the one now travelling (two free slots in the tenant's window) and the global bound on
+    /// leases held has room. Anything else (nothing pending, an outbox error) leaves it to the
+    /// next turn of the loop, which leases the usual way and reports what it finds.
+    async fn lease_ahead(&self, tenant: &Tenant) -> Option<Ahead<'_>> {
+        if let Some(w) = self.inner.limiters.get(tenant.name()) {
+            let mut probe = lock(w).clone();
+            let now = self.inner.origin.elapsed();
+            if probe.try_acquire(now).is_err() || probe.try_acquire(now).is_err() {
+                return None;
+            }
+        }
+        let permit = self.inner.in_flight.try_acquire().ok()?;
+        let max = self.inner.settings.batcher.max_events();
+        match self.inner.outbox.lease(tenant.name(), max, self.inner.settings.lease_for).await {
+            Ok(Some(lease)) => Some((lease, permit)),
+            _ => None,
+        }
+    }
+
+    /// Returns a lease taken ahead and not sent to the outbox, due again at `at`.
+    async fn give_back(&self, ahead: &mut Option<Ahead<'_>>, at: DateTime<Utc>) {
+        if let Some((lease, _permit)) = ahead.take() {
+            if let Err(e) = self.inner.outbox.nack(&lease, at).await {
+                tracing::warn!(tenant = %lease.tenant, error = %e, "giving back a lease taken ahead failed; it lapses");
+            }
+        }
+    }
+
+    async fn drain_inner<'a>(
+        &'a self,
         tenant: &Tenant,
         forever: bool,
         stop: watch::Receiver<bool>,
         acking: &mut Option<AckTask>,
+        ahead: &mut Option<Ahead<'a>>,
     ) -> Drained {
         let name = tenant.name();
         let mut failures = 0u32;
@@ -374,59 +410,70 @@ impl Engine {
                 }
                 self.update(tenant, |r| r.held_elsewhere = false);
             }
-            // Lease only when a request could go at once, and within the global bound.
-            if !self.wait_for_slot(tenant, &stop).await {
-                return Drained::Idle;
-            }
-            let Ok(permit) = self.inner.in_flight.acquire().await else { return Drained::Idle };
-            let lease = match self
-                .inner
-                .outbox
-                .lease(name, self.inner.settings.batcher.max_events(), self.inner.settings.lease_for)
-                .await
-            {
-                Ok(Some(lease)) => lease,
-                Ok(None) => {
-                    drop(permit);
-                    if forever {
-                        return Drained::Idle;
-                    }
-                    if let Err(e) = finish_ack(acking).await {
-                        self.note_error(tenant, &e);
-                        return Drained::GaveUp;
-                    }
-                    // Anything backing off? `sync` waits for it while it has retries left.
-                    match self.inner.outbox.counts(name).await {
-                        Ok(c) if c.pending > 0 => match c.next_attempt_at {
-                            Some(at) if failures < self.inner.settings.give_up_after => {
-                                let wait = (at - self.now()).to_std().unwrap_or_default();
-                                if !sleep_or_stop(wait, stop.clone()).await {
-                                    return Drained::Idle;
-                                }
-                                continue;
-                            }
-                            _ => return Drained::BackingOff,
-                        },
-                        Ok(_) => return Drained::Idle,
-                        Err(e) => {
+            let (lease, permit) = if let Some(taken) = ahead.take() {
+                taken
+            } else {
+                // Lease only when a request could go at once, and within the global bound.
+                if !self.wait_for_slot(tenant, &stop).await {
+                    return Drained::Idle;
+                }
+                let Ok(permit) = self.inner.in_flight.acquire().await else { return Drained::Idle };
+                match self
+                    .inner
+                    .outbox
+                    .lease(name, self.inner.settings.batcher.max_events(), self.inner.settings.lease_for)
+                    .await
+                {
+                    Ok(Some(lease)) => (lease, permit),
+                    Ok(None) => {
+                        drop(permit);
+                        if forever {
+                            return Drained::Idle;
+                        }
+                        if let Err(e) = finish_ack(acking).await {
                             self.note_error(tenant, &e);
                             return Drained::GaveUp;
                         }
+                        // Anything backing off? `sync` waits for it while it has retries left.
+                        match self.inner.outbox.counts(name).await {
+                            Ok(c) if c.pending > 0 => match c.next_attempt_at {
+                                Some(at) if failures < self.inner.settings.give_up_after => {
+                                    let wait = (at - self.now()).to_std().unwrap_or_default();
+                                    if !sleep_or_stop(wait, stop.clone()).await {
+                                        return Drained::Idle;
+                                    }
+                                    continue;
+                                }
+                                _ => return Drained::BackingOff,
+                            },
+                            Ok(_) => return Drained::Idle,
+                            Err(e) => {
+                                self.note_error(tenant, &e);
+                                return Drained::GaveUp;
+                            }
+                        }
                     }
-                }
-                Err(e) => {
-                    drop(permit);
-                    self.note_error(tenant, &e);
-                    if forever && sleep_or_stop(self.backoff(failures), stop.clone()).await {
-                        failures = failures.saturating_add(1);
-                        continue;
+                    Err(e) => {
+                        drop(permit);
+                        self.note_error(tenant, &e);
+                        if forever && sleep_or_stop(self.backoff(failures), stop.clone()).await {
+                            failures = failures.saturating_add(1);
+                            continue;
+                        }
+                        return Drained::GaveUp;
                     }
-                    return Drained::GaveUp;
                 }
             };
-            let delivered = self.deliver_lease(tenant, &lease, stop.clone(), acking).await;
+            let (delivered, next) =
+                tokio::join!(self.deliver_lease(tenant, &lease, stop.clone(), acking), self.lease_ahead(tenant));
+            *ahead = next;
             drop(permit);
+            // When this lease's events go back, so do those taken ahead, due at the same time
+            // (so they stay behind them in the queue).
+            let retry_wait = matches!(delivered, Ok(Some(Step::Retry(_)))).then(|| self.backoff(failures));
+            let back_at = retry_wait.map_or_else(|| self.now(), |wait| self.later(wait));
             if !matches!(delivered, Ok(None)) {
+                self.give_back(ahead, back_at).await;
                 if let Err(e) = finish_ack(acking).await {
                     self.note_error(tenant, &e);
                     let _ = self.inner.outbox.nack(&lease, self.now()).await;
@@ -436,23 +483,28 @@ impl Engine {
             match delivered {
                 Ok(None) => failures = 0,
                 Ok(Some(Step::Block(blocked))) => {
-                    let _ = self.inner.outbox.nack(&lease, self.now()).await;
+                    let _ = self.inner.outbox.nack(&lease, back_at).await;
                     tracing::warn!(tenant = %name, reason = %blocked, "tenant blocked; its events stay pending");
                     self.update(tenant, |r| r.blocked = Some(blocked));
                     return Drained::Blocked;
                 }
                 Ok(Some(Step::Stopped)) => {
-                    let _ = self.inner.outbox.nack(&lease, self.now()).await;
+                    let _ = self.inner.outbox.nack(&lease, back_at).await;
                     return Drained::Idle;
                 }
                 Ok(Some(Step::Retry(why))) => {
-                    let wait = self.backoff(failures);
+                    let wait = retry_wait.unwrap_or_default();
                     failures = failures.saturating_add(1);
                     tracing::info!(tenant = %name, error = %why, retry_in_ms = wait.as_millis() as u64, "transient failure; backing off");
                     self.update(tenant, |r| r.last_error = Some(why));
-                    let _ = self.inner.outbox.nack(&lease, self.later(wait)).await;
+                    let _ = self.inner.outbox.nack(&lease, back_at).await;
                     if !forever && failures >= self.inner.settings.give_up_after {
                         return Drained::GaveUp;
+                    }
+                    // The whole tenant backs off, not only this batch: the next one would most
+                    // likely meet the same outage.
+                    if !sleep_or_stop(wait, stop.clone()).await {
+                        return Drained::Idle;
                     }
                 }
                 Ok(Some(_)) => {}
@@ -748,6 +800,9 @@ fn status_label(r: &BillingResponse) -> &'static str {
 
 /// An ack committing in the background.
 type AckTask = tokio::task::JoinHandle<Result<(), OutboxError>>;
+
+/// A lease taken ahead, with its place in the global bound on leases held.
+type Ahead<'a> = (Lease, tokio::sync::SemaphorePermit<'a>);
 
 /// Waits for the ack in flight, if any.
 async fn finish_ack(acking: &mut Option<AckTask>) -> Result<(), OutboxError> {

@@ -395,3 +395,43 @@ async fn run_stops_on_shutdown_and_returns_its_leases() {
     let states = w.outbox.states("acme");
     assert_eq!(states.get("pending"), Some(&3), "{states:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_batch_pauses_its_tenant_and_the_lease_taken_ahead_waits_too() {
+    // Three batches; the first post fails. Neither the batch leased ahead while the first
+    // travelled nor any other may go out before the backoff (at least 10 ms here) is over.
+    let script = vec![Ok(reply(BillingResponse::ServerError { status: 503 }))];
+    let w = world(&["acme"], 30, settings(10, 100), script, accept_all(), None).await;
+
+    w.engine.sync_once().await;
+
+    let sent = w.api.sent.lock().unwrap().clone();
+    assert_eq!(sent.len(), 4, "one failure, then three batches");
+    let answered = sent[0].at + Duration::from_millis(5);
+    assert!(sent[1].at >= answered + Duration::from_millis(10), "sent {:?} after the 503", sent[1].at - answered);
+    let mut later: Vec<&str> = sent[1..].iter().flat_map(|s| s.ids.iter().map(String::as_str)).collect();
+    later.sort_unstable();
+    later.dedup();
+    assert_eq!(later.len(), 30, "every event is sent after the backoff");
+    assert_eq!(w.outbox.states("acme").get("delivered"), Some(&30));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_next_lease_is_taken_while_a_batch_travels() {
+    let w = world(&["acme"], 30, settings(10, 100), vec![], accept_all(), None).await;
+    let outbox = w.outbox.clone();
+    let api = w.api.clone();
+    let watcher = tokio::spawn(async move {
+        // While the first batch is in flight (the fake takes 5 ms), the second is leased.
+        loop {
+            if api.sent.lock().unwrap().len() == 1 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                return outbox.states("acme").get("leased").copied();
+            }
+            tokio::time::sleep(Duration::from_micros(100)).await;
+        }
+    });
+    w.engine.sync_once().await;
+    assert_eq!(watcher.await.unwrap(), Some(20), "the travelling batch and the one leased ahead");
+    assert_eq!(w.outbox.states("acme").get("delivered"), Some(&30));
+}

@@ -59,10 +59,14 @@ pub use sqlite::{SqliteOptions, SqliteOutbox};
 
 use crate::error::{StoreError, redact_url};
 
-/// The schema version this build writes: the newest embedded migration (the same number for
-/// SQLite and PostgreSQL). An outbox with a newer one is refused with
+/// The SQLite schema version this build writes: its newest embedded migration. An outbox
+/// with a newer one is refused with
 /// [`OutboxError::SchemaTooNew`](billsync_domain::OutboxError::SchemaTooNew).
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SQLITE_SCHEMA_VERSION: i64 = 3;
+
+/// The PostgreSQL schema version this build writes, as [`SQLITE_SCHEMA_VERSION`] is for
+/// SQLite (the two schemas move on their own: version 3 is SQLite's lease rows).
+pub const POSTGRES_SCHEMA_VERSION: i64 = 2;
 
 /// Opens the outbox named by `url`:
 ///

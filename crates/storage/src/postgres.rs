@@ -472,6 +472,6 @@ impl Outbox for PostgresOutbox {
 mod schema_version {
     #[test]
     fn the_newest_migration_is_the_published_schema_version() {
-        assert_eq!(super::MIGRATOR.iter().map(|m| m.version).max(), Some(crate::SCHEMA_VERSION));
+        assert_eq!(super::MIGRATOR.iter().map(|m| m.version).max(), Some(crate::POSTGRES_SCHEMA_VERSION));
     }
 }

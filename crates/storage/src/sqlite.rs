@@ -202,9 +202,9 @@ async fn migrate(conn: &mut SqliteConnection) -> Result<(), StoreError> {
 enum Op {
     Enqueue { tenant: TenantName, events: Vec<EncodedEvent> },
     Lease { tenant: TenantName, max: i64, lease_ms: i64 },
-    Ack { tenant: String, ids: Vec<String> },
+    Ack { tenant: String, lease: String, ids: Vec<String> },
     Nack { tenant: String, lease: String, retry_at: i64 },
-    DeadLetter { tenant: String, items: Vec<DeadLetter> },
+    DeadLetter { tenant: String, lease: String, items: Vec<DeadLetter> },
     Requeue { tenant: String, ids: Option<Vec<String>> },
     CompactChunk { before: i64 },
     Claim { tenant: String, agent: String, ttl_ms: i64 },
@@ -457,37 +457,40 @@ async fn exec_one(conn: &mut SqliteConnection, op: &Op, now: i64) -> Result<Out,
     match op {
         Op::Enqueue { .. } => Err(StoreError::corrupt("operation", "enqueue outside a run")),
         Op::Lease { tenant, max, lease_ms } => lease(conn, tenant, *max, *lease_ms, now).await.map(Out::Leased),
-        Op::Ack { tenant, ids } => {
+        Op::Ack { tenant, lease, ids } => {
             let ids = serde_json::to_string(ids).map_err(|e| StoreError::corrupt("event_id", e))?;
             sqlx::query(
-                "UPDATE events SET state = 2, delivered_at = ?2, lease_id = NULL, lease_expires_at = NULL \
-                 WHERE tenant = ?1 AND state IN (0, 1) AND event_id IN (SELECT value FROM json_each(?3))",
+                "UPDATE events SET state = 2, delivered_at = ?2 \
+                 WHERE tenant = ?1 AND state = 0 AND event_id IN (SELECT value FROM json_each(?3))",
             )
             .bind(tenant)
             .bind(now)
             .bind(ids)
             .execute(&mut *conn)
             .await?;
+            prune_lease(conn, lease).await?;
             Ok(Out::Done)
         }
         Op::Nack { tenant, lease, retry_at } => {
+            // Only while the lease still exists: once it lapsed and another lease took its
+            // events, that one (not this nack) decides their fate.
             sqlx::query(
-                "UPDATE events SET state = 0, attempts = attempts + 1, due_at = ?3, lease_id = NULL, \
-                 lease_expires_at = NULL WHERE lease_id = ?2 AND state = 1 AND tenant = ?1",
+                "UPDATE events SET attempts = attempts + 1, due_at = ?3 WHERE state = 0 AND tenant = ?1 AND seq IN \
+                 (SELECT j.value FROM leases AS l, json_each(l.seqs) AS j WHERE l.lease_id = ?2 AND l.tenant = ?1)",
             )
             .bind(tenant)
             .bind(lease)
             .bind(retry_at)
             .execute(&mut *conn)
             .await?;
+            sqlx::query("DELETE FROM leases WHERE lease_id = ?1").bind(lease).execute(&mut *conn).await?;
             Ok(Out::Done)
         }
-        Op::DeadLetter { tenant, items } => {
+        Op::DeadLetter { tenant, lease, items } => {
             for item in items {
                 sqlx::query(
                     "UPDATE events SET state = 3, attempts = attempts + 1, dead_code = ?3, dead_message = ?4, \
-                     dead_at = ?5, lease_id = NULL, lease_expires_at = NULL \
-                     WHERE tenant = ?1 AND event_id = ?2 AND state IN (0, 1)",
+                     dead_at = ?5 WHERE tenant = ?1 AND event_id = ?2 AND state = 0",
                 )
                 .bind(tenant)
                 .bind(item.event_id.as_str())
@@ -497,6 +500,7 @@ async fn exec_one(conn: &mut SqliteConnection, op: &Op, now: i64) -> Result<Out,
                 .execute(&mut *conn)
                 .await?;
             }
+            prune_lease(conn, lease).await?;
             Ok(Out::Done)
         }
         Op::Requeue { tenant, ids } => {
@@ -576,6 +580,30 @@ async fn exec_one(conn: &mut SqliteConnection, op: &Op, now: i64) -> Result<Out,
     }
 }
 
+/// Shrinks a lease to the events it still holds (those still pending), and drops it once it
+/// holds none. A dead-lettered event thus leaves its lease at once, so that a requeue makes it
+/// leasable again while the rest of its lease is still out.
+async fn prune_lease(conn: &mut SqliteConnection, lease: &str) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE leases SET seqs = (SELECT json_group_array(j.value) FROM json_each(leases.seqs) AS j \
+                                   JOIN events AS e ON e.seq = j.value WHERE e.state = 0) \
+         WHERE lease_id = ?1",
+    )
+    .bind(lease)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("DELETE FROM leases WHERE lease_id = ?1 AND json_array_length(seqs) = 0")
+        .bind(lease)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Field and record separators of the lease query's one-row answer: ASCII control characters,
+/// which JSON text (the bodies) never holds unescaped and event ids never hold at all.
+const FIELD_SEP: char = '\u{1f}';
+const RECORD_SEP: char = '\u{1e}';
+
 async fn lease(
     conn: &mut SqliteConnection,
     tenant: &TenantName,
@@ -583,30 +611,52 @@ async fn lease(
     lease_ms: i64,
     now: i64,
 ) -> Result<Option<Lease>, StoreError> {
-    // Expired leases first go back to pending, keeping their place (due_at) in the queue.
-    sqlx::query(
-        "UPDATE events SET state = 0, lease_id = NULL, lease_expires_at = NULL \
-         WHERE tenant = ?1 AND state = 1 AND lease_expires_at <= ?2",
+    // Lapsed leases hold nothing any more; their events are pending in their old place.
+    sqlx::query("DELETE FROM leases WHERE tenant = ?1 AND expires_at <= ?2")
+        .bind(tenant.as_str())
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    // The first `max` due pending events no live lease holds, as one row: sqlx moves rows
+    // from its SQLite thread one message at a time, and 500 messages cost more than the query.
+    let all: Option<String> = sqlx::query_scalar(
+        "SELECT group_concat(seq || char(31) || due_at || char(31) || event_id || char(31) || body, char(30)) \
+         FROM (SELECT seq, due_at, event_id, body FROM events \
+               WHERE tenant = ?1 AND state = 0 AND due_at <= ?2 \
+               AND seq NOT IN (SELECT j.value FROM leases AS l, json_each(l.seqs) AS j WHERE l.tenant = ?1) \
+               ORDER BY due_at, seq LIMIT ?3)",
     )
     .bind(tenant.as_str())
     .bind(now)
-    .execute(&mut *conn)
+    .bind(max)
+    .fetch_one(&mut *conn)
     .await?;
+    let Some(all) = all else { return Ok(None) };
+    let rows = all.split(RECORD_SEP).map(split_leased).collect::<Result<Vec<_>, _>>()?;
+    let seqs = serde_json::to_string(&rows.iter().map(|r| r.0).collect::<Vec<_>>())
+        .map_err(|e| StoreError::corrupt("seq", e))?;
     let id = uuid::Uuid::now_v7().to_string();
     let expires_at = now.saturating_add(lease_ms);
-    let rows = sqlx::query(
-        "UPDATE events SET state = 1, lease_id = ?3, lease_expires_at = ?4 WHERE seq IN \
-         (SELECT seq FROM events WHERE tenant = ?1 AND state = 0 AND due_at <= ?2 ORDER BY due_at, seq LIMIT ?5) \
-         RETURNING seq, due_at, event_id, body",
-    )
-    .bind(tenant.as_str())
-    .bind(now)
-    .bind(&id)
-    .bind(expires_at)
-    .bind(max)
-    .fetch_all(&mut *conn)
-    .await?;
-    leased(tenant, id, expires_at, rows, |r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
+    sqlx::query("INSERT INTO leases (lease_id, tenant, expires_at, seqs) VALUES (?1, ?2, ?3, ?4)")
+        .bind(&id)
+        .bind(tenant.as_str())
+        .bind(expires_at)
+        .bind(seqs)
+        .execute(&mut *conn)
+        .await?;
+    leased(tenant, id, expires_at, rows, |r| Ok(r.clone()))
+}
+
+/// One leased event out of the lease query's answer: `seq`, `due_at`, `event_id`, `body`.
+fn split_leased(record: &str) -> Result<(i64, i64, String, String), StoreError> {
+    let mut fields = record.splitn(4, FIELD_SEP);
+    let mut next =
+        |name: &'static str| fields.next().ok_or_else(|| StoreError::corrupt(name, "missing in a lease row"));
+    let seq = next("seq")?.parse().map_err(|e| StoreError::corrupt("seq", e))?;
+    let due = next("due_at")?.parse().map_err(|e| StoreError::corrupt("due_at", e))?;
+    let event_id = next("event_id")?.to_owned();
+    let body = next("body")?.to_owned();
+    Ok((seq, due, event_id, body))
 }
 
 fn unexpected(out: Out) -> OutboxError {
@@ -654,7 +704,9 @@ impl Outbox for SqliteOutbox {
             return Ok(());
         }
         let ids = delivered.iter().map(|id| id.as_str().to_owned()).collect();
-        self.call(Op::Ack { tenant: lease.tenant.as_str().to_owned(), ids }).await.map(drop)
+        self.call(Op::Ack { tenant: lease.tenant.as_str().to_owned(), lease: lease.id.as_str().to_owned(), ids })
+            .await
+            .map(drop)
     }
 
     async fn nack(&self, lease: &Lease, retry_at: DateTime<Utc>) -> Result<(), OutboxError> {
@@ -670,7 +722,12 @@ impl Outbox for SqliteOutbox {
         if items.is_empty() {
             return Ok(());
         }
-        self.call(Op::DeadLetter { tenant: lease.tenant.as_str().to_owned(), items: items.to_vec() }).await.map(drop)
+        let op = Op::DeadLetter {
+            tenant: lease.tenant.as_str().to_owned(),
+            lease: lease.id.as_str().to_owned(),
+            items: items.to_vec(),
+        };
+        self.call(op).await.map(drop)
     }
 
     async fn requeue(&self, tenant: &TenantName, ids: Option<Vec<EventId>>) -> Result<u64, OutboxError> {
@@ -684,14 +741,16 @@ impl Outbox for SqliteOutbox {
     async fn counts(&self, tenant: &TenantName) -> Result<TenantCounts, OutboxError> {
         let now = self.now_ms();
         let row = sqlx::query(
-            "SELECT \
-             (SELECT count(*) FROM events WHERE tenant = ?1 AND state = 0), \
-             (SELECT count(*) FROM events WHERE tenant = ?1 AND state = 1 AND lease_expires_at > ?2), \
-             (SELECT count(*) FROM events WHERE tenant = ?1 AND state = 1 AND lease_expires_at <= ?2), \
+            "WITH held(seq) AS (SELECT j.value FROM leases AS l, json_each(l.seqs) AS j \
+                                WHERE l.tenant = ?1 AND l.expires_at > ?2) \
+             SELECT \
+             (SELECT count(*) FROM events WHERE tenant = ?1 AND state = 0 AND seq NOT IN held), \
+             (SELECT count(*) FROM events WHERE tenant = ?1 AND state = 0 AND seq IN held), \
+             0, \
              (SELECT count(*) FROM events WHERE tenant = ?1 AND state = 2), \
              (SELECT count(*) FROM events WHERE tenant = ?1 AND state = 3), \
-             (SELECT min(enqueued_at) FROM events WHERE tenant = ?1 AND state = 0), \
-             (SELECT min(enqueued_at) FROM events WHERE tenant = ?1 AND state = 1 AND lease_expires_at <= ?2), \
+             (SELECT min(enqueued_at) FROM events WHERE tenant = ?1 AND state = 0 AND seq NOT IN held), \
+             NULL, \
              (SELECT min(due_at) FROM events WHERE tenant = ?1 AND state = 0 AND due_at > ?2)",
         )
         .bind(tenant.as_str())
@@ -783,6 +842,6 @@ mod tests {
 mod schema_version {
     #[test]
     fn the_newest_migration_is_the_published_schema_version() {
-        assert_eq!(super::MIGRATOR.iter().map(|m| m.version).max(), Some(crate::SCHEMA_VERSION));
+        assert_eq!(super::MIGRATOR.iter().map(|m| m.version).max(), Some(crate::SQLITE_SCHEMA_VERSION));
     }
 }

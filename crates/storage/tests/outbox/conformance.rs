@@ -34,6 +34,7 @@ macro_rules! all_conformance_tests {
             concurrent_enqueues_each_get_their_own_report,
             lease_returns_oldest_first_up_to_max,
             leased_events_are_invisible_to_other_leases,
+            a_partly_settled_lease_still_holds_the_rest,
             expired_lease_makes_events_leasable_again_in_place,
             concurrent_leasers_never_share_an_event,
             ack_marks_delivered_even_after_the_lease_lapsed,
@@ -174,6 +175,25 @@ pub async fn leased_events_are_invisible_to_other_leases(
     assert!(outbox.lease(&t, 10, LEASE).await?.is_none(), "all four are held");
     clock.advance(LEASE - Duration::from_millis(1));
     assert!(outbox.lease(&t, 10, LEASE).await?.is_none(), "still held a millisecond before expiry");
+    Ok(())
+}
+
+pub async fn a_partly_settled_lease_still_holds_the_rest(
+    outbox: Arc<dyn Outbox>,
+    clock: Arc<ManualClock>,
+) -> TestResult {
+    let t = tenant("acme");
+    outbox.enqueue(&t, &events("e", 4)).await?;
+    let held = outbox.lease(&t, 4, LEASE).await?.ok_or("nothing leased")?;
+    outbox.ack(&held, &[id("e-0")]).await?;
+    let dead = DeadLetter { event_id: id("e-1"), code: "invalid_unit".into(), message: "no".into() };
+    outbox.dead_letter(&held, &[dead]).await?;
+    assert!(outbox.lease(&t, 10, LEASE).await?.is_none(), "e-2 and e-3 are still held");
+    let counts = outbox.counts(&t).await?;
+    assert_eq!((counts.pending, counts.in_flight, counts.delivered, counts.dead_lettered), (0, 2, 1, 1));
+    clock.advance(LEASE);
+    let again = outbox.lease(&t, 10, LEASE).await?.ok_or("lapsed events not leasable")?;
+    assert_eq!(lease_ids(&again), ["e-2", "e-3"], "only the unsettled ones come back");
     Ok(())
 }
 

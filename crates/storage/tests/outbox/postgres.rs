@@ -29,7 +29,7 @@ async fn a_newer_schema_is_refused_and_left_untouched() -> TestResult {
     let err = PostgresOutbox::connect(db.url(), clock.clone()).await.err();
     assert_eq!(
         err,
-        Some(OutboxError::SchemaTooNew { found: 20990101000000, supported: billsync_storage::SCHEMA_VERSION })
+        Some(OutboxError::SchemaTooNew { found: 20990101000000, supported: billsync_storage::POSTGRES_SCHEMA_VERSION })
     );
     let err = billsync_storage::open(db.url(), clock).await.err();
     assert!(matches!(err, Some(OutboxError::SchemaTooNew { .. })), "{err:?}");

@@ -18,6 +18,49 @@ async fn raw(path: &std::path::Path) -> TestResult<SqliteConnection> {
 }
 
 #[tokio::test]
+async fn upgrading_to_lease_rows_returns_old_leases_to_pending() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("outbox.db");
+    // An outbox as version 2 left it: one event leased the old way (state 1), one pending.
+    let mut conn = SqliteConnection::connect_with(
+        &sqlx::sqlite::SqliteConnectOptions::new().filename(&path).create_if_missing(true),
+    )
+    .await?;
+    let all = sqlx::migrate!("./migrations/sqlite");
+    let old = sqlx::migrate::Migrator {
+        migrations: all.migrations.iter().filter(|m| m.version <= 2).cloned().collect::<Vec<_>>().into(),
+        ..sqlx::migrate::Migrator::DEFAULT
+    };
+    old.run(&mut conn).await?;
+    let now = t0().timestamp_millis();
+    for (i, (event_id, state, lease)) in
+        [("old-leased", 1, Some("l-1")), ("old-pending", 0, None)].into_iter().enumerate()
+    {
+        sqlx::query(
+            "INSERT INTO events (tenant, event_id, body, state, enqueued_at, due_at, lease_id, lease_expires_at) \
+             VALUES ('acme', ?1, ?2, ?3, ?4, ?4, ?5, ?6)",
+        )
+        .bind(event_id)
+        .bind(event(event_id).json())
+        .bind(state)
+        .bind(now - 10 + i as i64)
+        .bind(lease)
+        .bind(lease.map(|_| now + 3_600_000))
+        .execute(&mut conn)
+        .await?;
+    }
+    conn.close().await?;
+
+    let clock = Arc::new(ManualClock::new(t0()));
+    let outbox = SqliteOutbox::open(&path, clock).await?;
+    let counts = outbox.counts(&tenant("acme")).await?;
+    assert_eq!((counts.pending, counts.in_flight), (2, 0), "the old lease is void");
+    let lease = outbox.lease(&tenant("acme"), 10, Duration::from_secs(30)).await?.ok_or("nothing leasable")?;
+    assert_eq!(ids_of(&lease.events), ["old-leased", "old-pending"], "in their old order");
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_newer_schema_is_refused_and_left_untouched() -> TestResult {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("outbox.db");
@@ -38,7 +81,7 @@ async fn a_newer_schema_is_refused_and_left_untouched() -> TestResult {
     let err = SqliteOutbox::open(&path, clock.clone()).await.err();
     assert_eq!(
         err,
-        Some(OutboxError::SchemaTooNew { found: 20990101000000, supported: billsync_storage::SCHEMA_VERSION })
+        Some(OutboxError::SchemaTooNew { found: 20990101000000, supported: billsync_storage::SQLITE_SCHEMA_VERSION })
     );
     let err = billsync_storage::open(&format!("sqlite://{}", path.display()), clock).await.err();
     assert!(matches!(err, Some(OutboxError::SchemaTooNew { .. })), "{err:?}");
