@@ -149,8 +149,7 @@ async fn run(args: &Args) -> Res<()> {
     if args.wants("e2e") {
         let sqlite = |dir: &Path| format!("sqlite://{}", dir.join("outbox.db").display());
         for (tenants, per_tenant) in [(1usize, one), (100, hundred)] {
-            let raw = raw_reqwest(tenants, per_tenant).await?;
-            let run = e2e(&Storage::Sqlite, &sqlite, tenants, per_tenant).await?;
+            let (raw, run, note) = rounds(&Storage::Sqlite, &sqlite, tenants, per_tenant).await?;
             let label = if tenants == 1 { "1_tenant".to_owned() } else { format!("{tenants}_tenants") };
             let events = tenants * per_tenant;
             figures.push(throughput(
@@ -159,7 +158,7 @@ async fn run(args: &Args) -> Res<()> {
                 "raw_reqwest",
                 raw,
                 if tenants == 1 { ">= 50000 events/s and ratio >= 0.5" } else { "ratio >= 0.5" },
-                &format!("{events} events, batches of 500, emulator rate limit off"),
+                &format!("{events} events, batches of 500, emulator rate limit off; {note}"),
             ));
             print_last(&figures);
             if tenants == 1 {
@@ -258,9 +257,13 @@ fn throughput(name: &str, value: f64, baseline_name: &str, baseline: f64, target
 
 async fn postgres_figures(pg: &Postgres, one: usize, hundred: usize, figures: &mut Vec<Figure>) -> Res<()> {
     for (tenants, per_tenant) in [(1usize, one), (100, hundred)] {
-        let raw = raw_reqwest(tenants, per_tenant).await?;
-        let url = pg.fresh().await?;
-        let run = e2e(&Storage::Postgres, &|_: &Path| url.clone(), tenants, per_tenant).await?;
+        let mut urls = Vec::new();
+        for _ in 0..ROUNDS {
+            urls.push(pg.fresh().await?);
+        }
+        let next = std::sync::Mutex::new(urls.into_iter());
+        let url = |_: &Path| next.lock().ok().and_then(|mut n| n.next()).unwrap_or_default();
+        let (raw, run, note) = rounds(&Storage::Postgres, &url, tenants, per_tenant).await?;
         let label = if tenants == 1 { "1_tenant".to_owned() } else { format!("{tenants}_tenants") };
         figures.push(throughput(
             &format!("e2e_postgres_{label}"),
@@ -268,7 +271,7 @@ async fn postgres_figures(pg: &Postgres, one: usize, hundred: usize, figures: &m
             "raw_reqwest",
             raw,
             "ratio >= 0.5",
-            &format!("{} events, batches of 500, emulator rate limit off", tenants * per_tenant),
+            &format!("{} events, batches of 500, emulator rate limit off; {note}", tenants * per_tenant),
         ));
         print_last(figures);
         if tenants == 1 {
@@ -352,6 +355,39 @@ enum Storage {
 struct E2e {
     delivered_per_s: f64,
     enqueued_per_s: f64,
+}
+
+/// Rounds of each end-to-end comparison. The baseline and billsync take turns, and each
+/// figure is the median of its rounds, so that a slow moment of this shared machine does not
+/// fall on one side of a ratio only.
+const ROUNDS: usize = 3;
+
+/// [`ROUNDS`] turns of the raw reqwest baseline and of [`e2e`] (each on a fresh outbox from
+/// `url`); returns the medians and a note with every round's figures.
+async fn rounds(
+    storage: &Storage,
+    url: &dyn Fn(&Path) -> String,
+    tenants: usize,
+    per_tenant: usize,
+) -> Res<(f64, E2e, String)> {
+    let (mut raws, mut delivered, mut enqueued) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        raws.push(raw_reqwest(tenants, per_tenant).await?);
+        let run = e2e(storage, url, tenants, per_tenant).await?;
+        delivered.push(run.delivered_per_s);
+        enqueued.push(run.enqueued_per_s);
+    }
+    let whole = |v: &[f64]| v.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(", ");
+    let note =
+        format!("median of {ROUNDS} alternating rounds: billsync [{}], raw [{}]", whole(&delivered), whole(&raws));
+    let run = E2e { delivered_per_s: median(&delivered), enqueued_per_s: median(&enqueued) };
+    Ok((median(&raws), run, note))
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// Enqueue `per_tenant` events for each tenant (timed), then `sync_once` (timed).
@@ -861,10 +897,8 @@ async fn per_event_cost(backlog: usize, window: u64, reps: usize) -> Res<(f64, V
         }
         runs.push(took.as_secs_f64() * 1e6 / got as f64);
     }
-    let mut sorted = runs.clone();
-    sorted.sort_by(f64::total_cmp);
     eprintln!("  {backlog} pending: µs per event {runs:.2?}");
-    Ok((sorted[sorted.len() / 2], runs))
+    Ok((median(&runs), runs))
 }
 
 async fn scaling(quick: bool) -> Res<Figure> {
