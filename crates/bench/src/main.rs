@@ -9,9 +9,10 @@
 //! baseline, ratio, target, note):
 //!
 //! - `e2e_{sqlite,postgres}_{1,100}_tenant(s)`: events/s of `Agent::sync_once` over a backlog
-//!   enqueued beforehand, batches of 500, the emulator's rate limit off; baseline `raw_reqwest`,
-//!   a bare reqwest loop per tenant posting the same pre-serialised batches with a fixed token
-//!   (no outbox, no policy, no limiter): the transport ceiling.
+//!   enqueued beforehand (tokens fetched before the clock starts), batches of 500, the
+//!   emulator's rate limit off; baseline `raw_reqwest`, a bare reqwest loop per tenant posting
+//!   the same pre-serialised batches with a fixed token (no outbox, no policy, no limiter): the
+//!   transport ceiling. Medians of three rounds in which the two take turns.
 //! - `enqueue_{sqlite,postgres}_batch_500`: events/s of `Agent::enqueue` in batches of 500;
 //!   baseline `raw_sqlx_insert`, a plain sqlx insert loop, one transaction per 500 events, with
 //!   the same durability (SQLite: WAL + `synchronous=FULL`).
@@ -26,8 +27,9 @@
 //! - `binary_size`: bytes of the release `billsync` (no baseline).
 //! - `cold_start_status`: median wall time of `billsync status` on an empty outbox; baseline
 //!   `billsync --version` (process start without runtime, configuration or database).
-//! - `per_event_delivery_1m_pending`: µs per event delivering the first 10,000 events of a
-//!   1,000,000-event backlog; baseline the same with a 10,000-event backlog.
+//! - `per_event_delivery_1m_pending`: µs per event delivering 10,000 events in steady state
+//!   (timed from the first batch stored) over a 1,000,000-event backlog, median of three runs;
+//!   baseline the same over a 10,000-event backlog.
 //!
 //! `--quick` scales the workloads down (the drain still takes one 60 s window: the emulator's
 //! window is fixed at 60 s).
