@@ -836,11 +836,8 @@ async fn cold_start(bin: &Path, runs: usize) -> Res<Figure> {
         status.push(time(status_args())?);
         version.push(time(vec!["--version".into()])?);
     }
-    let median = |mut v: Vec<Duration>| {
-        v.sort();
-        v[v.len() / 2].as_secs_f64() * 1000.0
-    };
-    let (s, v) = (median(status), median(version));
+    let ms = |v: Vec<Duration>| median(&v.iter().map(|d| d.as_secs_f64() * 1000.0).collect::<Vec<_>>());
+    let (s, v) = (ms(status), ms(version));
     Ok(Figure {
         name: "cold_start_status".into(),
         value: s,

@@ -6,14 +6,13 @@
 //! - [`SqliteOutbox`], the embedded default: one file in WAL mode, one writer task that
 //!   commits whatever callers have queued in one transaction (group commit), so that
 //!   thousands of small enqueues share one fsync.
-//!
-//! Enqueues (and requeues) are durable when they return: fsynced (SQLite `synchronous=FULL`,
-//! PostgreSQL `synchronous_commit=on`). The writes on the delivery path (leases, acks,
-//! nacks; in SQLite also dead letters and claims) commit without waiting for the disk: a power loss can undo the last of them (never the agent
-//! dying), which only makes events pending again, and the platform deduplicates re-sent
-//! events on (tenant, event_id) forever.
 //! - [`PostgresOutbox`], for a fleet of agents sharing one database: leases with
 //!   `FOR UPDATE SKIP LOCKED`, tenant claims so that one agent drains a tenant at a time.
+//!
+//! Enqueues (and requeues) are durable when they return. In SQLite the other writes (leases,
+//! acks, nacks, dead letters, claims) commit without an fsync of their own: a power loss can
+//! undo the last of them (the agent dying cannot), which only makes events pending again, and
+//! the platform deduplicates re-sent events on (tenant, event_id) forever.
 //!
 //! [`open`] picks one from a URL. Both store times as integer milliseconds from the
 //! injected [`Clock`](billsync_domain::Clock), migrate their schema with embedded migrations,

@@ -223,18 +223,6 @@ fn dead_letter_record(row: &PgRow) -> Result<DeadLetterRecord, StoreError> {
     })
 }
 
-/// Begins a transaction whose commit does not wait for the WAL to reach the disk
-/// (`synchronous_commit = off` for it alone). For leases, acks and nacks only: PostgreSQL
-/// never applies such a commit partly, and a server crash can only undo the last few of them,
-/// which puts their events back to pending. Events are then sent again, and the platform
-/// deduplicates on (tenant, event_id) forever (PLATFORM.md section 3): at-least-once, as
-/// always. Enqueues and requeues carry information from outside and stay fully durable.
-async fn relaxed(pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
-    Ok(tx)
-}
-
 impl PostgresOutbox {
     async fn try_lease(
         &self,
@@ -243,7 +231,7 @@ impl PostgresOutbox {
         lease_for: Duration,
     ) -> Result<Option<Lease>, StoreError> {
         let now = self.now_ms();
-        let mut tx = relaxed(&self.pool).await?;
+        let mut tx = self.pool.begin().await?;
         // Expired leases go back to pending, keeping their place (due_at) in the queue; rows
         // another agent is reclaiming right now are skipped, not waited for.
         sqlx::query(
@@ -350,7 +338,6 @@ impl Outbox for PostgresOutbox {
             return Ok(());
         }
         let ids: Vec<&str> = delivered.iter().map(EventId::as_str).collect();
-        let mut tx = relaxed(&self.pool).await.map_err(StoreError::from)?;
         sqlx::query(
             "UPDATE events SET state = 2, delivered_at = $2, lease_id = NULL, lease_expires_at = NULL \
              WHERE tenant = $1 AND event_id = ANY($3) AND state IN (0, 1)",
@@ -358,15 +345,13 @@ impl Outbox for PostgresOutbox {
         .bind(lease.tenant.as_str())
         .bind(self.now_ms())
         .bind(ids)
-        .execute(&mut *tx)
+        .execute(&self.pool)
         .await
         .map_err(StoreError::from)?;
-        tx.commit().await.map_err(StoreError::from)?;
         Ok(())
     }
 
     async fn nack(&self, lease: &Lease, retry_at: DateTime<Utc>) -> Result<(), OutboxError> {
-        let mut tx = relaxed(&self.pool).await.map_err(StoreError::from)?;
         sqlx::query(
             "UPDATE events SET state = 0, attempts = attempts + 1, due_at = $3, lease_id = NULL, \
              lease_expires_at = NULL WHERE lease_id = $2 AND state = 1 AND tenant = $1",
@@ -374,10 +359,9 @@ impl Outbox for PostgresOutbox {
         .bind(lease.tenant.as_str())
         .bind(lease.id.as_str())
         .bind(to_ms(retry_at))
-        .execute(&mut *tx)
+        .execute(&self.pool)
         .await
         .map_err(StoreError::from)?;
-        tx.commit().await.map_err(StoreError::from)?;
         Ok(())
     }
 

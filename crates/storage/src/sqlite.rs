@@ -485,21 +485,8 @@ async fn exec_one(conn: &mut SqliteConnection, op: &Op, now: i64) -> Result<Out,
             .bind(lease)
             .execute(&mut *conn)
             .await?;
-            let affected = usize::try_from(done.rows_affected()).unwrap_or(usize::MAX);
-            // The common case: the ack settles every event its lease holds, and the lease goes
-            // at once, without being pruned event by event.
-            if affected == ids_len {
-                let whole = sqlx::query("DELETE FROM leases WHERE lease_id = ?1 AND json_array_length(seqs) = ?2")
-                    .bind(lease)
-                    .bind(i64::try_from(affected).unwrap_or(i64::MAX))
-                    .execute(&mut *conn)
-                    .await?;
-                if whole.rows_affected() == 1 {
-                    return Ok(Out::Done);
-                }
-            }
             // Events the lease no longer holds (it lapsed and another took them) by their ids.
-            if affected < ids_len {
+            if usize::try_from(done.rows_affected()).unwrap_or(usize::MAX) < ids_len {
                 sqlx::query(
                     "UPDATE events SET state = 2, delivered_at = ?2 \
                      WHERE tenant = ?1 AND state = 0 AND event_id IN (SELECT value FROM json_each(?3))",
@@ -510,7 +497,7 @@ async fn exec_one(conn: &mut SqliteConnection, op: &Op, now: i64) -> Result<Out,
                 .execute(&mut *conn)
                 .await?;
             }
-            prune_lease(conn, lease).await?;
+            prune_lease(conn, lease, done.rows_affected()).await?;
             Ok(Out::Done)
         }
         Op::Nack { tenant, lease, retry_at } => {
@@ -545,7 +532,8 @@ async fn exec_one(conn: &mut SqliteConnection, op: &Op, now: i64) -> Result<Out,
                 .execute(&mut *conn)
                 .await?;
             }
-            prune_lease(conn, lease).await?;
+            // The items were found by id, not through the lease: how many it held is unknown.
+            prune_lease(conn, lease, 0).await?;
             Ok(Out::Done)
         }
         Op::Requeue { tenant, ids } => {
@@ -628,7 +616,20 @@ async fn exec_one(conn: &mut SqliteConnection, op: &Op, now: i64) -> Result<Out,
 /// Shrinks a lease to the events it still holds (those still pending), and drops it once it
 /// holds none. A dead-lettered event thus leaves its lease at once, so that a requeue makes it
 /// leasable again while the rest of its lease is still out.
-async fn prune_lease(conn: &mut SqliteConnection, lease: &str) -> Result<(), StoreError> {
+///
+/// `settled` is how many of the lease's own events the caller has just taken out of pending
+/// (found through the lease, so never more than it holds). When that is all of them, which is
+/// what an ack of a whole batch does, the lease is deleted in one statement without looking at
+/// its events.
+async fn prune_lease(conn: &mut SqliteConnection, lease: &str, settled: u64) -> Result<(), StoreError> {
+    let whole = sqlx::query("DELETE FROM leases WHERE lease_id = ?1 AND json_array_length(seqs) = ?2")
+        .bind(lease)
+        .bind(i64::try_from(settled).unwrap_or(i64::MAX))
+        .execute(&mut *conn)
+        .await?;
+    if whole.rows_affected() > 0 {
+        return Ok(());
+    }
     sqlx::query(
         "UPDATE leases SET seqs = (SELECT json_group_array(j.value) FROM json_each(leases.seqs) AS j \
                                    JOIN events AS e ON e.seq = j.value WHERE e.state = 0) \
