@@ -13,8 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use billsync_domain::{
-    BatchBody, Batcher, BillingApi, BillingPolicy, BillingResponse, Clock, DeadLetter, EncodedEvent, EventId, Lease,
-    Outbox, OutboxError, RatePolicy, SlidingWindow, Tenant, TenantName, TokenError, TokenSource,
+    Attempt, BatchBody, Batcher, BillingApi, BillingPolicy, BillingResponse, BlockCause, Clock, Decision, EncodedEvent,
+    Lease, Outbox, OutboxError, RatePolicy, RetryCause, Settlement, SlidingWindow, Tenant, TenantName, TokenError,
+    TokenSource, settle,
 };
 use chrono::{DateTime, Utc};
 use rand::Rng;
@@ -52,6 +53,11 @@ pub struct SyncSettings {
     /// whatever the number of tenants. A tenant leases only once its window has a slot free,
     /// so a tenant waiting for its rate limit holds neither events nor a place.
     pub max_in_flight: usize,
+    /// The longest the engine waits because the platform said so (`Retry-After`,
+    /// `X-RateLimit-Reset`); never more than [`billsync_domain::MAX_SERVER_WAIT`] (1 hour).
+    pub max_server_wait: Duration,
+    /// How long a tenant's worker that ended unexpectedly stays down before it is restarted.
+    pub restart_after: Duration,
 }
 
 impl Default for SyncSettings {
@@ -67,6 +73,8 @@ impl Default for SyncSettings {
             claim_ttl: Duration::from_secs(30),
             blocked_retry: Duration::from_secs(300),
             max_in_flight: 16,
+            max_server_wait: billsync_domain::MAX_SERVER_WAIT,
+            restart_after: Duration::from_secs(1),
         }
     }
 }
@@ -114,13 +122,73 @@ pub struct TenantReport {
     pub token_expires_at: Option<DateTime<Utc>>,
     /// Set when another agent holds this tenant.
     pub held_elsewhere: bool,
+    /// Why the tenant is waiting before it sends again (`unexpected_response: ...`,
+    /// `rate_limited: ...`), while it is; cleared by the next settled batch.
+    #[serde(default)]
+    pub backing_off: Option<String>,
+    /// Why the tenant's worker ended unexpectedly, until it runs again.
+    #[serde(default)]
+    pub down: Option<String>,
+}
+
+/// A tenant's state, as `status`, `/metrics` and `/healthz` show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TenantState {
+    /// Delivering, or nothing to do.
+    Ok,
+    /// Waiting after a transient failure, an unexpected answer or the platform's rate limit.
+    BackingOff,
+    /// Stopped by a configuration problem (or, in `sync`, by answers outside the contract).
+    Blocked,
+    /// Another agent holds the tenant.
+    Held,
+    /// The tenant's worker ended unexpectedly and has not run again yet.
+    Down,
+}
+
+impl TenantState {
+    /// Every state, in the order `/metrics` lists them.
+    pub const ALL: [TenantState; 5] = [Self::Ok, Self::BackingOff, Self::Blocked, Self::Held, Self::Down];
+
+    /// The state's name (`backing_off`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::BackingOff => "backing_off",
+            Self::Blocked => "blocked",
+            Self::Held => "held",
+            Self::Down => "down",
+        }
+    }
+}
+
+impl std::fmt::Display for TenantState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl TenantReport {
+    /// The tenant's state and, unless it is ok, why.
+    pub fn state(&self) -> (TenantState, Option<String>) {
+        if let Some(why) = &self.down {
+            (TenantState::Down, Some(why.clone()))
+        } else if let Some(b) = &self.blocked {
+            (TenantState::Blocked, Some(b.codes.join(", ")))
+        } else if self.held_elsewhere {
+            (TenantState::Held, Some("held by another agent".into()))
+        } else if let Some(why) = &self.backing_off {
+            (TenantState::BackingOff, Some(why.clone()))
+        } else {
+            (TenantState::Ok, None)
+        }
+    }
+
     /// Whether this engine did anything for the tenant (otherwise another process's saved
     /// report says more).
     pub fn touched(&self) -> bool {
-        self.requests > 0 || self.blocked.is_some() || self.last_error.is_some()
+        self.requests > 0 || self.blocked.is_some() || self.last_error.is_some() || self.down.is_some()
     }
 }
 
@@ -177,13 +245,14 @@ impl std::fmt::Debug for Engine {
 
 enum Step {
     /// Delivered (accepted or duplicate) and dead-lettered events of this batch.
-    Settled { delivered: Vec<EventId>, dead: Vec<DeadLetter> },
+    Settled(Settlement),
     /// Split the batch in two and send each half.
     Split,
     /// A configuration problem: stop this tenant.
     Block(Blocked),
-    /// A transient failure: return the events and try again after a backoff.
-    Retry(String),
+    /// A transient failure: return the events and try again after a backoff. `unexpected`:
+    /// the answer was outside the contract (`unexpected_response`).
+    Retry { why: String, unexpected: bool },
     /// Shutdown was requested before the batch was sent.
     Stopped,
 }
@@ -255,34 +324,82 @@ impl Engine {
     pub async fn sync_once(&self) -> Vec<TenantReport> {
         let (_tx, rx) = watch::channel(false);
         let mut set = tokio::task::JoinSet::new();
+        let mut names = HashMap::new();
         for tenant in self.inner.tenants.clone() {
             let engine = self.clone();
             let rx = rx.clone();
-            set.spawn(async move {
+            let name = tenant.name().clone();
+            let handle = set.spawn(async move {
                 let drained = engine.drain(&tenant, false, rx).await;
                 // Done with the tenant: let the next `sync` (or another agent) have it now, not
                 // when the claim expires.
                 let _ = engine.inner.outbox.release_tenant(tenant.name(), &engine.inner.agent_id).await;
                 drained
             });
+            names.insert(handle.id(), name);
         }
-        while set.join_next().await.is_some() {}
+        while let Some(done) = set.join_next_with_id().await {
+            if let Err(e) = done {
+                if let Some(name) = names.get(&e.id()) {
+                    self.worker_ended(name, &e);
+                }
+            }
+        }
         self.reports()
     }
 
     /// Runs until `shutdown` resolves: workers keep draining and polling for new events. On
     /// shutdown no new batch is started, requests in flight finish, and leases are returned.
+    ///
+    /// A worker that ends unexpectedly (a panic) marks its tenant `down` with the reason and
+    /// is started again after `restart_after`; its leased events lapse back to pending.
     pub async fn run_until(&self, shutdown: impl std::future::Future<Output = ()>) {
         let (tx, rx) = watch::channel(false);
         let mut set = tokio::task::JoinSet::new();
         for tenant in self.inner.tenants.clone() {
             let engine = self.clone();
             let rx = rx.clone();
-            set.spawn(async move { engine.run_tenant(&tenant, rx).await });
+            set.spawn(async move { engine.supervise(tenant, rx).await });
         }
         shutdown.await;
         let _ = tx.send(true);
         while set.join_next().await.is_some() {}
+    }
+
+    /// Keeps one tenant's worker running until `stop`.
+    async fn supervise(&self, tenant: Tenant, stop: watch::Receiver<bool>) {
+        let mut restarts = 0u32;
+        loop {
+            let engine = self.clone();
+            let (t, rx) = (tenant.clone(), stop.clone());
+            let ended = tokio::spawn(async move { engine.run_tenant(&t, rx).await }).await;
+            if *stop.borrow() {
+                return;
+            }
+            let e = match ended {
+                Ok(()) => None,
+                Err(e) => Some(e),
+            };
+            match &e {
+                Some(e) => self.worker_ended(tenant.name(), e),
+                None => self.update(tenant.name(), |r| r.down = Some("the worker returned before shutdown".into())),
+            }
+            let pause = self.inner.settings.restart_after.saturating_mul(1 << restarts.min(6));
+            restarts = restarts.saturating_add(1);
+            if !sleep_or_stop(pause, stop.clone()).await {
+                return;
+            }
+            tracing::warn!(tenant = %tenant.name(), "restarting the tenant's worker");
+            self.update(tenant.name(), |r| r.down = None);
+        }
+    }
+
+    /// Records that a tenant's worker ended with `e`.
+    fn worker_ended(&self, name: &TenantName, e: &tokio::task::JoinError) {
+        // tokio says "task 7 panicked with message \"...\"".
+        let why = format!("the worker ended unexpectedly: {e}");
+        tracing::error!(tenant = %name, reason = %why, "tenant worker ended unexpectedly");
+        self.update(name, |r| r.down = Some(why));
     }
 
     async fn run_tenant(&self, tenant: &Tenant, mut stop: watch::Receiver<bool>) {
@@ -302,14 +419,14 @@ impl Engine {
                 _ = stop.changed() => break,
             }
             if lock(&self.inner.reports).get(tenant.name()).is_some_and(|r| r.blocked.is_some()) {
-                self.update(tenant, |r| r.blocked = None);
+                self.update(tenant.name(), |r| r.blocked = None);
             }
         }
         let _ = self.inner.outbox.release_tenant(tenant.name(), &self.inner.agent_id).await;
     }
 
-    fn update(&self, tenant: &Tenant, f: impl FnOnce(&mut TenantReport)) {
-        if let Some(r) = lock(&self.inner.reports).get_mut(tenant.name()) {
+    fn update(&self, tenant: &TenantName, f: impl FnOnce(&mut TenantReport)) {
+        if let Some(r) = lock(&self.inner.reports).get_mut(tenant) {
             f(r);
         }
     }
@@ -400,7 +517,7 @@ impl Engine {
                 match self.inner.outbox.claim_tenant(name, &self.inner.agent_id, self.inner.settings.claim_ttl).await {
                     Ok(true) => claimed_at = Some(Instant::now()),
                     Ok(false) => {
-                        self.update(tenant, |r| r.held_elsewhere = true);
+                        self.update(tenant.name(), |r| r.held_elsewhere = true);
                         return Drained::HeldElsewhere;
                     }
                     Err(e) => {
@@ -408,7 +525,7 @@ impl Engine {
                         return Drained::GaveUp;
                     }
                 }
-                self.update(tenant, |r| r.held_elsewhere = false);
+                self.update(tenant.name(), |r| r.held_elsewhere = false);
             }
             let (lease, permit) = if let Some(taken) = ahead.take() {
                 taken
@@ -470,7 +587,7 @@ impl Engine {
             drop(permit);
             // When this lease's events go back, so do those taken ahead, due at the same time
             // (so they stay behind them in the queue).
-            let retry_wait = matches!(delivered, Ok(Some(Step::Retry(_)))).then(|| self.backoff(failures));
+            let retry_wait = matches!(delivered, Ok(Some(Step::Retry { .. }))).then(|| self.backoff(failures));
             let back_at = retry_wait.map_or_else(|| self.now(), |wait| self.later(wait));
             if !matches!(delivered, Ok(None)) {
                 self.give_back(ahead, back_at).await;
@@ -485,21 +602,40 @@ impl Engine {
                 Ok(Some(Step::Block(blocked))) => {
                     let _ = self.inner.outbox.nack(&lease, back_at).await;
                     tracing::warn!(tenant = %name, reason = %blocked, "tenant blocked; its events stay pending");
-                    self.update(tenant, |r| r.blocked = Some(blocked));
+                    self.update(tenant.name(), |r| {
+                        r.blocked = Some(blocked);
+                        r.backing_off = None;
+                    });
                     return Drained::Blocked;
                 }
                 Ok(Some(Step::Stopped)) => {
                     let _ = self.inner.outbox.nack(&lease, back_at).await;
                     return Drained::Idle;
                 }
-                Ok(Some(Step::Retry(why))) => {
+                Ok(Some(Step::Retry { why, unexpected })) => {
                     let wait = retry_wait.unwrap_or_default();
                     failures = failures.saturating_add(1);
                     tracing::info!(tenant = %name, error = %why, retry_in_ms = wait.as_millis() as u64, "transient failure; backing off");
-                    self.update(tenant, |r| r.last_error = Some(why));
                     let _ = self.inner.outbox.nack(&lease, back_at).await;
-                    if !forever && failures >= self.inner.settings.give_up_after {
-                        return Drained::GaveUp;
+                    let give_up = !forever && failures >= self.inner.settings.give_up_after;
+                    self.update(tenant.name(), |r| {
+                        r.backing_off = Some(why.clone());
+                        if give_up && unexpected {
+                            // `sync` stops here: say plainly that the endpoint is not the
+                            // platform's billing API as specified.
+                            r.blocked = Some(Blocked {
+                                codes: vec!["unexpected_response".into()],
+                                hints: vec![format!(
+                                    "{why}. Nothing was settled; {failures} answers in a row were like this. A proxy, \
+                                     WAF or captive portal may stand in front of platform.base_url."
+                                )],
+                            });
+                            r.backing_off = None;
+                        }
+                        r.last_error = Some(why);
+                    });
+                    if give_up {
+                        return if unexpected { Drained::Blocked } else { Drained::GaveUp };
                     }
                     // The whole tenant backs off, not only this batch: the next one would most
                     // likely meet the same outage.
@@ -518,7 +654,7 @@ impl Engine {
 
     fn note_error(&self, tenant: &Tenant, e: &OutboxError) {
         tracing::error!(tenant = %tenant.name(), error = %e, "outbox error");
-        self.update(tenant, |r| r.last_error = Some(e.to_string()));
+        self.update(tenant.name(), |r| r.last_error = Some(e.to_string()));
     }
 
     /// Sends a lease's events in batches. Returns the step that stopped it early, if any.
@@ -536,8 +672,16 @@ impl Engine {
                 return Ok(Some(Step::Stopped));
             }
             match self.send(tenant, &batch, stop.clone()).await {
-                Step::Settled { delivered, dead } => {
+                Step::Settled(Settlement { delivered, dead, accepted, duplicates }) => {
                     finish_ack(acking).await?;
+                    let dead_count = dead.len() as u64;
+                    self.inner.metrics.delivered(tenant.name().as_str(), accepted, duplicates, dead_count);
+                    self.update(tenant.name(), |r| {
+                        r.accepted += accepted;
+                        r.duplicates += duplicates;
+                        r.dead_lettered += dead_count;
+                        r.backing_off = None;
+                    });
                     if dead.is_empty() && !delivered.is_empty() {
                         // Commits while the next batch is leased and sent.
                         let outbox = Arc::clone(&self.inner.outbox);
@@ -629,10 +773,10 @@ impl Engine {
             }
             let headers = match self.inner.tokens.headers(tenant).await {
                 Ok(h) => h,
-                Err(e) if e.is_transient() => return Step::Retry(e.to_string()),
+                Err(e) if e.is_transient() => return Step::Retry { why: e.to_string(), unexpected: false },
                 Err(e) => return Step::Block(blocked_by_token(tenant, &e)),
             };
-            self.update(tenant, |r| {
+            self.update(tenant.name(), |r| {
                 r.requests += 1;
                 r.token_expires_at = Some(headers.expires_at());
             });
@@ -643,56 +787,47 @@ impl Engine {
                 Ok(r) => r,
                 Err(e) => {
                     self.inner.metrics.request(tenant.name().as_str(), "error", elapsed);
-                    return Step::Retry(e.to_string());
+                    return Step::Retry { why: e.to_string(), unexpected: false };
                 }
             };
             self.inner.metrics.request(tenant.name().as_str(), status_label(&reply.response), elapsed);
+            let cap = self.inner.settings.max_server_wait;
             if let Some(rl) = reply.rate_limit {
                 if rl.remaining == 0 {
-                    self.defer(tenant, rl.reset);
+                    self.defer(tenant, rl.reset.min(cap));
                 }
             }
-            match reply.response {
-                BillingResponse::Accepted(receipt) => {
-                    let mut dead = Vec::new();
-                    let mut rejected = std::collections::HashSet::new();
-                    for r in receipt.rejected {
-                        if let Some(e) = batch.iter().find(|e| e.event_id().as_str() == r.event_id) {
-                            rejected.insert(e.event_id().clone());
-                            dead.push(DeadLetter { event_id: e.event_id().clone(), code: r.code, message: r.message });
-                        }
-                    }
-                    let delivered: Vec<EventId> =
-                        batch.iter().map(|e| e.event_id().clone()).filter(|id| !rejected.contains(id)).collect();
-                    let dups = receipt.duplicates.len() as u64;
-                    let accepted = delivered.len() as u64 - dups.min(delivered.len() as u64);
-                    self.inner.metrics.delivered(tenant.name().as_str(), accepted, dups, dead.len() as u64);
-                    self.update(tenant, |r| {
-                        r.accepted += accepted;
-                        r.duplicates += dups;
-                        r.dead_lettered += dead.len() as u64;
-                    });
-                    return Step::Settled { delivered, dead };
-                }
-                BillingResponse::InvalidToken if !renewed_token => {
+            match settle(reply.response, batch, Attempt { token_renewed: renewed_token }) {
+                Decision::Settle(settlement) => return Step::Settled(settlement),
+                Decision::Split => return Step::Split,
+                Decision::RenewTokenAndRetry => {
                     // Expired or revoked under us: a new token, the same batch, once.
                     self.inner.tokens.invalidate(tenant, &headers).await;
                     renewed_token = true;
                 }
-                BillingResponse::InvalidToken => {
-                    return Step::Retry("the platform refused two fresh tokens as invalid".into());
+                Decision::Retry { wait: Some(wait), cause } => {
+                    // The server's own wait: the same batch goes again once it is over.
+                    let wait = wait.min(cap);
+                    self.update(tenant.name(), |r| {
+                        r.backing_off = Some(format!("{}: waiting {} as the platform asked", cause.code(), human(wait)));
+                    });
+                    self.defer(tenant, wait);
                 }
-                BillingResponse::InsufficientClaims => {
+                Decision::Retry { wait: None, cause } => {
+                    let unexpected = matches!(cause, RetryCause::Unexpected { .. });
+                    return Step::Retry { why: cause.to_string(), unexpected };
+                }
+                Decision::Block(BlockCause::InsufficientClaims) => {
                     self.inner.tokens.invalidate(tenant, &headers).await;
                     return Step::Block(self.explain_insufficient_claims(tenant, &headers));
                 }
-                BillingResponse::MissingHeader { description } => {
+                Decision::Block(BlockCause::MissingHeader { description }) => {
                     return Step::Block(Blocked {
                         codes: vec!["missing_header".into()],
                         hints: vec![format!("the platform says a required header is missing: {description}")],
                     });
                 }
-                BillingResponse::TenantNotAuthorized => {
+                Decision::Block(BlockCause::TenantNotAuthorized) => {
                     return Step::Block(Blocked {
                         codes: vec!["tenant_not_authorized".into()],
                         hints: vec![format!(
@@ -703,36 +838,6 @@ impl Engine {
                             tenant.client_id()
                         )],
                     });
-                }
-                BillingResponse::InvalidRequest { description } if batch.len() == 1 => {
-                    return Step::Settled {
-                        delivered: vec![],
-                        dead: vec![DeadLetter {
-                            event_id: batch[0].event_id().clone(),
-                            code: "invalid_request".into(),
-                            message: description,
-                        }],
-                    };
-                }
-                BillingResponse::PayloadTooLarge if batch.len() == 1 => {
-                    return Step::Settled {
-                        delivered: vec![],
-                        dead: vec![DeadLetter {
-                            event_id: batch[0].event_id().clone(),
-                            code: "payload_too_large".into(),
-                            message: "the platform refused this event alone as too large".into(),
-                        }],
-                    };
-                }
-                BillingResponse::InvalidRequest { .. } | BillingResponse::PayloadTooLarge => return Step::Split,
-                BillingResponse::RateLimited { retry_after } => {
-                    self.defer(tenant, retry_after.unwrap_or(Duration::from_secs(1)));
-                }
-                BillingResponse::ServerError { status } => {
-                    return Step::Retry(format!("the platform answered {status}"));
-                }
-                BillingResponse::Unexpected { status, body } => {
-                    return Step::Retry(format!("unexpected answer {status}: {body}"));
                 }
             }
         }
@@ -821,6 +926,10 @@ async fn sleep_or_stop(d: Duration, mut stop: watch::Receiver<bool>) -> bool {
         _ = tokio::time::sleep(d) => true,
         _ = stop.changed() => false,
     }
+}
+
+fn human(d: Duration) -> String {
+    billsync_domain::human_duration(chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -222,11 +222,12 @@ async fn a_poison_event_is_isolated_by_splitting_and_dead_lettered_alone() {
     });
     let w = world(&["acme"], 20, settings(500, 100), vec![], responder, None).await;
 
-    w.engine.sync_once().await;
+    let r = w.engine.sync_once().await;
 
     let states = w.outbox.states("acme");
     assert_eq!(states.get("delivered"), Some(&19));
     assert_eq!(states.get("dead:invalid_request"), Some(&1));
+    assert_eq!((r[0].accepted, r[0].dead_lettered), (19, 1), "the summary counts what happened");
     let rows = w.outbox.rows.lock().unwrap();
     let dead = rows.iter().find(|r| matches!(r.state, crate::memory::State::Dead { .. })).unwrap();
     assert_eq!(dead.event.event_id().as_str(), "acme-00006");
@@ -434,4 +435,128 @@ async fn the_next_lease_is_taken_while_a_batch_travels() {
     w.engine.sync_once().await;
     assert_eq!(watcher.await.unwrap(), Some(20), "the travelling batch and the one leased ahead");
     assert_eq!(w.outbox.states("acme").get("delivered"), Some(&30));
+}
+
+#[tokio::test(start_paused = true)]
+async fn sync_reports_answers_outside_the_contract_as_blocked_and_settles_nothing() {
+    let responder: Responder = Box::new(|_| {
+        Ok(reply(BillingResponse::Unexpected { status: 418, detail: "I'm a teapot".into() }))
+    });
+    let mut s = settings(500, 100);
+    s.give_up_after = 3;
+    let w = world(&["acme"], 4, s, vec![], responder, None).await;
+
+    let r = w.engine.sync_once().await;
+
+    assert_eq!(w.api.sent.lock().unwrap().len(), 3);
+    assert_eq!(w.outbox.states("acme").get("pending"), Some(&4));
+    let blocked = r[0].blocked.clone().expect("blocked");
+    assert_eq!(blocked.codes, ["unexpected_response"]);
+    assert!(blocked.hints[0].contains("418") && blocked.hints[0].contains("I'm a teapot"), "{blocked:?}");
+    assert_eq!(r[0].state().0, TenantState::Blocked);
+}
+
+#[tokio::test(start_paused = true)]
+async fn run_never_gives_up_on_unexpected_answers_and_says_why_meanwhile() {
+    // Ten unexpected answers (more than give_up_after), then the platform.
+    let script = (0..10)
+        .map(|_| Ok(reply(BillingResponse::Unexpected { status: 302, detail: "a redirect to /login".into() })))
+        .collect();
+    let mut s = settings(500, 100);
+    s.give_up_after = 3;
+    let w = world(&["acme"], 4, s, script, accept_all(), None).await;
+    let engine = w.engine.clone();
+    let watcher = tokio::spawn(async move {
+        loop {
+            let r = engine.reports().remove(0);
+            if r.requests >= 5 {
+                return r.state();
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+
+    w.engine.run_until(tokio::time::sleep(Duration::from_secs(600))).await;
+
+    let (state, why) = watcher.await.unwrap();
+    assert_eq!(state, TenantState::BackingOff);
+    assert!(why.unwrap().starts_with("unexpected_response: the billing endpoint answered 302"));
+    assert_eq!(w.outbox.states("acme").get("delivered"), Some(&4));
+    assert_eq!(w.outbox.states("acme").get("dead:invalid_request"), None);
+    assert_eq!(w.engine.reports()[0].state(), (TenantState::Ok, None));
+}
+
+#[tokio::test(start_paused = true)]
+async fn server_waits_near_u64_max_are_capped_at_an_hour_and_the_worker_survives() {
+    let huge = Duration::from_secs(u64::MAX);
+    let script = vec![
+        Ok(reply(BillingResponse::RateLimited { retry_after: Some(huge) })),
+        Ok(BillingReply {
+            response: BillingResponse::ServerError { status: 503 },
+            rate_limit: Some(billsync_domain::RateLimitStatus { limit: 100, remaining: 0, reset: huge }),
+        }),
+    ];
+    let w = world(&["acme"], 2, settings(500, 100), script, accept_all(), None).await;
+
+    let r = w.engine.sync_once().await;
+
+    assert_eq!(r[0].down, None, "the worker ended");
+    assert_eq!(w.outbox.states("acme").get("delivered"), Some(&2));
+    let sent = w.api.sent.lock().unwrap().clone();
+    assert_eq!(sent.len(), 3);
+    for pair in sent.windows(2) {
+        let gap = pair[1].at - pair[0].at;
+        assert!(gap >= Duration::from_secs(3600) && gap < Duration::from_secs(3602), "{gap:?}");
+    }
+}
+
+/// Panics on its first request, then accepts everything.
+struct PanicsOnce {
+    calls: Mutex<u32>,
+}
+
+#[async_trait]
+impl BillingApi for PanicsOnce {
+    async fn post_events(&self, _: &BillingRequestHeaders, body: &BatchBody) -> Result<BillingReply, TransportError> {
+        let first = {
+            let mut c = self.calls.lock().unwrap();
+            *c += 1;
+            *c == 1
+        };
+        assert!(!first, "a bug in an adapter");
+        Ok(reply(BillingResponse::Accepted(Receipt { accepted: body.events() as u64, ..Default::default() })))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_that_panics_is_down_until_it_is_restarted() {
+    let w = world(&["acme"], 3, settings(500, 100), vec![], accept_all(), None).await;
+    let mut s = settings(500, 100);
+    s.restart_after = Duration::from_secs(10);
+    s.lease_for = Duration::from_secs(5);
+    let engine = Engine::new(
+        Ports {
+            outbox: w.outbox.clone(),
+            tokens: w.tokens.clone(),
+            api: Arc::new(PanicsOnce { calls: Mutex::new(0) }),
+            clock: Arc::new(TokioClock { base: Utc::now(), origin: tokio::time::Instant::now() }),
+        },
+        BillingPolicy::default(),
+        s,
+        vec![tenant("acme")],
+        Metrics::default(),
+    );
+    let e = engine.clone();
+    let watcher = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        e.reports().remove(0).state()
+    });
+
+    engine.run_until(tokio::time::sleep(Duration::from_secs(60))).await;
+
+    let (state, why) = watcher.await.unwrap();
+    assert_eq!(state, TenantState::Down);
+    assert!(why.unwrap().contains("a bug in an adapter"));
+    assert_eq!(w.outbox.states("acme").get("delivered"), Some(&3), "restarted, it delivered");
+    assert_eq!(engine.reports()[0].state().0, TenantState::Ok);
 }

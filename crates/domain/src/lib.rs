@@ -37,6 +37,7 @@ pub mod rate;
 pub mod refresh;
 pub mod response;
 pub mod secret;
+pub mod settle;
 
 pub use batch::{BatchBody, Batcher, InvalidBatchSize, MAX_BATCH_BYTES, MAX_BATCH_EVENTS};
 pub use claims::AccessTokenClaims;
@@ -52,7 +53,11 @@ pub use ports::{
 };
 pub use rate::{RatePolicy, SlidingWindow};
 pub use refresh::{InvalidRefreshFraction, RefreshPolicy};
-pub use response::{BillingResponse, RateLimitStatus, Receipt, Rejection, classify};
+pub use response::{
+    BillingResponse, EXCERPT_CHARS, HttpAnswer, MAX_RESPONSE_BODY, MAX_SERVER_WAIT, RateLimitStatus, Receipt, Rejection,
+    classify, excerpt, parse_retry_after,
+};
+pub use settle::{Attempt, BlockCause, Decision, RetryCause, Settlement, settle};
 pub use secret::{AccessToken, ClientSecret};
 
 /// A duration the way people read it: `11m 32s`, `2h 5m`, `3s`, `-4s` for the past.

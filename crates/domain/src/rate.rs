@@ -57,7 +57,7 @@ impl SlidingWindow {
             return Err(self.not_before - now);
         }
         while let Some(&first) = self.sent.front() {
-            if first + self.policy.window <= now {
+            if first.saturating_add(self.policy.window) <= now {
                 self.sent.pop_front();
             } else {
                 break;
@@ -68,14 +68,14 @@ impl SlidingWindow {
             Ok(())
         } else {
             let first = self.sent.front().copied().unwrap_or(now);
-            Err(first + self.policy.window - now)
+            Err(first.saturating_add(self.policy.window).saturating_sub(now))
         }
     }
 
     /// The server knows better (`Retry-After`, or `X-RateLimit-Remaining: 0` with a reset):
     /// take no slot before `now + wait`.
     pub fn defer(&mut self, now: Duration, wait: Duration) {
-        self.not_before = self.not_before.max(now + wait);
+        self.not_before = self.not_before.max(now.saturating_add(wait));
     }
 }
 
@@ -97,6 +97,13 @@ mod tests {
         assert_eq!(w.try_acquire(ms(60_000)), Ok(()));
         w.defer(ms(60_000), ms(5_000));
         assert_eq!(w.try_acquire(ms(61_000)), Err(ms(4_000)));
+    }
+
+    #[test]
+    fn a_wait_near_u64_max_saturates_instead_of_overflowing() {
+        let mut w = SlidingWindow::new(RatePolicy::per_minute(NonZeroU32::new(2).unwrap()));
+        w.defer(ms(1_000), Duration::from_secs(u64::MAX));
+        assert_eq!(w.try_acquire(ms(2_000)), Err(Duration::MAX - ms(2_000)));
     }
 
     proptest! {

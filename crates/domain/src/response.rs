@@ -1,9 +1,25 @@
-//! What a billing response means for a client (PLATFORM.md section 3), decided from the
-//! status, two headers and the body. Pure, so every row of the table is tested here.
+//! What a billing response means for a client (PLATFORM.md section 3, in `docs/platform.md`),
+//! decided from the status, a few headers and the body. Pure, so every row of the table is
+//! tested here. Only an answer that is in the contract's table, body included, classifies as
+//! that row; everything else (a redirect, an HTML page from a proxy, a `200`, an unknown
+//! status, a body past [`MAX_RESPONSE_BODY`]) is [`BillingResponse::Unexpected`], which settles
+//! nothing (see [`crate::settle`]).
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+
+/// The longest wait a server may impose through `Retry-After` or `X-RateLimit-Reset`: one hour.
+/// Longer values (up to `u64::MAX` seconds) are read as this.
+pub const MAX_SERVER_WAIT: Duration = Duration::from_secs(3600);
+
+/// The most of a response body a client reads (1 MiB); a longer body makes the answer
+/// [`BillingResponse::Unexpected`].
+pub const MAX_RESPONSE_BODY: usize = 1 << 20;
+
+/// How much of an unexpected body is kept for the operator: 200 characters.
+pub const EXCERPT_CHARS: usize = 200;
 
 /// One event the platform refused inside a `202`: permanently bad, dead-letter it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -17,30 +33,30 @@ pub struct Rejection {
     pub message: String,
 }
 
-/// The body of a `202`.
+/// The body of a `202`. Classification requires all three fields; whether the receipt is
+/// consistent with the batch that was sent is for [`crate::settle`] to judge.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Receipt {
     /// How many events were newly stored.
     pub accepted: u64,
     /// Events the platform already had: delivered too.
-    #[serde(default)]
     pub duplicates: Vec<String>,
     /// Events refused for good.
-    #[serde(default)]
     pub rejected: Vec<Rejection>,
 }
 
 /// The meaning of a billing response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BillingResponse {
-    /// `202`: accepted, duplicates and per-event rejections.
+    /// `202` with the contract's receipt.
     Accepted(Receipt),
     /// `400 missing_header`: a configuration bug; block the tenant.
     MissingHeader {
         /// The server's description, naming the header.
         description: String,
     },
-    /// `400 invalid_request`: the batch is malformed; split it to find the poison event.
+    /// `400 invalid_request` (the contract's JSON error): the batch is malformed; split it to
+    /// find the poison event.
     InvalidRequest {
         /// The server's description.
         description: String,
@@ -51,11 +67,12 @@ pub enum BillingResponse {
     InsufficientClaims,
     /// `403 tenant_not_authorized`: block the tenant.
     TenantNotAuthorized,
-    /// `413`: split and retry.
+    /// `413 {"error": "payload_too_large"}`: split, or dead-letter a single event.
     PayloadTooLarge,
     /// `429`: wait at least `retry_after`.
     RateLimited {
-        /// From `Retry-After`, when present and valid.
+        /// From `Retry-After` (seconds or an HTTP date), when present and valid; at most
+        /// [`MAX_SERVER_WAIT`].
         retry_after: Option<Duration>,
     },
     /// `5xx`: transient; back off.
@@ -63,13 +80,31 @@ pub enum BillingResponse {
         /// The status.
         status: u16,
     },
-    /// Anything the contract does not list: treated as transient, reported verbatim.
+    /// Anything the contract does not list. Settles nothing; reported verbatim.
     Unexpected {
         /// The status.
         status: u16,
-        /// The first bytes of the body.
-        body: String,
+        /// What came back: the redirect's target, the body's size, or the first
+        /// [`EXCERPT_CHARS`] characters of the body with anything like a secret removed.
+        detail: String,
     },
+}
+
+/// An HTTP answer as the transport read it, before classification.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HttpAnswer<'a> {
+    /// The status code.
+    pub status: u16,
+    /// `WWW-Authenticate`.
+    pub www_authenticate: Option<&'a str>,
+    /// `Retry-After`.
+    pub retry_after: Option<&'a str>,
+    /// `Location` (a redirect's target).
+    pub location: Option<&'a str>,
+    /// The body, at most [`MAX_RESPONSE_BODY`] bytes of it.
+    pub body: &'a [u8],
+    /// Whether the body went on past [`MAX_RESPONSE_BODY`] (and was not read further).
+    pub body_truncated: bool,
 }
 
 /// The `X-RateLimit-*` headers of a response.
@@ -79,7 +114,7 @@ pub struct RateLimitStatus {
     pub limit: u32,
     /// `X-RateLimit-Remaining`.
     pub remaining: u32,
-    /// `X-RateLimit-Reset`: until the window refills.
+    /// `X-RateLimit-Reset`: until the window refills, at most [`MAX_SERVER_WAIT`].
     pub reset: Duration,
 }
 
@@ -89,119 +124,216 @@ impl RateLimitStatus {
         Some(Self {
             limit: limit?.trim().parse().ok()?,
             remaining: remaining?.trim().parse().ok()?,
-            reset: Duration::from_secs(reset?.trim().parse().ok()?),
+            reset: capped_seconds(reset?)?,
         })
     }
 }
 
+/// A whole number of seconds, capped at [`MAX_SERVER_WAIT`] however many digits it has.
+fn capped_seconds(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(v.parse::<u64>().map_or(MAX_SERVER_WAIT, Duration::from_secs).min(MAX_SERVER_WAIT))
+}
+
+/// `Retry-After`: delay-seconds or an HTTP date (RFC 9110 section 10.2.3), capped at
+/// [`MAX_SERVER_WAIT`]; a date in the past means no wait.
+pub fn parse_retry_after(v: &str, now: DateTime<Utc>) -> Option<Duration> {
+    if let Some(d) = capped_seconds(v) {
+        return Some(d);
+    }
+    let at = DateTime::parse_from_rfc2822(v.trim()).ok()?.to_utc();
+    Some((at - now).to_std().unwrap_or(Duration::ZERO).min(MAX_SERVER_WAIT))
+}
+
+/// The contract's JSON error body (`{"error": "...", "error_description": "..."}`).
 #[derive(Deserialize)]
 struct ErrorBody {
-    #[serde(default)]
     error: String,
     #[serde(default)]
     error_description: Option<String>,
 }
 
-/// Classifies a response. `www_authenticate` and `retry_after` are the raw header values.
-pub fn classify(
-    status: u16,
-    www_authenticate: Option<&str>,
-    retry_after: Option<&str>,
-    body: &[u8],
-) -> BillingResponse {
+/// Classifies an answer. `now` reads a `Retry-After` given as a date.
+pub fn classify(answer: &HttpAnswer<'_>, now: DateTime<Utc>) -> BillingResponse {
+    let status = answer.status;
+    if answer.body_truncated {
+        return BillingResponse::Unexpected {
+            status,
+            detail: format!("the body is longer than {} bytes; it was not read", MAX_RESPONSE_BODY),
+        };
+    }
+    if (300..400).contains(&status) {
+        let to = answer.location.map_or_else(|| "no Location".to_owned(), |l| excerpt(l.as_bytes()));
+        return BillingResponse::Unexpected { status, detail: format!("a redirect to {to}; redirects are not followed") };
+    }
+    let body = answer.body;
     let err: Option<ErrorBody> = serde_json::from_slice(body).ok();
-    let code = err.as_ref().map(|e| e.error.as_str()).unwrap_or("");
+    let code = err.as_ref().map(|e| e.error.as_str());
     let description = || err.as_ref().and_then(|e| e.error_description.clone()).unwrap_or_default();
-    match status {
-        202 | 200 => match serde_json::from_slice::<Receipt>(body) {
+    match (status, code) {
+        (202, _) => match serde_json::from_slice::<Receipt>(body) {
             Ok(r) => BillingResponse::Accepted(r),
             Err(_) => unexpected(status, body),
         },
-        400 if code == "missing_header" => BillingResponse::MissingHeader { description: description() },
-        400 => BillingResponse::InvalidRequest { description: description() },
-        401 => {
-            let challenge = www_authenticate.unwrap_or("");
-            if challenge.contains("insufficient_claims") || code == "insufficient_claims" {
+        (400, Some("missing_header")) => BillingResponse::MissingHeader { description: description() },
+        (400, Some("invalid_request")) => BillingResponse::InvalidRequest { description: description() },
+        (401, _) => {
+            let challenge = answer.www_authenticate.unwrap_or("");
+            if challenge.contains("insufficient_claims") || code == Some("insufficient_claims") {
                 BillingResponse::InsufficientClaims
             } else {
+                // Getting a new token and trying once more settles nothing, whoever answered.
                 BillingResponse::InvalidToken
             }
         }
-        403 => BillingResponse::TenantNotAuthorized,
-        413 => BillingResponse::PayloadTooLarge,
-        429 => BillingResponse::RateLimited {
-            retry_after: retry_after.and_then(|v| v.trim().parse().ok()).map(Duration::from_secs),
-        },
-        500..=599 => BillingResponse::ServerError { status },
+        (403, Some("tenant_not_authorized")) => BillingResponse::TenantNotAuthorized,
+        (413, Some("payload_too_large")) => BillingResponse::PayloadTooLarge,
+        (429, _) => BillingResponse::RateLimited { retry_after: answer.retry_after.and_then(|v| parse_retry_after(v, now)) },
+        (500..=599, _) => BillingResponse::ServerError { status },
         _ => unexpected(status, body),
     }
 }
 
 fn unexpected(status: u16, body: &[u8]) -> BillingResponse {
-    let text = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
-    BillingResponse::Unexpected { status, body: text }
+    BillingResponse::Unexpected { status, detail: excerpt(body) }
+}
+
+/// The first [`EXCERPT_CHARS`] characters of a body for an operator to read: on one line,
+/// with anything that looks like a credential (a JWT, the word after `Bearer`, the value after
+/// a key naming a token, secret or password) replaced by `[redacted]`.
+pub fn excerpt(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let mut out = String::with_capacity(text.len().min(4 * EXCERPT_CHARS));
+    // `key`: the last word names a credential; `armed`: the next word is its value.
+    let (mut key, mut armed) = (false, false);
+    let mut rest = text.as_ref();
+    while let Some(c) = rest.chars().next() {
+        if is_word(c) {
+            let end = rest.find(|c: char| !is_word(c)).unwrap_or(rest.len());
+            let word = &rest[..end];
+            let jwt = word.starts_with("eyJ") && word.matches('.').count() >= 2;
+            out.push_str(if armed || jwt { "[redacted]" } else { word });
+            let lower = word.to_ascii_lowercase();
+            armed = lower == "bearer" || lower == "basic";
+            key = CREDENTIAL_KEYS.iter().any(|k| lower.contains(k));
+            rest = &rest[end..];
+        } else {
+            out.push(if c.is_control() || c.is_whitespace() { ' ' } else { c });
+            match c {
+                ':' | '=' if key => armed = true,
+                '"' | '\'' | ' ' => {}
+                _ => (key, armed) = (false, false),
+            }
+            rest = &rest[c.len_utf8()..];
+        }
+        if out.len() > 8 * EXCERPT_CHARS {
+            break;
+        }
+    }
+    let collapsed = out.split_whitespace().collect::<Vec<_>>().join(" ");
+    collapsed.chars().take(EXCERPT_CHARS).collect()
+}
+
+/// Keys whose value is a credential.
+const CREDENTIAL_KEYS: [&str; 5] = ["token", "secret", "password", "assertion", "authorization"];
+
+fn is_word(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~' | '+' | '/')
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn check(status: u16, www: Option<&str>, retry: Option<&str>, body: &str, expected: BillingResponse) {
-        assert_eq!(classify(status, www, retry, body.as_bytes()), expected, "{status} {body}");
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-11-29T12:00:00Z").unwrap().to_utc()
     }
+
+    fn answer(status: u16, body: &str) -> BillingResponse {
+        classify(&HttpAnswer { status, body: body.as_bytes(), ..HttpAnswer::default() }, now())
+    }
+
+    fn unexpected(status: u16, detail: &str) -> BillingResponse {
+        BillingResponse::Unexpected { status, detail: detail.into() }
+    }
+
+    const RECEIPT: &str = r#"{"accepted": 2, "duplicates": ["a"], "rejected": [{"event_id": "b", "code": "invalid_quantity", "message": "m"}], "index": 7}"#;
 
     #[test]
     fn every_row_of_the_response_table() {
-        check(
-            202,
-            None,
-            None,
-            r#"{"accepted": 2, "duplicates": ["a"], "rejected": [{"event_id": "b", "code": "invalid_quantity", "message": "m"}]}"#,
+        assert_eq!(
+            answer(202, RECEIPT),
             BillingResponse::Accepted(Receipt {
                 accepted: 2,
                 duplicates: vec!["a".into()],
-                rejected: vec![Rejection {
-                    event_id: "b".into(),
-                    code: "invalid_quantity".into(),
-                    message: "m".into(),
-                }],
+                rejected: vec![Rejection { event_id: "b".into(), code: "invalid_quantity".into(), message: "m".into() }],
             }),
+            "extra fields (the emulator's index) are ignored"
         );
-        check(
-            400,
-            None,
-            None,
-            r#"{"error": "missing_header", "error_description": "X-Application-ID"}"#,
-            BillingResponse::MissingHeader { description: "X-Application-ID".into() },
+        assert_eq!(
+            answer(400, r#"{"error": "missing_header", "error_description": "X-Application-ID"}"#),
+            BillingResponse::MissingHeader { description: "X-Application-ID".into() }
         );
-        check(
-            400,
-            None,
-            None,
-            r#"{"error": "invalid_request", "error_description": "bad"}"#,
-            BillingResponse::InvalidRequest { description: "bad".into() },
+        assert_eq!(
+            answer(400, r#"{"error": "invalid_request", "error_description": "bad"}"#),
+            BillingResponse::InvalidRequest { description: "bad".into() }
         );
-        check(
-            401,
-            Some(r#"Bearer error="invalid_token""#),
-            None,
-            r#"{"error": "invalid_token"}"#,
-            BillingResponse::InvalidToken,
+        let www = |status, challenge: &'static str, body: &'static str| {
+            classify(
+                &HttpAnswer { status, www_authenticate: Some(challenge), body: body.as_bytes(), ..HttpAnswer::default() },
+                now(),
+            )
+        };
+        assert_eq!(www(401, r#"Bearer error="invalid_token""#, r#"{"error": "invalid_token"}"#), BillingResponse::InvalidToken);
+        assert_eq!(
+            www(401, r#"Bearer error="insufficient_claims""#, r#"{"error": "insufficient_claims"}"#),
+            BillingResponse::InsufficientClaims
         );
-        check(
-            401,
-            Some(r#"Bearer error="insufficient_claims""#),
-            None,
-            r#"{"error": "insufficient_claims"}"#,
-            BillingResponse::InsufficientClaims,
+        assert_eq!(answer(403, r#"{"error": "tenant_not_authorized"}"#), BillingResponse::TenantNotAuthorized);
+        assert_eq!(answer(413, r#"{"error": "payload_too_large"}"#), BillingResponse::PayloadTooLarge);
+        assert_eq!(answer(503, ""), BillingResponse::ServerError { status: 503 });
+    }
+
+    #[test]
+    fn answers_outside_the_table_are_unexpected() {
+        assert_eq!(answer(200, RECEIPT), unexpected(200, &RECEIPT.split_whitespace().collect::<Vec<_>>().join(" ")));
+        assert_eq!(answer(202, "not json"), unexpected(202, "not json"));
+        assert_eq!(answer(202, r#"{"accepted": 3}"#), unexpected(202, r#"{"accepted": 3}"#), "all three fields");
+        assert_eq!(answer(400, "<html><body>Bad Request</body></html>"), unexpected(400, "<html><body>Bad Request</body></html>"));
+        assert_eq!(answer(400, r#"{"error": "waf_block"}"#), unexpected(400, r#"{"error": "waf_block"}"#));
+        assert_eq!(answer(413, "<html>413 Request Entity Too Large</html>"), unexpected(413, "<html>413 Request Entity Too Large</html>"));
+        assert_eq!(answer(403, "<h1>Forbidden</h1>"), unexpected(403, "<h1>Forbidden</h1>"));
+        assert_eq!(answer(418, "I'm a teapot"), unexpected(418, "I'm a teapot"));
+        let redirect = classify(
+            &HttpAnswer { status: 302, location: Some("http://elsewhere.example/login"), ..HttpAnswer::default() },
+            now(),
         );
-        check(403, None, None, r#"{"error": "tenant_not_authorized"}"#, BillingResponse::TenantNotAuthorized);
-        check(413, None, None, "", BillingResponse::PayloadTooLarge);
-        check(429, None, Some("7"), "", BillingResponse::RateLimited { retry_after: Some(Duration::from_secs(7)) });
-        check(429, None, Some("soon"), "", BillingResponse::RateLimited { retry_after: None });
-        check(503, None, None, "", BillingResponse::ServerError { status: 503 });
-        check(202, None, None, "not json", BillingResponse::Unexpected { status: 202, body: "not json".into() });
-        check(302, None, None, "", BillingResponse::Unexpected { status: 302, body: String::new() });
+        assert_eq!(redirect, unexpected(302, "a redirect to http://elsewhere.example/login; redirects are not followed"));
+        let long = classify(&HttpAnswer { status: 202, body: RECEIPT.as_bytes(), body_truncated: true, ..HttpAnswer::default() }, now());
+        assert!(matches!(long, BillingResponse::Unexpected { status: 202, ref detail } if detail.contains("1048576 bytes")), "{long:?}");
+    }
+
+    #[test]
+    fn server_waits_are_read_as_seconds_or_dates_and_capped_at_an_hour() {
+        let retry = |v: &'static str| {
+            classify(&HttpAnswer { status: 429, retry_after: Some(v), ..HttpAnswer::default() }, now())
+        };
+        let wait = |d: Option<Duration>| BillingResponse::RateLimited { retry_after: d };
+        assert_eq!(retry("7"), wait(Some(Duration::from_secs(7))));
+        assert_eq!(retry("18446744073709551615"), wait(Some(MAX_SERVER_WAIT)));
+        assert_eq!(retry("99999999999999999999999999"), wait(Some(MAX_SERVER_WAIT)));
+        assert_eq!(retry("Sun, 29 Nov 2026 12:00:30 GMT"), wait(Some(Duration::from_secs(30))));
+        assert_eq!(retry("Sun, 29 Nov 2026 11:00:00 GMT"), wait(Some(Duration::ZERO)), "a date in the past");
+        assert_eq!(retry("Fri, 01 Jan 2100 00:00:00 GMT"), wait(Some(MAX_SERVER_WAIT)));
+        assert_eq!(retry("soon"), wait(None));
+        assert_eq!(retry("-5"), wait(None));
+        assert_eq!(
+            RateLimitStatus::from_headers(Some("100"), Some("0"), Some("18446744073709551615")).map(|r| r.reset),
+            Some(MAX_SERVER_WAIT)
+        );
     }
 
     #[test]
@@ -211,5 +343,19 @@ mod tests {
             Some(RateLimitStatus { limit: 100, remaining: 0, reset: Duration::from_secs(12) })
         );
         assert_eq!(RateLimitStatus::from_headers(Some("100"), None, Some("12")), None);
+    }
+
+    #[test]
+    fn excerpts_are_short_on_one_line_and_hold_no_credentials() {
+        let jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl";
+        let body = format!(
+            "<html>\n<p>Authorization: Bearer {jwt}</p>\n{{\"client_secret\": \"s3cr3t-value\", \"access_token\":\"abc.def\"}} token expired</html>"
+        );
+        let e = excerpt(body.as_bytes());
+        assert!(!e.contains("eyJ") && !e.contains("s3cr3t") && !e.contains("abc.def"), "{e}");
+        assert!(e.contains("token expired"), "prose after a key word is kept: {e}");
+        assert!(!e.contains('\n'), "{e}");
+        assert_eq!(excerpt("x".repeat(5_000).as_bytes()).chars().count(), EXCERPT_CHARS);
+        assert_eq!(excerpt(&[0xff, b'o', b'k']), "\u{fffd}ok");
     }
 }

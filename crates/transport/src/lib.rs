@@ -3,6 +3,10 @@
 //! for a token that passed the billing policy), and classifies every HTTP answer with the
 //! domain's [`classify`]. Only a missing answer is an error.
 //!
+//! It never follows a redirect (a redirect is no answer from the billing API, and following it
+//! would turn the POST into a GET somewhere else), and it reads at most
+//! [`MAX_RESPONSE_BODY`] of a body: past that, the answer is classified as unexpected.
+//!
 //! # Example
 //!
 //! ```
@@ -21,9 +25,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use billsync_domain::{
-    BatchBody, BillingApi, BillingReply, BillingRequestHeaders, RateLimitStatus, TransportError, classify,
+    BatchBody, BillingApi, BillingReply, BillingRequestHeaders, HttpAnswer, MAX_RESPONSE_BODY, RateLimitStatus,
+    TransportError, classify,
 };
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, RETRY_AFTER, WWW_AUTHENTICATE};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE};
 
 /// The path of the billing events endpoint below the platform's base URL.
 pub const BILLING_EVENTS_PATH: &str = "/iot/api/v2/billing/events";
@@ -79,6 +84,7 @@ impl HttpBillingApi {
             .timeout(options.timeout)
             .connect_timeout(options.connect_timeout)
             .pool_max_idle_per_host(16)
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("billsync/", env!("CARGO_PKG_VERSION")));
         if let Some(path) = &options.ca_file {
             let pem = std::fs::read(path)
@@ -125,7 +131,7 @@ impl BillingApi for HttpBillingApi {
         headers: &BillingRequestHeaders,
         body: &BatchBody,
     ) -> Result<BillingReply, TransportError> {
-        let response = self
+        let mut response = self
             .client
             .post(&self.endpoint)
             .header(AUTHORIZATION, format!("Bearer {}", headers.bearer_token()))
@@ -141,9 +147,25 @@ impl BillingApi for HttpBillingApi {
         let h = response.headers().clone();
         // A body that breaks off (connection dropped after the platform stored the events)
         // is no answer at all: retry, and let the platform's deduplication absorb it.
-        let bytes = response.bytes().await.map_err(|e| describe(&e))?;
+        let mut bytes = Vec::new();
+        let mut body_truncated = false;
+        while let Some(chunk) = response.chunk().await.map_err(|e| describe(&e))? {
+            if bytes.len() + chunk.len() > MAX_RESPONSE_BODY {
+                body_truncated = true;
+                break;
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        let answer = HttpAnswer {
+            status,
+            www_authenticate: header(&h, WWW_AUTHENTICATE),
+            retry_after: header(&h, RETRY_AFTER),
+            location: header(&h, LOCATION),
+            body: &bytes,
+            body_truncated,
+        };
         let reply = BillingReply {
-            response: classify(status, header(&h, WWW_AUTHENTICATE), header(&h, RETRY_AFTER), &bytes),
+            response: classify(&answer, chrono::Utc::now()),
             rate_limit: RateLimitStatus::from_headers(
                 header(&h, "x-ratelimit-limit"),
                 header(&h, "x-ratelimit-remaining"),

@@ -113,3 +113,55 @@ async fn no_server_is_a_connection_error_that_does_not_leak_the_token() {
     assert!(matches!(err, TransportError::Connection(_)), "{err:?}");
     assert!(!err.to_string().contains("tok-123"));
 }
+
+#[tokio::test]
+async fn a_redirect_is_not_followed_and_names_its_target() {
+    // The target answers a receipt to anything; following the redirect would settle the batch.
+    let gets = Arc::new(Mutex::new(0u32));
+    let g = gets.clone();
+    let app = Router::new()
+        .route(
+            "/iot/api/v2/billing/events",
+            post(|| async { (StatusCode::FOUND, [("location", "/elsewhere")], "") }),
+        )
+        .route(
+            "/elsewhere",
+            axum::routing::any(move || {
+                let g = g.clone();
+                async move {
+                    *g.lock().unwrap() += 1;
+                    (StatusCode::ACCEPTED, r#"{"accepted": 1, "duplicates": [], "rejected": []}"#)
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let api = HttpBillingApi::new(&url, TransportOptions::default()).unwrap();
+
+    let reply = api.post_events(&headers(), &body()).await.unwrap();
+
+    assert_eq!(
+        reply.response,
+        BillingResponse::Unexpected {
+            status: 302,
+            detail: "a redirect to /elsewhere; redirects are not followed".into()
+        }
+    );
+    assert_eq!(*gets.lock().unwrap(), 0, "the redirect was followed");
+}
+
+#[tokio::test]
+async fn a_body_over_one_mebibyte_is_not_read_and_settles_nothing() {
+    let padded: &'static str = Box::leak(
+        format!(r#"{{"accepted": 1, "duplicates": [], "rejected": [], "pad": "{}"}}"#, "x".repeat(1 << 20)).into_boxed_str(),
+    );
+    let (url, _) = serve(StatusCode::ACCEPTED, &[], padded).await;
+    let api = HttpBillingApi::new(&url, TransportOptions::default()).unwrap();
+    let reply = api.post_events(&headers(), &body()).await.unwrap();
+    assert!(
+        matches!(reply.response, BillingResponse::Unexpected { status: 202, ref detail } if detail.contains("longer than 1048576")),
+        "{:?}",
+        reply.response
+    );
+}
