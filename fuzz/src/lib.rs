@@ -87,7 +87,18 @@ pub fn billing_response(data: &[u8]) {
     let status = std::str::from_utf8(status).ok().and_then(|s| s.trim().parse::<u16>().ok()).unwrap_or(202);
     let www = std::str::from_utf8(www).ok().filter(|s| !s.is_empty());
     let retry = std::str::from_utf8(retry).ok().filter(|s| !s.is_empty());
-    let r = billsync_domain::classify(status, www, retry, body);
+    let answer = billsync_domain::HttpAnswer {
+        status,
+        www_authenticate: www,
+        retry_after: retry,
+        location: www,
+        body,
+        body_truncated: false,
+    };
+    let r = billsync_domain::classify(&answer, chrono::Utc::now());
+    if let billsync_domain::BillingResponse::Unexpected { detail, .. } = &r {
+        assert!(detail.chars().count() <= 200 + 60, "an excerpt longer than its cap");
+    }
     let _ = format!("{r:?}");
 }
 

@@ -1,6 +1,8 @@
 //! Hostile conditions (docs/hostile.md): the fuzz corpus replayed on stable, TLS refusals,
-//! forged tokens through the emulator, SQL only through bound parameters, a full disk.
+//! forged tokens through the emulator, SQL only through bound parameters, a full disk, and a
+//! billing peer that answers outside the contract.
 
+mod billing_peer;
 mod fuzz_corpus;
 mod sql_tidy;
 mod tenant_isolation;

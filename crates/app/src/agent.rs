@@ -13,7 +13,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::config::{AuthMethod, Config};
-use crate::engine::{Blocked, Engine, Ports, SyncSettings, TenantReport};
+use crate::engine::{Blocked, Engine, Ports, SyncSettings, TenantReport, TenantState};
+use crate::health::Health;
 use crate::metrics::Metrics;
 
 /// Why the agent could not be built or could not do what was asked.
@@ -54,6 +55,10 @@ pub struct TenantStatus {
     pub delivered: u64,
     /// Dead-lettered.
     pub dead_lettered: u64,
+    /// ok, backing_off, blocked, held or down.
+    pub state: TenantState,
+    /// Why, unless the state is ok.
+    pub reason: Option<String>,
     /// Why the tenant is blocked, if it is.
     pub blocked: Option<Blocked>,
     /// The last transient error.
@@ -284,8 +289,18 @@ impl Agent {
         self.engine.run_until(shutdown).await;
     }
 
-    /// Updates the pending and token gauges of the metrics.
+    /// The agent's health, from what its engine knows of each tenant (`/healthz`).
+    pub fn health(&self) -> Health {
+        Health::of(&self.engine.reports())
+    }
+
+    /// Updates the pending, token and state gauges of the metrics.
     pub async fn refresh_gauges(&self) {
+        for r in self.engine.reports() {
+            let (state, _) = r.state();
+            let reason = r.blocked.as_ref().map(|b| b.codes.join(","));
+            self.metrics.tenant_state(&r.name, state, reason.as_deref());
+        }
         for t in &self.config.tenants {
             let name = t.tenant.name();
             if let Ok(c) = self.outbox.counts(name).await {
@@ -316,7 +331,10 @@ impl Agent {
                     .and_then(|json| serde_json::from_str::<TenantReport>(&json).ok()),
             };
             let r = r.as_ref();
+            let (state, reason) = r.map_or((TenantState::Ok, None), TenantReport::state);
             out.push(TenantStatus {
+                state,
+                reason,
                 name: name.to_string(),
                 pending: c.pending,
                 in_flight: c.in_flight,

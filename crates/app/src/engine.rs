@@ -326,6 +326,13 @@ impl Engine {
         let mut set = tokio::task::JoinSet::new();
         let mut names = HashMap::new();
         for tenant in self.inner.tenants.clone() {
+            // Counts add up over syncs; a state is what this sync finds.
+            self.update(tenant.name(), |r| {
+                r.blocked = None;
+                r.backing_off = None;
+                r.held_elsewhere = false;
+                r.down = None;
+            });
             let engine = self.clone();
             let rx = rx.clone();
             let name = tenant.name().clone();
@@ -376,11 +383,7 @@ impl Engine {
             if *stop.borrow() {
                 return;
             }
-            let e = match ended {
-                Ok(()) => None,
-                Err(e) => Some(e),
-            };
-            match &e {
+            match &ended.err() {
                 Some(e) => self.worker_ended(tenant.name(), e),
                 None => self.update(tenant.name(), |r| r.down = Some("the worker returned before shutdown".into())),
             }
@@ -809,7 +812,8 @@ impl Engine {
                     // The server's own wait: the same batch goes again once it is over.
                     let wait = wait.min(cap);
                     self.update(tenant.name(), |r| {
-                        r.backing_off = Some(format!("{}: waiting {} as the platform asked", cause.code(), human(wait)));
+                        r.backing_off =
+                            Some(format!("{}: waiting {} as the platform asked", cause.code(), human(wait)));
                     });
                     self.defer(tenant, wait);
                 }

@@ -439,9 +439,8 @@ async fn the_next_lease_is_taken_while_a_batch_travels() {
 
 #[tokio::test(start_paused = true)]
 async fn sync_reports_answers_outside_the_contract_as_blocked_and_settles_nothing() {
-    let responder: Responder = Box::new(|_| {
-        Ok(reply(BillingResponse::Unexpected { status: 418, detail: "I'm a teapot".into() }))
-    });
+    let responder: Responder =
+        Box::new(|_| Ok(reply(BillingResponse::Unexpected { status: 418, detail: "I'm a teapot".into() })));
     let mut s = settings(500, 100);
     s.give_up_after = 3;
     let w = world(&["acme"], 4, s, vec![], responder, None).await;

@@ -59,6 +59,7 @@ pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod health;
 pub mod jsonl;
 #[cfg(test)]
 mod memory;

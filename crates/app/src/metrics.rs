@@ -1,6 +1,7 @@
 //! Prometheus metrics of the agent, served by `billsync run` on `/metrics`.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
@@ -29,6 +30,9 @@ struct Inner {
     token_refreshes: Family<Labels, Gauge>,
     rate_limit_waits: Family<Labels, Counter>,
     latency: Family<Labels, Histogram>,
+    tenant_state: Family<Labels, Gauge>,
+    /// Each tenant's `state="blocked"` series, whose `reason` label changes with the reason.
+    blocked_series: Mutex<HashMap<String, Labels>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -59,6 +63,12 @@ impl Default for Metrics {
         registry.register("token_requests", "Token requests made", token_refreshes.clone());
         registry.register("rate_limit_waits", "Times a worker waited for its rate window", rate_limit_waits.clone());
         registry.register("request_duration_seconds", "Billing request latency", latency.clone());
+        let tenant_state = Family::<Labels, Gauge>::default();
+        registry.register(
+            "tenant_state",
+            "1 for the tenant's current state (ok, backing_off, blocked, held, down), else 0; blocked carries its reason",
+            tenant_state.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
                 registry,
@@ -71,6 +81,8 @@ impl Default for Metrics {
                 token_refreshes,
                 rate_limit_waits,
                 latency,
+                tenant_state,
+                blocked_series: Mutex::default(),
             }),
         }
     }
@@ -112,6 +124,24 @@ impl Metrics {
     /// Billing requests sent for a tenant with a given answer label (`202`, `429`, `error`).
     pub fn requests_with(&self, t: &str, status: &str) -> u64 {
         self.inner.requests.get_or_create(&vec![("tenant", t.to_owned()), ("status", status.to_owned())]).get()
+    }
+    /// A tenant's state: its series for `state` is 1, the others 0. The `blocked` series
+    /// carries the reason codes as `reason` (empty when not blocked).
+    pub fn tenant_state(&self, t: &str, state: crate::engine::TenantState, blocked_reason: Option<&str>) {
+        use crate::engine::TenantState;
+        for s in TenantState::ALL {
+            let mut labels = vec![("tenant", t.to_owned()), ("state", s.as_str().to_owned())];
+            if s == TenantState::Blocked {
+                labels.push(("reason", blocked_reason.unwrap_or_default().to_owned()));
+                let mut series = self.inner.blocked_series.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(old) = series.insert(t.to_owned(), labels.clone()) {
+                    if old != labels {
+                        self.inner.tenant_state.remove(&old);
+                    }
+                }
+            }
+            self.inner.tenant_state.get_or_create(&labels).set(i64::from(s == state));
+        }
     }
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {

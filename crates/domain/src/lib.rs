@@ -54,11 +54,11 @@ pub use ports::{
 pub use rate::{RatePolicy, SlidingWindow};
 pub use refresh::{InvalidRefreshFraction, RefreshPolicy};
 pub use response::{
-    BillingResponse, EXCERPT_CHARS, HttpAnswer, MAX_RESPONSE_BODY, MAX_SERVER_WAIT, RateLimitStatus, Receipt, Rejection,
-    classify, excerpt, parse_retry_after,
+    BillingResponse, EXCERPT_CHARS, HttpAnswer, MAX_RESPONSE_BODY, MAX_SERVER_WAIT, RateLimitStatus, Receipt,
+    Rejection, classify, excerpt, parse_retry_after,
 };
-pub use settle::{Attempt, BlockCause, Decision, RetryCause, Settlement, settle};
 pub use secret::{AccessToken, ClientSecret};
+pub use settle::{Attempt, BlockCause, Decision, RetryCause, Settlement, settle};
 
 /// A duration the way people read it: `11m 32s`, `2h 5m`, `3s`, `-4s` for the past.
 pub fn human_duration(d: chrono::Duration) -> String {

@@ -167,7 +167,10 @@ pub fn classify(answer: &HttpAnswer<'_>, now: DateTime<Utc>) -> BillingResponse 
     }
     if (300..400).contains(&status) {
         let to = answer.location.map_or_else(|| "no Location".to_owned(), |l| excerpt(l.as_bytes()));
-        return BillingResponse::Unexpected { status, detail: format!("a redirect to {to}; redirects are not followed") };
+        return BillingResponse::Unexpected {
+            status,
+            detail: format!("a redirect to {to}; redirects are not followed"),
+        };
     }
     let body = answer.body;
     let err: Option<ErrorBody> = serde_json::from_slice(body).ok();
@@ -191,7 +194,9 @@ pub fn classify(answer: &HttpAnswer<'_>, now: DateTime<Utc>) -> BillingResponse 
         }
         (403, Some("tenant_not_authorized")) => BillingResponse::TenantNotAuthorized,
         (413, Some("payload_too_large")) => BillingResponse::PayloadTooLarge,
-        (429, _) => BillingResponse::RateLimited { retry_after: answer.retry_after.and_then(|v| parse_retry_after(v, now)) },
+        (429, _) => {
+            BillingResponse::RateLimited { retry_after: answer.retry_after.and_then(|v| parse_retry_after(v, now)) }
+        }
         (500..=599, _) => BillingResponse::ServerError { status },
         _ => unexpected(status, body),
     }
@@ -269,7 +274,11 @@ mod tests {
             BillingResponse::Accepted(Receipt {
                 accepted: 2,
                 duplicates: vec!["a".into()],
-                rejected: vec![Rejection { event_id: "b".into(), code: "invalid_quantity".into(), message: "m".into() }],
+                rejected: vec![Rejection {
+                    event_id: "b".into(),
+                    code: "invalid_quantity".into(),
+                    message: "m".into()
+                }],
             }),
             "extra fields (the emulator's index) are ignored"
         );
@@ -283,11 +292,19 @@ mod tests {
         );
         let www = |status, challenge: &'static str, body: &'static str| {
             classify(
-                &HttpAnswer { status, www_authenticate: Some(challenge), body: body.as_bytes(), ..HttpAnswer::default() },
+                &HttpAnswer {
+                    status,
+                    www_authenticate: Some(challenge),
+                    body: body.as_bytes(),
+                    ..HttpAnswer::default()
+                },
                 now(),
             )
         };
-        assert_eq!(www(401, r#"Bearer error="invalid_token""#, r#"{"error": "invalid_token"}"#), BillingResponse::InvalidToken);
+        assert_eq!(
+            www(401, r#"Bearer error="invalid_token""#, r#"{"error": "invalid_token"}"#),
+            BillingResponse::InvalidToken
+        );
         assert_eq!(
             www(401, r#"Bearer error="insufficient_claims""#, r#"{"error": "insufficient_claims"}"#),
             BillingResponse::InsufficientClaims
@@ -302,18 +319,33 @@ mod tests {
         assert_eq!(answer(200, RECEIPT), unexpected(200, &RECEIPT.split_whitespace().collect::<Vec<_>>().join(" ")));
         assert_eq!(answer(202, "not json"), unexpected(202, "not json"));
         assert_eq!(answer(202, r#"{"accepted": 3}"#), unexpected(202, r#"{"accepted": 3}"#), "all three fields");
-        assert_eq!(answer(400, "<html><body>Bad Request</body></html>"), unexpected(400, "<html><body>Bad Request</body></html>"));
+        assert_eq!(
+            answer(400, "<html><body>Bad Request</body></html>"),
+            unexpected(400, "<html><body>Bad Request</body></html>")
+        );
         assert_eq!(answer(400, r#"{"error": "waf_block"}"#), unexpected(400, r#"{"error": "waf_block"}"#));
-        assert_eq!(answer(413, "<html>413 Request Entity Too Large</html>"), unexpected(413, "<html>413 Request Entity Too Large</html>"));
+        assert_eq!(
+            answer(413, "<html>413 Request Entity Too Large</html>"),
+            unexpected(413, "<html>413 Request Entity Too Large</html>")
+        );
         assert_eq!(answer(403, "<h1>Forbidden</h1>"), unexpected(403, "<h1>Forbidden</h1>"));
         assert_eq!(answer(418, "I'm a teapot"), unexpected(418, "I'm a teapot"));
         let redirect = classify(
             &HttpAnswer { status: 302, location: Some("http://elsewhere.example/login"), ..HttpAnswer::default() },
             now(),
         );
-        assert_eq!(redirect, unexpected(302, "a redirect to http://elsewhere.example/login; redirects are not followed"));
-        let long = classify(&HttpAnswer { status: 202, body: RECEIPT.as_bytes(), body_truncated: true, ..HttpAnswer::default() }, now());
-        assert!(matches!(long, BillingResponse::Unexpected { status: 202, ref detail } if detail.contains("1048576 bytes")), "{long:?}");
+        assert_eq!(
+            redirect,
+            unexpected(302, "a redirect to http://elsewhere.example/login; redirects are not followed")
+        );
+        let long = classify(
+            &HttpAnswer { status: 202, body: RECEIPT.as_bytes(), body_truncated: true, ..HttpAnswer::default() },
+            now(),
+        );
+        assert!(
+            matches!(long, BillingResponse::Unexpected { status: 202, ref detail } if detail.contains("1048576 bytes")),
+            "{long:?}"
+        );
     }
 
     #[test]

@@ -108,7 +108,10 @@ impl std::fmt::Display for RetryCause {
             Self::ServerError { status } => write!(f, "the platform answered {status}"),
             Self::InvalidTokenTwice => f.write_str("the platform refused two fresh tokens as invalid"),
             Self::Unexpected { status, detail } => {
-                write!(f, "unexpected_response: the billing endpoint answered {status}, which is not in the contract: {detail}")
+                write!(
+                    f,
+                    "unexpected_response: the billing endpoint answered {status}, which is not in the contract: {detail}"
+                )
             }
         }
     }
@@ -157,7 +160,9 @@ pub fn settle<E: AsRef<EventId>>(answer: BillingResponse, batch: &[E], attempt: 
             wait: Some(retry_after.unwrap_or(Duration::from_secs(1))),
             cause: RetryCause::RateLimited,
         },
-        BillingResponse::ServerError { status } => Decision::Retry { wait: None, cause: RetryCause::ServerError { status } },
+        BillingResponse::ServerError { status } => {
+            Decision::Retry { wait: None, cause: RetryCause::ServerError { status } }
+        }
         BillingResponse::Unexpected { status, detail } => unexpected(status, detail),
     }
 }
@@ -178,7 +183,8 @@ fn dead_alone<E: AsRef<EventId>>(event: &E, code: &str, message: String) -> Deci
 fn reconcile<E: AsRef<EventId>>(receipt: &Receipt, batch: &[E]) -> Result<Settlement, String> {
     let in_batch: HashSet<&str> = batch.iter().map(|e| e.as_ref().as_str()).collect();
     let mut listed: HashSet<&str> = HashSet::new();
-    let listed_ids = receipt.duplicates.iter().map(String::as_str).chain(receipt.rejected.iter().map(|r| r.event_id.as_str()));
+    let listed_ids =
+        receipt.duplicates.iter().map(String::as_str).chain(receipt.rejected.iter().map(|r| r.event_id.as_str()));
     for id in listed_ids {
         if !in_batch.contains(id) {
             return Err(format!("it lists {id:?}, which was not sent"));
@@ -231,8 +237,8 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::response::{HttpAnswer, classify};
     use crate::Rejection;
+    use crate::response::{HttpAnswer, classify};
 
     fn ids(n: usize) -> Vec<EventId> {
         (0..n).map(|i| EventId::parse(format!("e-{i}")).unwrap()).collect()
@@ -253,7 +259,10 @@ mod tests {
         move |d| matches!(d, Decision::Retry { wait: None, cause: RetryCause::Unexpected { status: s, .. } } if *s == status)
     }
 
-    /// One row per kind of answer: (what came back, batch size, token renewed, expected).
+    /// (name, what came back, the batch, token renewed, what the decision must be).
+    type Row<'a> = (&'a str, BillingResponse, &'a [EventId], bool, Box<dyn Fn(&Decision) -> bool + 'a>);
+
+    /// One row per kind of answer.
     #[test]
     fn the_settle_table() {
         let three = ids(3);
@@ -264,7 +273,7 @@ mod tests {
                 ..Settlement::default()
             })
         };
-        let rows: Vec<(&str, BillingResponse, &[EventId], bool, Box<dyn Fn(&Decision) -> bool>)> = vec![
+        let rows: Vec<Row<'_>> = vec![
             (
                 "202 consistent",
                 receipt(1, &["e-0"], &["e-2"]),
@@ -287,7 +296,13 @@ mod tests {
             ("202 counting too many", receipt(4, &[], &[]), &three, false, Box::new(unexpected_with(202))),
             ("202 naming an id not sent", receipt(2, &["x"], &[]), &three, false, Box::new(unexpected_with(202))),
             ("202 naming an id twice", receipt(1, &["e-0"], &["e-0"]), &three, false, Box::new(unexpected_with(202))),
-            ("202 with u64::MAX accepted", receipt(u64::MAX, &["e-0"], &[]), &three, false, Box::new(unexpected_with(202))),
+            (
+                "202 with u64::MAX accepted",
+                receipt(u64::MAX, &["e-0"], &[]),
+                &three,
+                false,
+                Box::new(unexpected_with(202)),
+            ),
             (
                 "400 missing_header",
                 BillingResponse::MissingHeader { description: "X-Application-ID".into() },
@@ -311,13 +326,21 @@ mod tests {
                 false,
                 Box::new(move |d| *d == dead("invalid_request", "bad")),
             ),
-            ("413 contract, batch", BillingResponse::PayloadTooLarge, &three, false, Box::new(|d| *d == Decision::Split)),
+            (
+                "413 contract, batch",
+                BillingResponse::PayloadTooLarge,
+                &three,
+                false,
+                Box::new(|d| *d == Decision::Split),
+            ),
             (
                 "413 contract, single",
                 BillingResponse::PayloadTooLarge,
                 &one,
                 false,
-                Box::new(move |d| *d == dead("payload_too_large", "the platform refused this event alone as too large")),
+                Box::new(move |d| {
+                    *d == dead("payload_too_large", "the platform refused this event alone as too large")
+                }),
             ),
             (
                 "413 html, batch",
@@ -340,7 +363,13 @@ mod tests {
                 false,
                 Box::new(unexpected_with(400)),
             ),
-            ("401 invalid_token", BillingResponse::InvalidToken, &three, false, Box::new(|d| *d == Decision::RenewTokenAndRetry)),
+            (
+                "401 invalid_token",
+                BillingResponse::InvalidToken,
+                &three,
+                false,
+                Box::new(|d| *d == Decision::RenewTokenAndRetry),
+            ),
             (
                 "401 invalid_token again",
                 BillingResponse::InvalidToken,
@@ -435,14 +464,25 @@ mod tests {
         ]
         .prop_map(|e| serde_json::json!({"error": e, "error_description": "d"}).to_string());
         let body = prop_oneof![sound, receipt, error, Just("<html>Bad Request</html>".to_owned()), ".{0,40}"];
-        let status = prop_oneof![Just(200u16), Just(202), Just(302), Just(400), Just(401), Just(403), Just(413), Just(429), 100u16..600];
+        let status = prop_oneof![
+            Just(200u16),
+            Just(202),
+            Just(302),
+            Just(400),
+            Just(401),
+            Just(403),
+            Just(413),
+            Just(429),
+            100u16..600
+        ];
         (status, body)
     }
 
     /// Whether an answer is the platform's word that may dead-letter: a `202` receipt, or a
     /// `400`/`413` with the contract's JSON error.
     fn may_dead_letter(status: u16, body: &str) -> bool {
-        let error = serde_json::from_str::<serde_json::Value>(body).ok().and_then(|v| v["error"].as_str().map(str::to_owned));
+        let error =
+            serde_json::from_str::<serde_json::Value>(body).ok().and_then(|v| v["error"].as_str().map(str::to_owned));
         match status {
             202 => serde_json::from_str::<Receipt>(body).is_ok(),
             400 => error.as_deref() == Some("invalid_request"),
@@ -487,5 +527,4 @@ mod tests {
             }
         }
     }
-
 }

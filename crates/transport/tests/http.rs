@@ -120,10 +120,7 @@ async fn a_redirect_is_not_followed_and_names_its_target() {
     let gets = Arc::new(Mutex::new(0u32));
     let g = gets.clone();
     let app = Router::new()
-        .route(
-            "/iot/api/v2/billing/events",
-            post(|| async { (StatusCode::FOUND, [("location", "/elsewhere")], "") }),
-        )
+        .route("/iot/api/v2/billing/events", post(|| async { (StatusCode::FOUND, [("location", "/elsewhere")], "") }))
         .route(
             "/elsewhere",
             axum::routing::any(move || {
@@ -154,7 +151,8 @@ async fn a_redirect_is_not_followed_and_names_its_target() {
 #[tokio::test]
 async fn a_body_over_one_mebibyte_is_not_read_and_settles_nothing() {
     let padded: &'static str = Box::leak(
-        format!(r#"{{"accepted": 1, "duplicates": [], "rejected": [], "pad": "{}"}}"#, "x".repeat(1 << 20)).into_boxed_str(),
+        format!(r#"{{"accepted": 1, "duplicates": [], "rejected": [], "pad": "{}"}}"#, "x".repeat(1 << 20))
+            .into_boxed_str(),
     );
     let (url, _) = serve(StatusCode::ACCEPTED, &[], padded).await;
     let api = HttpBillingApi::new(&url, TransportOptions::default()).unwrap();

@@ -11,7 +11,7 @@ use anyhow::Context;
 use billsync_domain::{ApplicationId, BillingPolicy, EventId, TenantId};
 
 use crate::Agent;
-use crate::engine::TenantReport;
+use crate::engine::{TenantReport, TenantState};
 
 /// `billsync sync`: deliver, show progress on a terminal, print a summary table.
 ///
@@ -88,14 +88,11 @@ pub fn summary_table(reports: &[TenantReport], status: &[crate::agent::TenantSta
         "tenant", "accepted", "duplicate", "dead-lettered", "pending", "requests", "state"
     );
     for (r, s) in reports.iter().zip(status) {
-        let state = if r.blocked.is_some() {
-            format!("blocked: {}", r.blocked.as_ref().map(|b| b.codes.join(", ")).unwrap_or_default())
-        } else if r.held_elsewhere {
-            "held by another agent".to_owned()
-        } else if s.pending + s.in_flight > 0 {
-            "pending (will retry)".to_owned()
-        } else {
-            "ok".to_owned()
+        let state = match r.state() {
+            (TenantState::Blocked | TenantState::Down, Some(why)) => format!("{}: {why}", r.state().0),
+            (TenantState::Held, _) => "held by another agent".to_owned(),
+            _ if s.pending + s.in_flight > 0 => "pending (will retry)".to_owned(),
+            _ => "ok".to_owned(),
         };
         out.push_str(&format!(
             "{:<16} {:>9} {:>10} {:>13} {:>8} {:>9}  {}\n",
@@ -120,7 +117,17 @@ pub async fn run(agent: Agent, listen: SocketAddr) -> anyhow::Result<ExitCode> {
     // Port 0 picks a free port: say which.
     let listen = listener.local_addr().with_context(|| format!("cannot listen on {listen}"))?;
     let metrics_agent = agent.clone();
-    let app = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok\n" })).route(
+    let health_agent = agent.clone();
+    let health = move || {
+        let agent = health_agent.clone();
+        async move {
+            let health = agent.health();
+            let status = axum::http::StatusCode::from_u16(health.http_status())
+                .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+            (status, axum::Json(health))
+        }
+    };
+    let app = axum::Router::new().route("/healthz", axum::routing::get(health)).route(
         "/metrics",
         axum::routing::get(move || {
             let agent = metrics_agent.clone();
@@ -224,25 +231,35 @@ pub async fn status(agent: &Agent, json: bool) -> anyhow::Result<ExitCode> {
     if json {
         println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "tenants": status }))?);
     } else {
-        println!(
-            "{:<16} {:>9} {:>9} {:>10} {:>13}  oldest pending",
-            "tenant", "pending", "in flight", "delivered", "dead-lettered"
-        );
-        for s in &status {
-            println!(
-                "{:<16} {:>9} {:>9} {:>10} {:>13}  {}",
-                s.name,
-                s.pending,
-                s.in_flight,
-                s.delivered,
-                s.dead_lettered,
-                s.oldest_pending
-                    .map(|t| format!("{} ago", billsync_domain::human_duration(chrono::Utc::now() - t)))
-                    .unwrap_or_else(|| "-".into())
-            );
-        }
+        print!("{}", status_table(&status, chrono::Utc::now()));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The text of `billsync status`: counts and the state of each tenant, with its reason.
+pub fn status_table(status: &[crate::agent::TenantStatus], now: chrono::DateTime<chrono::Utc>) -> String {
+    let mut out = format!(
+        "{:<16} {:>9} {:>9} {:>10} {:>13}  {:<14}  {:<14}  reason\n",
+        "tenant", "pending", "in flight", "delivered", "dead-lettered", "oldest pending", "state"
+    );
+    for s in status {
+        let oldest = s
+            .oldest_pending
+            .map(|t| format!("{} ago", billsync_domain::human_duration(now - t)))
+            .unwrap_or_else(|| "-".into());
+        out.push_str(&format!(
+            "{:<16} {:>9} {:>9} {:>10} {:>13}  {:<14}  {:<14}  {}\n",
+            s.name,
+            s.pending,
+            s.in_flight,
+            s.delivered,
+            s.dead_lettered,
+            oldest,
+            s.state,
+            s.reason.as_deref().unwrap_or("-")
+        ));
+    }
+    out
 }
 
 /// `billsync dead-letter list`.
@@ -373,4 +390,62 @@ pub async fn serve_emulator(config: billsync_emulator::EmulatorConfig, listen: S
     shutdown_signal().await;
     emulator.shutdown().await;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::TenantStatus;
+    use crate::engine::Blocked;
+
+    fn status(name: &str, pending: u64, state: TenantState, reason: Option<&str>) -> TenantStatus {
+        TenantStatus {
+            name: name.into(),
+            pending,
+            in_flight: 0,
+            delivered: 3,
+            dead_lettered: 1,
+            state,
+            reason: reason.map(str::to_owned),
+            blocked: None,
+            last_error: None,
+            token_expires_at: None,
+            oldest_pending: None,
+        }
+    }
+
+    #[test]
+    fn the_status_table_shows_each_tenants_state_and_reason() {
+        let table = status_table(
+            &[
+                status("acme", 0, TenantState::Ok, None),
+                status("globex", 40, TenantState::Blocked, Some("unexpected_response")),
+            ],
+            chrono::Utc::now(),
+        );
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[0].contains("state") && lines[0].contains("reason"), "{table}");
+        assert!(lines[1].starts_with("acme") && lines[1].contains(" ok "), "{table}");
+        assert!(lines[2].contains("blocked") && lines[2].ends_with("unexpected_response"), "{table}");
+    }
+
+    #[test]
+    fn the_summary_counts_dead_letters_and_names_the_block() {
+        let reports = [
+            TenantReport { name: "acme".into(), accepted: 39, dead_lettered: 1, requests: 7, ..Default::default() },
+            TenantReport {
+                name: "globex".into(),
+                requests: 3,
+                blocked: Some(Blocked { codes: vec!["unexpected_response".into()], hints: vec!["418".into()] }),
+                ..Default::default()
+            },
+        ];
+        let table = summary_table(
+            &reports,
+            &[status("acme", 0, TenantState::Ok, None), status("globex", 40, TenantState::Blocked, None)],
+        );
+        let acme: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+        assert_eq!(acme, ["acme", "39", "0", "1", "0", "7", "ok"]);
+        assert!(table.lines().nth(2).unwrap().ends_with("blocked: unexpected_response"), "{table}");
+    }
 }

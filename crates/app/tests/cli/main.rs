@@ -219,10 +219,13 @@ async fn run_delivers_what_arrives_and_sigterm_loses_nothing() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let port = served_port(&env.dir.path().join("agent.log"));
-    let client = reqwest_get(port, "/healthz").await;
-    assert_eq!(client.trim(), "ok");
+    let health: serde_json::Value = serde_json::from_str(&reqwest_get(port, "/healthz").await).unwrap();
+    assert_eq!(health["status"], "ok", "{health}");
+    assert_eq!(health["checks"][0]["name"], "tenant:acme", "{health}");
     let metrics = reqwest_get(port, "/metrics").await;
     assert!(metrics.contains("billsync_events_delivered_total{tenant=\"acme\"}"), "{metrics}");
+    assert!(metrics.contains("billsync_tenant_state{tenant=\"acme\",state=\"ok\"} 1"), "{metrics}");
+    assert!(metrics.contains("billsync_tenant_state{tenant=\"acme\",state=\"blocked\",reason=\"\"} 0"), "{metrics}");
 
     let started = std::time::Instant::now();
     // SIGTERM.
