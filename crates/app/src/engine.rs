@@ -2,11 +2,12 @@
 //! fast as the platform allows, one worker per tenant, over the ports only.
 //!
 //! Per batch: lease from the outbox, take a slot in the tenant's sliding window, get billing
-//! headers (a token that passed the policy), post, then settle by the meaning of the answer
-//! (PLATFORM.md section 3): ack what was accepted or duplicate, dead-letter what was rejected,
-//! split on `400 invalid_request`/`413`, block the tenant on configuration errors, wait on
-//! `429`, back off with full jitter on everything transient. Nothing is ever dropped for
-//! being old: a transient failure returns the events to the outbox with a later retry time.
+//! headers (a token that passed the policy), post, then do what the domain's settle rule
+//! ([`billsync_domain::settle`]) decides: ack what a consistent `202` accepted or found
+//! duplicate, dead-letter what it rejected, split, block the tenant on configuration errors,
+//! wait as the platform asks on `429`, back off with full jitter on everything transient or
+//! outside the contract. Nothing is ever dropped for being old: a transient failure returns the
+//! events to the outbox with a later retry time.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
