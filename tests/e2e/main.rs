@@ -2,6 +2,7 @@
 //! the real platform emulator over HTTP on loopback.
 
 mod helpers;
+mod migrations;
 
 use std::time::Duration;
 
