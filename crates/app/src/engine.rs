@@ -10,13 +10,14 @@
 //! events to the outbox with a later retry time.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use billsync_domain::{
-    Attempt, BatchBody, Batcher, BillingApi, BillingPolicy, BillingResponse, BlockCause, Clock, Decision, EncodedEvent,
-    Lease, Outbox, OutboxError, RatePolicy, RetryCause, Settlement, SlidingWindow, Tenant, TenantName, TokenError,
-    TokenSource, settle,
+    Attempt, BatchBody, Batcher, BillingApi, BillingPolicy, BillingResponse, BlockCause, Claim, ClaimOutcome, Clock,
+    Decision, EncodedEvent, Lease, Outbox, OutboxError, RatePolicy, RetryCause, Settlement, SlidingWindow, Tenant,
+    TenantName, TokenError, TokenSource, settle,
 };
 use chrono::{DateTime, Utc};
 use rand::Rng;
@@ -123,6 +124,13 @@ pub struct TenantReport {
     pub token_expires_at: Option<DateTime<Utc>>,
     /// Set when another agent holds this tenant.
     pub held_elsewhere: bool,
+    /// Who holds it (`held by agent <id> on <host>, alive`), when another agent does.
+    #[serde(default)]
+    pub held_by: Option<String>,
+    /// Whether the holder was seen alive (an OS lock, or a claim it renewed): its pending
+    /// events are its work, and `sync` leaves them to it without failing.
+    #[serde(default)]
+    pub holder_alive: bool,
     /// Why the tenant is waiting before it sends again (`unexpected_response: ...`,
     /// `rate_limited: ...`), while it is; cleared by the next settled batch.
     #[serde(default)]
@@ -178,7 +186,7 @@ impl TenantReport {
         } else if let Some(b) = &self.blocked {
             (TenantState::Blocked, Some(b.codes.join(", ")))
         } else if self.held_elsewhere {
-            (TenantState::Held, Some("held by another agent".into()))
+            (TenantState::Held, Some(self.held_by.clone().unwrap_or_else(|| "held by another agent".into())))
         } else if let Some(why) = &self.backing_off {
             (TenantState::BackingOff, Some(why.clone()))
         } else {
@@ -326,19 +334,24 @@ impl Engine {
         let (_tx, rx) = watch::channel(false);
         let mut set = tokio::task::JoinSet::new();
         let mut names = HashMap::new();
+        let busy = Arc::new(AtomicUsize::new(self.inner.tenants.len()));
         for tenant in self.inner.tenants.clone() {
             // Counts add up over syncs; a state is what this sync finds.
             self.update(tenant.name(), |r| {
                 r.blocked = None;
                 r.backing_off = None;
                 r.held_elsewhere = false;
+                r.held_by = None;
+                r.holder_alive = false;
                 r.down = None;
             });
             let engine = self.clone();
             let rx = rx.clone();
             let name = tenant.name().clone();
+            let busy = Arc::clone(&busy);
             let handle = set.spawn(async move {
-                let drained = engine.drain(&tenant, false, rx).await;
+                let drained = engine.drain(&tenant, false, rx, Some(&busy)).await;
+                busy.fetch_sub(1, Ordering::SeqCst);
                 // Done with the tenant: let the next `sync` (or another agent) have it now, not
                 // when the claim expires.
                 let _ = engine.inner.outbox.release_tenant(tenant.name(), &engine.inner.agent_id).await;
@@ -408,7 +421,7 @@ impl Engine {
 
     async fn run_tenant(&self, tenant: &Tenant, mut stop: watch::Receiver<bool>) {
         loop {
-            let pause = match self.drain(tenant, true, stop.clone()).await {
+            let pause = match self.drain(tenant, true, stop.clone(), None).await {
                 Drained::Blocked => {
                     // Try again later: the platform console may have been fixed.
                     self.inner.settings.blocked_retry
@@ -461,15 +474,134 @@ impl Engine {
     /// Likewise the next lease is taken while a batch travels (when the tenant's window and the
     /// global bound have room for it), so the outbox's lease overlaps the post too; a lease
     /// taken ahead that is not sent is given back on the way out, with the batch before it.
-    async fn drain(&self, tenant: &Tenant, forever: bool, stop: watch::Receiver<bool>) -> Drained {
+    async fn drain(
+        &self,
+        tenant: &Tenant,
+        forever: bool,
+        stop: watch::Receiver<bool>,
+        busy: Option<&AtomicUsize>,
+    ) -> Drained {
+        // Fleet: drain a tenant only while holding its claim.
+        let claim = match self.claim(tenant, forever, busy).await {
+            Ok(claim) => claim,
+            Err(drained) => return drained,
+        };
+        // The heartbeat renews the claim on its own task, whatever the worker is waiting for
+        // (a rate slot, a slow POST). If the claim is lost, the worker stops at once.
+        let (lost_tx, worker_stop) = watch::channel(*stop.borrow());
+        let heartbeat = tokio::spawn(self.clone().heartbeat(tenant.clone(), claim, stop, lost_tx));
         let mut acking = None;
         let mut ahead = None;
-        let drained = self.drain_inner(tenant, forever, stop, &mut acking, &mut ahead).await;
+        let drained = self.drain_inner(tenant, forever, worker_stop, &mut acking, &mut ahead).await;
         if let Err(e) = finish_ack(&mut acking).await {
             self.note_error(tenant, &e);
         }
         self.give_back(&mut ahead, self.now()).await;
+        heartbeat.abort();
         drained
+    }
+
+    /// Takes the tenant's claim. Held by another agent: `run` leaves it to that agent and
+    /// looks again later. `sync` watches the holder: a holder that renews its claim (or that
+    /// the OS vouches for) is alive and keeps the tenant, which is reported, not an error; a
+    /// holder that stops renewing loses the tenant when its claim lapses, and this sync takes
+    /// over. A live holder is watched for as long as this sync still has other tenants to
+    /// drain (`busy` counts them), since it may die meanwhile.
+    async fn claim(&self, tenant: &Tenant, forever: bool, busy: Option<&AtomicUsize>) -> Result<Claim, Drained> {
+        let ttl = self.inner.settings.claim_ttl;
+        let mut watching = false;
+        let mut watch: Option<Watch> = None;
+        let outcome = loop {
+            let holder = match self.inner.outbox.claim_tenant(tenant.name(), &self.inner.agent_id, ttl).await {
+                Ok(ClaimOutcome::Claimed(claim)) => {
+                    self.update(tenant.name(), |r| {
+                        r.held_elsewhere = false;
+                        r.held_by = None;
+                        r.holder_alive = false;
+                    });
+                    break Ok(claim);
+                }
+                Ok(ClaimOutcome::HeldBy(holder)) => holder,
+                Err(e) => {
+                    self.note_error(tenant, &e);
+                    break Err(Drained::GaveUp);
+                }
+            };
+            // When did the holder last show a sign of life (a renewal seen, or the OS's word)?
+            let now = Instant::now();
+            match (&mut watch, holder.heartbeat) {
+                (Some(w), Some(hb)) if w.agent == holder.agent => {
+                    if w.heartbeat != hb {
+                        (w.heartbeat, w.renewed_at) = (hb, Some(now));
+                    }
+                }
+                (w, hb) => {
+                    *w = Some(Watch {
+                        agent: holder.agent.clone(),
+                        heartbeat: hb.unwrap_or(0),
+                        since: now,
+                        renewed_at: None,
+                    });
+                }
+            }
+            let w = watch.as_ref().map(|w| (w.since, w.renewed_at));
+            let (since, renewed_at) = w.unwrap_or((now, None));
+            let alive = holder.heartbeat.is_none() || renewed_at.is_some_and(|t| t.elapsed() < ttl / 2);
+            let others_busy = busy.is_some_and(|b| b.load(Ordering::SeqCst) > 0);
+            // A claim that neither renews nor lapses in one and a half lifetimes: give up on it.
+            let stuck = holder.heartbeat.is_some() && since.elapsed() > ttl + ttl / 2;
+            if forever || stuck || (alive && !others_busy) {
+                let on = holder.host().map(|h| format!(" on {h}")).unwrap_or_default();
+                let said = format!("held by agent {}{on}{}", holder.agent, if alive { ", alive" } else { "" });
+                self.update(tenant.name(), |r| {
+                    r.held_elsewhere = true;
+                    r.held_by = Some(said);
+                    r.holder_alive = alive;
+                });
+                break Err(Drained::HeldElsewhere);
+            }
+            if !watching {
+                watching = true;
+                if let Some(b) = busy {
+                    b.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
+            tokio::time::sleep((ttl / 6).max(Duration::from_millis(50))).await;
+        };
+        if watching {
+            if let Some(b) = busy {
+                b.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        outcome
+    }
+
+    /// Renews `claim` every third of its lifetime until `stop`; when the outbox says another
+    /// agent holds the tenant now, marks it lost (which stops the worker).
+    async fn heartbeat(self, tenant: Tenant, claim: Claim, mut stop: watch::Receiver<bool>, lost: watch::Sender<bool>) {
+        let ttl = self.inner.settings.claim_ttl;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(ttl / 3) => {}
+                _ = stop.changed() => {
+                    let _ = lost.send(true);
+                    return;
+                }
+            }
+            match self.inner.outbox.claim_tenant(tenant.name(), &self.inner.agent_id, ttl).await {
+                Ok(ClaimOutcome::Claimed(now)) if now.generation == claim.generation => {}
+                Ok(ClaimOutcome::Claimed(_)) | Ok(ClaimOutcome::HeldBy(_)) => {
+                    tracing::error!(tenant = %tenant.name(), "the tenant's claim was lost to another agent; stopping its worker");
+                    self.update(tenant.name(), |r| {
+                        r.last_error = Some("the tenant's claim was lost to another agent".into())
+                    });
+                    let _ = lost.send(true);
+                    return;
+                }
+                // A failed renewal is tried again; the claim may still hold.
+                Err(e) => tracing::warn!(tenant = %tenant.name(), error = %e, "renewing the tenant's claim failed"),
+            }
+        }
     }
 
     /// Takes the tenant's next lease ahead of time, if a request for it could go right after
@@ -511,25 +643,9 @@ impl Engine {
     ) -> Drained {
         let name = tenant.name();
         let mut failures = 0u32;
-        let mut claimed_at: Option<Instant> = None;
         loop {
             if *stop.borrow() {
                 return Drained::Idle;
-            }
-            // Fleet: drain a tenant only while holding its claim (renewed as a heartbeat).
-            if claimed_at.is_none_or(|t| t.elapsed() > self.inner.settings.claim_ttl / 3) {
-                match self.inner.outbox.claim_tenant(name, &self.inner.agent_id, self.inner.settings.claim_ttl).await {
-                    Ok(true) => claimed_at = Some(Instant::now()),
-                    Ok(false) => {
-                        self.update(tenant.name(), |r| r.held_elsewhere = true);
-                        return Drained::HeldElsewhere;
-                    }
-                    Err(e) => {
-                        self.note_error(tenant, &e);
-                        return Drained::GaveUp;
-                    }
-                }
-                self.update(tenant.name(), |r| r.held_elsewhere = false);
             }
             let (lease, permit) = if let Some(taken) = ahead.take() {
                 taken
@@ -906,6 +1022,14 @@ fn status_label(r: &BillingResponse) -> &'static str {
         BillingResponse::ServerError { .. } => "5xx",
         BillingResponse::Unexpected { .. } => "other",
     }
+}
+
+/// What `sync` has seen of another agent holding a tenant.
+struct Watch {
+    agent: String,
+    heartbeat: i64,
+    since: Instant,
+    renewed_at: Option<Instant>,
 }
 
 /// An ack committing in the background.

@@ -559,3 +559,33 @@ async fn a_worker_that_panics_is_down_until_it_is_restarted() {
     assert_eq!(w.outbox.states("acme").get("delivered"), Some(&3), "restarted, it delivered");
     assert_eq!(engine.reports()[0].state().0, TenantState::Ok);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_whose_claim_is_lost_stops_at_once_and_says_so() {
+    // One request every 60 s; the heartbeat renews every 10 s (claim_ttl 30 s) and finds the
+    // tenant taken at its second renewal, long before the backlog is done.
+    let mut s = settings(10, 1);
+    s.claim_ttl = Duration::from_secs(30);
+    let w = world(&["acme"], 100, s, vec![], accept_all(), None).await;
+    w.outbox.claims.lock().unwrap().1 = Some(2);
+
+    let r = w.engine.sync_once().await;
+
+    let sent = w.api.sent.lock().unwrap().len();
+    assert_eq!(sent, 1, "a request after the claim was lost at 20 s");
+    assert!(r[0].last_error.as_deref().unwrap_or_default().contains("claim was lost"), "{:?}", r[0]);
+    assert!(w.outbox.states("acme").get("pending").copied().unwrap_or(0) >= 80);
+}
+
+#[tokio::test(start_paused = true)]
+async fn sync_leaves_a_tenant_held_by_a_live_agent_and_says_who() {
+    let w = world(&["acme"], 5, settings(10, 100), vec![], accept_all(), None).await;
+    // Another agent holds the tenant from the start and keeps renewing (its heartbeat moves).
+    w.outbox.claims.lock().unwrap().1 = Some(0);
+
+    let r = w.engine.sync_once().await;
+
+    assert_eq!(w.api.sent.lock().unwrap().len(), 0);
+    assert_eq!(r[0].state(), (TenantState::Held, Some("held by agent thief-1-2 on thief, alive".into())));
+    assert!(r[0].holder_alive);
+}

@@ -33,11 +33,13 @@ pub struct MemoryOutbox {
     pub rows: Mutex<Vec<Row>>,
     clock: Arc<dyn Clock>,
     next: Mutex<u64>,
+    /// Claims answered so far, and after how many another agent holds every tenant.
+    pub claims: Mutex<(u32, Option<u32>)>,
 }
 
 impl MemoryOutbox {
     pub fn new(clock: Arc<dyn Clock>) -> Self {
-        Self { rows: Mutex::default(), clock, next: Mutex::new(0) }
+        Self { rows: Mutex::default(), clock, next: Mutex::new(0), claims: Mutex::default() }
     }
     pub fn states(&self, tenant: &str) -> HashMap<String, usize> {
         let mut out = HashMap::new();
@@ -176,8 +178,21 @@ impl Outbox for MemoryOutbox {
         Ok(0)
     }
 
-    async fn claim_tenant(&self, _tenant: &TenantName, _agent: &str, _ttl: Duration) -> Result<bool, OutboxError> {
-        Ok(true)
+    async fn claim_tenant(
+        &self,
+        tenant: &TenantName,
+        _agent: &str,
+        _ttl: Duration,
+    ) -> Result<billsync_domain::ClaimOutcome, OutboxError> {
+        let mut claims = self.claims.lock().unwrap();
+        claims.0 += 1;
+        if claims.1.is_some_and(|after| claims.0 > after) {
+            return Ok(billsync_domain::ClaimOutcome::HeldBy(billsync_domain::Holder {
+                agent: "thief-1-2".into(),
+                heartbeat: Some(i64::from(claims.0)),
+            }));
+        }
+        Ok(billsync_domain::ClaimOutcome::Claimed(billsync_domain::Claim { tenant: tenant.clone(), generation: 1 }))
     }
 
     async fn save_tenant_state(&self, _tenant: &TenantName, _state: &str) -> Result<(), OutboxError> {

@@ -48,8 +48,8 @@ pub use ids::{
 };
 pub use policy::{BillingPolicy, BillingRequestHeaders, Violation, ViolationCode, Violations};
 pub use ports::{
-    BillingApi, BillingReply, Clock, DeadLetter, DeadLetterRecord, EnqueueReport, Lease, LeaseId, ManualClock, Outbox,
-    OutboxError, SystemClock, TenantCounts, TokenError, TokenSource, TransportError,
+    BillingApi, BillingReply, Claim, ClaimOutcome, Clock, DeadLetter, DeadLetterRecord, EnqueueReport, Holder, Lease,
+    LeaseId, ManualClock, Outbox, OutboxError, SystemClock, TenantCounts, TokenError, TokenSource, TransportError,
 };
 pub use rate::{RatePolicy, SlidingWindow};
 pub use refresh::{InvalidRefreshFraction, RefreshPolicy};

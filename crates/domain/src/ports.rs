@@ -179,6 +179,45 @@ pub struct Lease {
     pub expires_at: DateTime<Utc>,
 }
 
+/// A tenant this agent holds: the right to drain it, one agent at a time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// The tenant.
+    pub tenant: TenantName,
+    /// Grows with every new holder of the tenant: leases and settles of an earlier generation
+    /// belong to a holder that lost the tenant.
+    pub generation: u64,
+}
+
+/// Another agent that holds a tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    /// Its id (`<host>-<pid>-<random>`).
+    pub agent: String,
+    /// `None` when the outbox knows the holder is alive (an OS lock, which its death would
+    /// have released). Otherwise a value that changes with each renewal of its claim (a
+    /// heartbeat): a holder whose value moves is alive, one whose claim lapses is not.
+    pub heartbeat: Option<i64>,
+}
+
+impl Holder {
+    /// The host part of the agent id, if it has one.
+    pub fn host(&self) -> Option<&str> {
+        let mut parts = self.agent.rsplitn(3, '-');
+        let (_random, _pid, host) = (parts.next()?, parts.next()?, parts.next()?);
+        Some(host)
+    }
+}
+
+/// The answer to a claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    /// This agent holds the tenant now (taken, or renewed).
+    Claimed(Claim),
+    /// Another agent does.
+    HeldBy(Holder),
+}
+
 /// The outcome of an enqueue.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct EnqueueReport {
@@ -327,12 +366,15 @@ pub trait Outbox: Send + Sync {
     /// already holds it. Agents sharing one outbox drain each tenant one at a time, which
     /// keeps the per-tenant rate limit right across a fleet.
     ///
-    /// - MUST return `false` while another agent holds an unexpired claim.
-    /// - MUST let any agent take a claim whose holder stopped renewing it (expired).
+    /// - MUST answer [`ClaimOutcome::HeldBy`] while another live agent holds the tenant.
+    /// - MUST let any agent take a tenant whose holder died (SQLite: at once, through an OS
+    ///   lock; PostgreSQL: once its claim expired).
+    /// - A new holder gets a higher [`Claim::generation`] and voids the leases of every
+    ///   earlier holder: their events are deliverable at once.
     ///
     /// # Errors
     /// [`OutboxError::Storage`].
-    async fn claim_tenant(&self, tenant: &TenantName, agent: &str, ttl: Duration) -> Result<bool, OutboxError>;
+    async fn claim_tenant(&self, tenant: &TenantName, agent: &str, ttl: Duration) -> Result<ClaimOutcome, OutboxError>;
 
     /// Records what an agent last knew of a tenant (a small JSON document: why it is blocked,
     /// the last error, when its token expires), so that `status` in another process can show

@@ -31,6 +31,9 @@ pub(crate) enum StoreError {
     /// The outbox URL is malformed.
     #[error("invalid outbox url `{url}`: {reason}")]
     InvalidUrl { url: String, reason: String },
+    /// A tenant's lock file could not be created or locked.
+    #[error("tenant lock file {}: {reason}", path.display())]
+    Lock { path: std::path::PathBuf, reason: String },
     /// The writer task is gone (the runtime is shutting down).
     #[error("the outbox writer task has stopped")]
     WriterGone,

@@ -67,11 +67,11 @@ use crate::error::{StoreError, redact_url};
 /// The SQLite schema version this build writes: its newest embedded migration. An outbox
 /// with a newer one is refused with
 /// [`OutboxError::SchemaTooNew`](billsync_domain::OutboxError::SchemaTooNew).
-pub const SQLITE_SCHEMA_VERSION: i64 = 3;
+pub const SQLITE_SCHEMA_VERSION: i64 = 4;
 
 /// The PostgreSQL schema version this build writes, as [`SQLITE_SCHEMA_VERSION`] is for
 /// SQLite (the two schemas move on their own: version 3 is SQLite's lease rows).
-pub const POSTGRES_SCHEMA_VERSION: i64 = 2;
+pub const POSTGRES_SCHEMA_VERSION: i64 = 3;
 
 /// Opens the outbox named by `url`:
 ///

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use billsync_domain::{
-    Clock, DeadLetter, DeadLetterRecord, EncodedEvent, EnqueueReport, EventId, Lease, Outbox, OutboxError,
-    TenantCounts, TenantName,
+    Claim, ClaimOutcome, Clock, DeadLetter, DeadLetterRecord, EncodedEvent, EnqueueReport, EventId, Holder, Lease,
+    Outbox, OutboxError, TenantCounts, TenantName,
 };
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
@@ -97,6 +97,15 @@ impl PostgresOutbox {
     fn now_ms(&self) -> i64 {
         to_ms(self.clock.now())
     }
+}
+
+/// The database's clock, in milliseconds since the epoch: claims are dated and judged by it,
+/// never by an agent's clock.
+/// (A macro, so that the statements stay literals.)
+macro_rules! db_now_ms {
+    () => {
+        "(extract(epoch from clock_timestamp()) * 1000)::bigint"
+    };
 }
 
 async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
@@ -262,6 +271,58 @@ impl PostgresOutbox {
         leased(tenant, id, expires_at, rows, |r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
     }
 
+    /// Takes, renews or is refused a tenant's claim, judged on the database's clock. A new
+    /// holder gets the next generation and returns every lease of the tenant to pending.
+    async fn try_claim(&self, tenant: &TenantName, agent: &str, ttl: Duration) -> Result<ClaimOutcome, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // The row exists before it is locked, so that two first claims queue on it.
+        sqlx::query(
+            "INSERT INTO tenant_claims (tenant, holder, expires_at, generation) VALUES ($1, '', 0, 0) \
+             ON CONFLICT (tenant) DO NOTHING",
+        )
+        .bind(tenant.as_str())
+        .execute(&mut *tx)
+        .await?;
+        let row = sqlx::query(concat!(
+            "SELECT holder, generation, expires_at, expires_at > ",
+            db_now_ms!(),
+            " FROM tenant_claims WHERE tenant = $1 FOR UPDATE"
+        ))
+        .bind(tenant.as_str())
+        .fetch_one(&mut *tx)
+        .await?;
+        let (holder, held, expires_at, live): (String, i64, i64, bool) =
+            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?);
+        if holder != agent && live {
+            tx.rollback().await?;
+            return Ok(ClaimOutcome::HeldBy(Holder { agent: holder, heartbeat: Some(expires_at) }));
+        }
+        let new_holder = holder != agent;
+        let generation = if new_holder { held.saturating_add(1) } else { held };
+        if new_holder {
+            // Whoever held the tenant before is gone: its leases hold nothing any more.
+            sqlx::query(
+                "UPDATE events SET state = 0, lease_id = NULL, lease_expires_at = NULL WHERE tenant = $1 AND state = 1",
+            )
+            .bind(tenant.as_str())
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query(concat!(
+            "UPDATE tenant_claims SET holder = $2, expires_at = ",
+            db_now_ms!(),
+            " + $3, generation = $4 WHERE tenant = $1"
+        ))
+        .bind(tenant.as_str())
+        .bind(agent)
+        .bind(span_ms(ttl))
+        .bind(generation)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(ClaimOutcome::Claimed(Claim { tenant: tenant.clone(), generation: u64::try_from(generation).unwrap_or(0) }))
+    }
+
     async fn try_counts(&self, tenant: &TenantName) -> Result<TenantCounts, StoreError> {
         let row = sqlx::query(
             "SELECT \
@@ -416,22 +477,8 @@ impl Outbox for PostgresOutbox {
         Ok(self.try_compact(before).await?)
     }
 
-    async fn claim_tenant(&self, tenant: &TenantName, agent: &str, ttl: Duration) -> Result<bool, OutboxError> {
-        let now = self.now_ms();
-        let row = sqlx::query(
-            "INSERT INTO tenant_claims (tenant, holder, expires_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (tenant) DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at \
-             WHERE tenant_claims.holder = EXCLUDED.holder OR tenant_claims.expires_at <= $4 \
-             RETURNING holder",
-        )
-        .bind(tenant.as_str())
-        .bind(agent)
-        .bind(now.saturating_add(span_ms(ttl)))
-        .bind(now)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(StoreError::from)?;
-        Ok(row.is_some())
+    async fn claim_tenant(&self, tenant: &TenantName, agent: &str, ttl: Duration) -> Result<ClaimOutcome, OutboxError> {
+        Ok(self.try_claim(tenant, agent, ttl).await?)
     }
 
     async fn save_tenant_state(&self, tenant: &TenantName, state: &str) -> Result<(), OutboxError> {
@@ -458,7 +505,8 @@ impl Outbox for PostgresOutbox {
     }
 
     async fn release_tenant(&self, tenant: &TenantName, agent: &str) -> Result<(), OutboxError> {
-        sqlx::query("DELETE FROM tenant_claims WHERE tenant = $1 AND holder = $2")
+        // The row stays, expired, so that the next holder's generation is higher.
+        sqlx::query("UPDATE tenant_claims SET expires_at = 0 WHERE tenant = $1 AND holder = $2")
             .bind(tenant.as_str())
             .bind(agent)
             .execute(&self.pool)

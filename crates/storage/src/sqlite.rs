@@ -9,7 +9,7 @@
 //! to, and nothing of that call is stored. Reads (`counts`, `dead_letters`) use a small pool
 //! of read connections, which WAL lets run beside the writer.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -17,10 +17,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use billsync_domain::{
-    Clock, DeadLetter, DeadLetterRecord, EncodedEvent, EnqueueReport, EventId, Lease, Outbox, OutboxError,
-    TenantCounts, TenantName,
+    Claim, ClaimOutcome, Clock, DeadLetter, DeadLetterRecord, EncodedEvent, EnqueueReport, EventId, Holder, Lease,
+    Outbox, OutboxError, TenantCounts, TenantName,
 };
 use chrono::{DateTime, Utc};
+use fs4::fs_std::FileExt as _;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::sqlite::{SqliteRow, SqliteSynchronous};
 use sqlx::{Connection, Executor as _, Row as _};
@@ -86,6 +87,15 @@ pub struct SqliteOutbox {
     clock: Arc<dyn Clock>,
     writer: mpsc::Sender<Request>,
     reader: SqlitePool,
+    /// The tenants this process holds, each through its lock file.
+    claims: tokio::sync::Mutex<HashMap<String, HeldLock>>,
+}
+
+/// A tenant held through its lock file: the kernel keeps the lock while the file is open.
+struct HeldLock {
+    agent: String,
+    generation: u64,
+    _file: std::fs::File,
 }
 
 impl fmt::Debug for SqliteOutbox {
@@ -160,12 +170,37 @@ impl SqliteOutbox {
         tokio::spawn(checkpoint_loop(checkpointer, wal_grown));
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         tokio::spawn(writer_loop(conn, rx, Arc::clone(&clock), wal_grew));
-        Ok(Self { path: path.to_owned(), clock, writer: tx, reader })
+        Ok(Self { path: path.to_owned(), clock, writer: tx, reader, claims: tokio::sync::Mutex::default() })
     }
 
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The folder of the tenants' lock files: `<outbox file>.locks`, beside the outbox.
+    pub fn lock_dir(&self) -> PathBuf {
+        let mut name = self.path.file_name().map(std::ffi::OsStr::to_owned).unwrap_or_default();
+        name.push(".locks");
+        self.path.with_file_name(name)
+    }
+
+    /// Opens (creating) a tenant's lock file. Tenant names are letters, digits and `-_.`, so
+    /// they are safe file names.
+    fn lock_file(&self, tenant: &TenantName) -> Result<std::fs::File, StoreError> {
+        let dir = self.lock_dir();
+        std::fs::create_dir_all(&dir).map_err(|e| self.lock_error(tenant, &e))?;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join(format!("{tenant}.lock")))
+            .map_err(|e| self.lock_error(tenant, &e))
+    }
+
+    fn lock_error(&self, tenant: &TenantName, e: &std::io::Error) -> StoreError {
+        StoreError::Lock { path: self.lock_dir().join(format!("{tenant}.lock")), reason: e.to_string() }
     }
 
     fn now_ms(&self) -> i64 {
@@ -201,16 +236,51 @@ async fn migrate(conn: &mut SqliteConnection) -> Result<(), StoreError> {
 /// One write, as the writer runs it (owned, so it can be run again after a failed group).
 #[derive(Debug)]
 enum Op {
-    Enqueue { tenant: TenantName, events: Vec<EncodedEvent> },
-    Lease { tenant: TenantName, max: i64, lease_ms: i64 },
-    Ack { tenant: String, lease: String, ids: Vec<String> },
-    Nack { tenant: String, lease: String, retry_at: i64 },
-    DeadLetter { tenant: String, lease: String, items: Vec<DeadLetter> },
-    Requeue { tenant: String, ids: Option<Vec<String>> },
-    CompactChunk { before: i64 },
-    Claim { tenant: String, agent: String, ttl_ms: i64 },
-    Release { tenant: String, agent: String },
-    SaveState { tenant: String, state: String },
+    Enqueue {
+        tenant: TenantName,
+        events: Vec<EncodedEvent>,
+    },
+    Lease {
+        tenant: TenantName,
+        max: i64,
+        lease_ms: i64,
+    },
+    Ack {
+        tenant: String,
+        lease: String,
+        ids: Vec<String>,
+    },
+    Nack {
+        tenant: String,
+        lease: String,
+        retry_at: i64,
+    },
+    DeadLetter {
+        tenant: String,
+        lease: String,
+        items: Vec<DeadLetter>,
+    },
+    Requeue {
+        tenant: String,
+        ids: Option<Vec<String>>,
+    },
+    CompactChunk {
+        before: i64,
+    },
+    /// This process just took the tenant's OS lock: record the holder, count a new
+    /// generation, and void every lease of the earlier holders.
+    Claim {
+        tenant: String,
+        agent: String,
+    },
+    Release {
+        tenant: String,
+        agent: String,
+    },
+    SaveState {
+        tenant: String,
+        state: String,
+    },
 }
 
 impl Op {
@@ -242,7 +312,7 @@ enum Out {
     Enqueued(EnqueueReport),
     Leased(Option<Lease>),
     Count(u64),
-    Claimed(bool),
+    Claimed(u64),
     Done,
 }
 
@@ -575,23 +645,25 @@ async fn exec_one(conn: &mut SqliteConnection, op: &Op, now: i64) -> Result<Out,
             .await?;
             Ok(Out::Count(done.rows_affected()))
         }
-        Op::Claim { tenant, agent, ttl_ms } => {
-            let row = sqlx::query(
-                "INSERT INTO tenant_claims (tenant, holder, expires_at) VALUES (?1, ?2, ?3) \
-                 ON CONFLICT (tenant) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
-                 WHERE tenant_claims.holder = excluded.holder OR tenant_claims.expires_at <= ?4 \
-                 RETURNING holder",
+        Op::Claim { tenant, agent } => {
+            // The lock was free: whoever leased before is gone, and its leases with it.
+            sqlx::query("DELETE FROM leases WHERE tenant = ?1").bind(tenant).execute(&mut *conn).await?;
+            let generation: i64 = sqlx::query_scalar(
+                "INSERT INTO tenant_claims (tenant, holder, expires_at, generation) VALUES (?1, ?2, ?3, 1) \
+                 ON CONFLICT (tenant) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at, \
+                 generation = tenant_claims.generation + 1 \
+                 RETURNING generation",
             )
             .bind(tenant)
             .bind(agent)
-            .bind(now.saturating_add(*ttl_ms))
             .bind(now)
-            .fetch_optional(&mut *conn)
+            .fetch_one(&mut *conn)
             .await?;
-            Ok(Out::Claimed(row.is_some()))
+            Ok(Out::Claimed(u64::try_from(generation).unwrap_or(0)))
         }
         Op::Release { tenant, agent } => {
-            sqlx::query("DELETE FROM tenant_claims WHERE tenant = ?1 AND holder = ?2")
+            // The row stays (it counts the generations); the lock file is what is released.
+            sqlx::query("UPDATE tenant_claims SET expires_at = 0 WHERE tenant = ?1 AND holder = ?2")
                 .bind(tenant)
                 .bind(agent)
                 .execute(&mut *conn)
@@ -841,12 +913,40 @@ impl Outbox for SqliteOutbox {
         }
     }
 
-    async fn claim_tenant(&self, tenant: &TenantName, agent: &str, ttl: Duration) -> Result<bool, OutboxError> {
-        let op = Op::Claim { tenant: tenant.as_str().to_owned(), agent: agent.to_owned(), ttl_ms: span_ms(ttl) };
-        match self.call(op).await? {
-            Out::Claimed(held) => Ok(held),
-            other => Err(unexpected(other)),
+    async fn claim_tenant(
+        &self,
+        tenant: &TenantName,
+        agent: &str,
+        _ttl: Duration,
+    ) -> Result<ClaimOutcome, OutboxError> {
+        let mut held = self.claims.lock().await;
+        if let Some(mine) = held.get(tenant.as_str()) {
+            return Ok(if mine.agent == agent {
+                ClaimOutcome::Claimed(Claim { tenant: tenant.clone(), generation: mine.generation })
+            } else {
+                // Another engine of this process: it holds the lock.
+                ClaimOutcome::HeldBy(Holder { agent: mine.agent.clone(), heartbeat: None })
+            });
         }
+        let lock = self.lock_file(tenant)?;
+        if !lock.try_lock_exclusive().map_err(|e| self.lock_error(tenant, &e))? {
+            let holder: Option<String> = sqlx::query_scalar("SELECT holder FROM tenant_claims WHERE tenant = ?1")
+                .bind(tenant.as_str())
+                .fetch_optional(&self.reader)
+                .await
+                .map_err(StoreError::from)?;
+            return Ok(ClaimOutcome::HeldBy(Holder {
+                agent: holder.unwrap_or_else(|| "another process".into()),
+                heartbeat: None,
+            }));
+        }
+        let op = Op::Claim { tenant: tenant.as_str().to_owned(), agent: agent.to_owned() };
+        let generation = match self.call(op).await? {
+            Out::Claimed(generation) => generation,
+            other => return Err(unexpected(other)),
+        };
+        held.insert(tenant.as_str().to_owned(), HeldLock { agent: agent.to_owned(), generation, _file: lock });
+        Ok(ClaimOutcome::Claimed(Claim { tenant: tenant.clone(), generation }))
     }
 
     async fn save_tenant_state(&self, tenant: &TenantName, state: &str) -> Result<(), OutboxError> {
@@ -863,7 +963,14 @@ impl Outbox for SqliteOutbox {
     }
 
     async fn release_tenant(&self, tenant: &TenantName, agent: &str) -> Result<(), OutboxError> {
-        self.call(Op::Release { tenant: tenant.as_str().to_owned(), agent: agent.to_owned() }).await.map(drop)
+        let mut held = self.claims.lock().await;
+        if held.get(tenant.as_str()).is_none_or(|h| h.agent != agent) {
+            return Ok(());
+        }
+        let done = self.call(Op::Release { tenant: tenant.as_str().to_owned(), agent: agent.to_owned() }).await;
+        // Closing the file releases the lock, whatever the row says.
+        held.remove(tenant.as_str());
+        done.map(drop)
     }
 }
 

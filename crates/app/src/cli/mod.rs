@@ -59,6 +59,15 @@ pub async fn sync(agent: &Agent, progress: bool) -> anyhow::Result<ExitCode> {
             for (code, hint) in b.codes.iter().zip(&b.hints) {
                 println!("  - {code}: {hint}");
             }
+        } else if r.held_elsewhere && r.holder_alive {
+            // Another live agent's work: reported, not a failure of this sync.
+            println!(
+                "\n{} is {}; its {} pending event(s) are that agent's work",
+                r.name,
+                r.held_by.as_deref().unwrap_or("held by another agent"),
+                s.pending + s.in_flight
+            );
+            continue;
         } else if s.pending + s.in_flight > 0 {
             println!(
                 "\n{}: {} event(s) still pending{}",
@@ -90,7 +99,7 @@ pub fn summary_table(reports: &[TenantReport], status: &[crate::agent::TenantSta
     for (r, s) in reports.iter().zip(status) {
         let state = match r.state() {
             (TenantState::Blocked | TenantState::Down, Some(why)) => format!("{}: {why}", r.state().0),
-            (TenantState::Held, _) => "held by another agent".to_owned(),
+            (TenantState::Held, why) => why.unwrap_or_else(|| "held by another agent".to_owned()),
             _ if s.pending + s.in_flight > 0 => "pending (will retry)".to_owned(),
             _ => "ok".to_owned(),
         };

@@ -1,5 +1,6 @@
-//! A fleet: two `billsync run` agents share one PostgreSQL outbox; one dies by SIGKILL; the
-//! other finishes every tenant, and the platform holds every event exactly once.
+//! A fleet: two agents (`billsync run`, or `billsync sync`) share one PostgreSQL outbox; one
+//! dies by SIGKILL; the other finishes every tenant, and the platform holds every event
+//! exactly once.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -61,9 +62,8 @@ fn held(platform: &Emulator) -> (usize, usize, bool) {
     (n[0], n[1], twice)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn when_one_agent_of_a_fleet_dies_the_other_finishes_every_tenant() {
-    // Arrange: a slow platform, short leases and claims, 200 events for each of two tenants.
+/// A database, a slow platform, short leases and claims, 200 events for each of two tenants.
+async fn fleet() -> (Database, Emulator, tempfile::TempDir, std::path::PathBuf) {
     let db = Database::create().await;
     let platform = Emulator::start(EmulatorConfig::builtin(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
     platform.inject(Fault::probability(FaultKind::Latency { ms: 150 }, 1.0));
@@ -100,6 +100,13 @@ async fn when_one_agent_of_a_fleet_dies_the_other_finishes_every_tenant() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
 
+    (db, platform, dir, config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_one_agent_of_a_fleet_dies_the_other_finishes_every_tenant() {
+    let (db, platform, _dir, config) = fleet().await;
+
     // Act: two agents; the first dies by SIGKILL once delivery is under way.
     let mut a = agent(&config);
     let mut b = agent(&config);
@@ -131,6 +138,75 @@ async fn when_one_agent_of_a_fleet_dies_the_other_finishes_every_tenant() {
     assert!(killed_at.0 + killed_at.1 < 400, "the kill landed mid-backlog");
     let counters = platform.counters();
     assert_eq!(counters.status(429), 0, "the per-tenant limit held across the fleet: {counters:?}");
+    platform.shutdown().await;
+    db.drop_it().await;
+}
+
+fn sync(config: &std::path::Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_billsync"))
+        .arg("--config")
+        .arg(config)
+        .arg("sync")
+        .env("SECRET_ACME", "secret-acme")
+        .env("SECRET_GLOBEX", "secret-globex")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Two `sync`s share the tenants; one is killed mid-batch. The survivor watches the tenant the
+/// dead one held, takes it over once its claim lapses on the database's clock, and delivers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_one_of_two_syncs_dies_the_survivor_delivers_every_event() {
+    let (db, platform, _dir, config) = fleet().await;
+
+    let mut a = sync(&config);
+    let b = sync(&config);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while {
+        let (x, y, _) = held(&platform);
+        x + y < 40
+    } {
+        assert!(Instant::now() < deadline, "the fleet delivered nothing");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.kill().unwrap();
+    a.wait().unwrap();
+    let killed_at = held(&platform);
+    let out = b.wait_with_output().unwrap();
+
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the survivor failed: {text}");
+    let (acme, globex, twice) = held(&platform);
+    assert_eq!((acme, globex, twice), (200, 200, false), "killed at {killed_at:?}; survivor said:\n{text}");
+    assert!(killed_at.0 + killed_at.1 < 400, "the kill landed mid-backlog");
+    platform.shutdown().await;
+    db.drop_it().await;
+}
+
+/// A `sync` next to a live `run` agent that holds the tenants: it reports them as that agent's
+/// work and does not fail for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_beside_a_live_agent_reports_its_tenants_and_succeeds() {
+    let (db, platform, _dir, config) = fleet().await;
+    let mut run = agent(&config);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while {
+        let (x, y, _) = held(&platform);
+        x == 0 || y == 0
+    } {
+        assert!(Instant::now() < deadline, "the agent delivered nothing");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let out = sync(&config).wait_with_output().unwrap();
+
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("acme is held by agent") && text.contains(", alive"), "{text}");
+    let _ = Command::new("kill").args(["-TERM", &run.id().to_string()]).status();
+    let _ = run.wait();
     platform.shutdown().await;
     db.drop_it().await;
 }

@@ -344,3 +344,73 @@ async fn dead_letters_are_listed_with_their_code_and_requeued_after_the_fix() {
     let listed = billsync(&env, &["dead-letter", "list"], None);
     assert!(text(&listed).contains("no dead-lettered events"), "{}", text(&listed));
 }
+
+/// A `sync` killed with SIGKILL anywhere, then started again at once, delivers everything: the
+/// dead process's tenant lock went with it (no claim to wait out) and its leases are void (no
+/// `lease_seconds` to wait out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_killed_anywhere_is_taken_over_by_an_immediate_restart() {
+    use rand::Rng;
+    let env = env(&[("acme", "acme-prod-001", "app-acme")]).await;
+    std::fs::write(&env.config, std::fs::read_to_string(&env.config).unwrap() + "[sync]\nmax_batch_events = 10\n")
+        .unwrap();
+    let cfg = std::fs::read_to_string(&env.config).unwrap();
+    let (head, tenants) = cfg.split_once("[[tenants]]").unwrap();
+    let tenants = tenants.replace("[sync]\nmax_batch_events = 10\n", "");
+    std::fs::write(&env.config, format!("{head}[sync]\nmax_batch_events = 10\n[[tenants]]{tenants}")).unwrap();
+    // Slow answers, so that a kill lands mid-run.
+    env.platform.inject(billsync_emulator::Fault::probability(billsync_emulator::FaultKind::Latency { ms: 40 }, 1.0));
+    let mut enqueued = 0;
+    let mut waits = Vec::new();
+    for round in 0..10 {
+        let lines: Vec<String> = (0..40).map(|i| line(&format!("k{round}-{i}"), "\"1\"")).collect();
+        let file = write(env.dir.path(), &format!("r{round}.jsonl"), &lines);
+        let out = billsync(&env, &["enqueue", "--tenant", "acme", file.to_str().unwrap()], None);
+        assert!(out.status.success(), "{}", text(&out));
+        enqueued += 40;
+
+        let mut doomed = Command::new(env!("CARGO_BIN_EXE_billsync"))
+            .arg("--config")
+            .arg(&env.config)
+            .arg("sync")
+            .env("SECRET_ACME", "secret-acme")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(rand::thread_rng().gen_range(20..400))).await;
+        doomed.kill().unwrap(); // SIGKILL
+        doomed.wait().unwrap();
+
+        let before = env.platform.stored_event_ids("acme-prod-001").len();
+        let started = std::time::Instant::now();
+        let restart = Command::new(env!("CARGO_BIN_EXE_billsync"))
+            .arg("--config")
+            .arg(&env.config)
+            .arg("sync")
+            .env("SECRET_ACME", "secret-acme")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first_request = None;
+        while first_request.is_none() && started.elapsed() < Duration::from_secs(60) {
+            if env.platform.stored_event_ids("acme-prod-001").len() > before || before == enqueued {
+                first_request = Some(started.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let out = restart.wait_with_output().unwrap();
+        assert!(out.status.success(), "round {round}: the restart did not finish the work:\n{}", text(&out));
+        let mut stored = env.platform.stored_event_ids("acme-prod-001");
+        assert_eq!(stored.len(), enqueued, "round {round}: every event once");
+        stored.sort();
+        stored.dedup();
+        assert_eq!(stored.len(), enqueued, "round {round}: an event stored twice");
+        waits.push(first_request.unwrap_or_default());
+    }
+    let s = status_json(&env);
+    assert_eq!(s["tenants"][0]["pending"], 0, "{s}");
+    assert_eq!(s["tenants"][0]["in_flight"], 0, "{s}");
+    eprintln!("restart to its first delivered batch, per kill: {waits:?}");
+}

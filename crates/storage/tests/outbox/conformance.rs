@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use billsync_domain::{DeadLetter, ManualClock, Outbox, OutboxError, TenantCounts};
+use billsync_domain::{Claim, ClaimOutcome, DeadLetter, Holder, ManualClock, Outbox, OutboxError, TenantCounts};
 use chrono::Utc;
 
 use crate::helpers::{TestResult, event, events, id, ids_of, t0, tenant};
@@ -43,8 +43,8 @@ macro_rules! all_conformance_tests {
             dead_letter_lists_and_requeue_returns_to_pending,
             counts_report_every_state,
             compact_deletes_only_delivered_before_the_cutoff,
-            claim_is_exclusive_until_it_expires,
-            claim_renewal_is_a_heartbeat_and_release_frees_it,
+            claim_is_exclusive_while_its_holder_holds_it,
+            a_new_holder_gets_a_new_generation_and_the_leases_of_the_old_one,
             tenants_are_isolated,
             tenant_state_is_saved_per_tenant_and_the_last_writer_wins,
         );
@@ -412,36 +412,51 @@ pub async fn compact_deletes_only_delivered_before_the_cutoff(
     Ok(())
 }
 
-pub async fn claim_is_exclusive_until_it_expires(outbox: Arc<dyn Outbox>, clock: Arc<ManualClock>) -> TestResult {
+fn claimed(outcome: ClaimOutcome) -> Result<Claim, String> {
+    match outcome {
+        ClaimOutcome::Claimed(c) => Ok(c),
+        ClaimOutcome::HeldBy(h) => Err(format!("held by {}", h.agent)),
+    }
+}
+
+fn holder(outcome: ClaimOutcome) -> Result<Holder, String> {
+    match outcome {
+        ClaimOutcome::HeldBy(h) => Ok(h),
+        ClaimOutcome::Claimed(c) => Err(format!("claimed, generation {}", c.generation)),
+    }
+}
+
+pub async fn claim_is_exclusive_while_its_holder_holds_it(outbox: Arc<dyn Outbox>, _: Arc<ManualClock>) -> TestResult {
     let t = tenant("acme");
     let ttl = Duration::from_secs(15);
-    assert!(outbox.claim_tenant(&t, "agent-a", ttl).await?);
-    assert!(!outbox.claim_tenant(&t, "agent-b", ttl).await?, "held by agent-a");
-    clock.advance(ttl - Duration::from_millis(1));
-    assert!(!outbox.claim_tenant(&t, "agent-b", ttl).await?, "still held a millisecond before expiry");
-    assert!(outbox.claim_tenant(&tenant("other"), "agent-b", ttl).await?, "claims are per tenant");
-    clock.advance(Duration::from_millis(1));
-    assert!(outbox.claim_tenant(&t, "agent-b", ttl).await?, "an expired claim can be taken");
-    assert!(!outbox.claim_tenant(&t, "agent-a", ttl).await?, "agent-a lost it");
+    let first = claimed(outbox.claim_tenant(&t, "agent-a", ttl).await?)?;
+    assert_eq!(holder(outbox.claim_tenant(&t, "agent-b", ttl).await?)?.agent, "agent-a");
+    claimed(outbox.claim_tenant(&tenant("other"), "agent-b", ttl).await?)
+        .map_err(|e| format!("claims are per tenant: {e}"))?;
+    let renewed = claimed(outbox.claim_tenant(&t, "agent-a", ttl).await?)?;
+    assert_eq!(renewed.generation, first.generation, "a renewal is the same holder");
     Ok(())
 }
 
-pub async fn claim_renewal_is_a_heartbeat_and_release_frees_it(
+pub async fn a_new_holder_gets_a_new_generation_and_the_leases_of_the_old_one(
     outbox: Arc<dyn Outbox>,
-    clock: Arc<ManualClock>,
+    _: Arc<ManualClock>,
 ) -> TestResult {
     let t = tenant("acme");
     let ttl = Duration::from_secs(15);
-    assert!(outbox.claim_tenant(&t, "agent-a", ttl).await?);
-    for _ in 0..5 {
-        clock.advance(Duration::from_secs(10));
-        assert!(outbox.claim_tenant(&t, "agent-a", ttl).await?, "the holder renews");
-        assert!(!outbox.claim_tenant(&t, "agent-b", ttl).await?, "renewed claims do not expire");
-    }
+    outbox.enqueue(&t, &events("e", 3)).await?;
+    let first = claimed(outbox.claim_tenant(&t, "agent-a", ttl).await?)?;
+    let held = outbox.lease(&t, 2, Duration::from_secs(120)).await?.ok_or("nothing leased")?;
+    assert_eq!(held.events.len(), 2);
     outbox.release_tenant(&t, "agent-b").await?;
-    assert!(!outbox.claim_tenant(&t, "agent-b", ttl).await?, "only the holder can release");
+    holder(outbox.claim_tenant(&t, "agent-b", ttl).await?).map_err(|e| format!("only the holder can release: {e}"))?;
     outbox.release_tenant(&t, "agent-a").await?;
-    assert!(outbox.claim_tenant(&t, "agent-b", ttl).await?, "released");
+
+    let second = claimed(outbox.claim_tenant(&t, "agent-b", ttl).await?)?;
+
+    assert!(second.generation > first.generation, "{} then {}", first.generation, second.generation);
+    let all = outbox.lease(&t, 10, Duration::from_secs(120)).await?.ok_or("the old holder's lease still holds")?;
+    assert_eq!(all.events.len(), 3, "the earlier holder's lease is void at once, without waiting for it to lapse");
     Ok(())
 }
 

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use billsync_domain::{ManualClock, Outbox, OutboxError};
+use billsync_domain::{ClaimOutcome, ManualClock, Outbox, OutboxError};
 use billsync_storage::{SqliteOptions, SqliteOutbox};
 use sqlx::{Connection, SqliteConnection};
 
@@ -211,5 +211,49 @@ fn several_processes_may_create_the_same_fresh_outbox_at_once() -> TestResult {
     for open in opens {
         open.join().map_err(|_| "an open panicked")?.map_err(|e| format!("a concurrent open failed: {e}"))?;
     }
+    Ok(())
+}
+
+/// One host, two processes (two handles open the file apart, as two processes would): the
+/// tenant's holder is whoever holds its lock file, and the kernel frees it the moment the
+/// holder goes, so the next holder takes the tenant, and its events, at once.
+#[tokio::test]
+async fn the_os_lock_decides_who_holds_a_tenant_and_its_release_is_instant() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("outbox.db");
+    let clock = Arc::new(ManualClock::new(t0()));
+    let first = SqliteOutbox::open(&path, clock.clone()).await?;
+    let second = SqliteOutbox::open(&path, clock.clone()).await?;
+    let t = tenant("acme");
+    let ttl = Duration::from_secs(30);
+    first.enqueue(&t, &events("e", 4)).await?;
+
+    let ClaimOutcome::Claimed(a) = first.claim_tenant(&t, "host-1-agent-a", ttl).await? else {
+        return Err("a free tenant could not be claimed".into());
+    };
+    let held = first.lease(&t, 4, Duration::from_secs(120)).await?.ok_or("nothing leased")?;
+    assert_eq!(held.events.len(), 4);
+    match second.claim_tenant(&t, "host-1-agent-b", ttl).await? {
+        ClaimOutcome::HeldBy(h) => {
+            assert_eq!(h.agent, "host-1-agent-a");
+            assert_eq!(h.heartbeat, None, "the OS vouches for a live holder");
+        }
+        ClaimOutcome::Claimed(_) => return Err("two holders at once".into()),
+    }
+    // No timer: a day later the live holder still holds it.
+    clock.advance(Duration::from_secs(86_400));
+    assert!(matches!(second.claim_tenant(&t, "host-1-agent-b", ttl).await?, ClaimOutcome::HeldBy(_)));
+
+    // The holder dies without releasing anything: its handle (and so its lock file) is gone.
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    let ClaimOutcome::Claimed(b) = second.claim_tenant(&t, "host-1-agent-b", ttl).await? else {
+        return Err("the dead holder's lock was not released".into());
+    };
+    assert_eq!(b.generation, a.generation + 1);
+    let all = second.lease(&t, 10, Duration::from_secs(120)).await?.ok_or("the dead holder's lease still holds")?;
+    assert_eq!(all.events.len(), 4, "the dead holder's lease is void at once, not after lease_seconds");
+    assert!(second.lock_dir().join("acme.lock").exists());
     Ok(())
 }
