@@ -489,10 +489,10 @@ impl Engine {
         // The heartbeat renews the claim on its own task, whatever the worker is waiting for
         // (a rate slot, a slow POST). If the claim is lost, the worker stops at once.
         let (lost_tx, worker_stop) = watch::channel(*stop.borrow());
-        let heartbeat = tokio::spawn(self.clone().heartbeat(tenant.clone(), claim, stop, lost_tx));
+        let heartbeat = tokio::spawn(self.clone().heartbeat(tenant.clone(), claim.clone(), stop, lost_tx));
         let mut acking = None;
         let mut ahead = None;
-        let drained = self.drain_inner(tenant, forever, worker_stop, &mut acking, &mut ahead).await;
+        let drained = self.drain_inner(tenant, &claim, forever, worker_stop, &mut acking, &mut ahead).await;
         if let Err(e) = finish_ack(&mut acking).await {
             self.note_error(tenant, &e);
         }
@@ -608,7 +608,7 @@ impl Engine {
     /// the one now travelling (two free slots in the tenant's window) and the global bound on
     /// leases held has room. Anything else (nothing pending, an outbox error) leaves it to the
     /// next turn of the loop, which leases the usual way and reports what it finds.
-    async fn lease_ahead(&self, tenant: &Tenant) -> Option<Ahead<'_>> {
+    async fn lease_ahead(&self, tenant: &Tenant, claim: &Claim) -> Option<Ahead<'_>> {
         if let Some(w) = self.inner.limiters.get(tenant.name()) {
             let mut probe = lock(w).clone();
             let now = self.inner.origin.elapsed();
@@ -618,7 +618,7 @@ impl Engine {
         }
         let permit = self.inner.in_flight.try_acquire().ok()?;
         let max = self.inner.settings.batcher.max_events();
-        match self.inner.outbox.lease(tenant.name(), max, self.inner.settings.lease_for).await {
+        match self.inner.outbox.lease_claimed(claim, max, self.inner.settings.lease_for).await {
             Ok(Some(lease)) => Some((lease, permit)),
             _ => None,
         }
@@ -636,6 +636,7 @@ impl Engine {
     async fn drain_inner<'a>(
         &'a self,
         tenant: &Tenant,
+        claim: &Claim,
         forever: bool,
         stop: watch::Receiver<bool>,
         acking: &mut Option<AckTask>,
@@ -658,7 +659,7 @@ impl Engine {
                 match self
                     .inner
                     .outbox
-                    .lease(name, self.inner.settings.batcher.max_events(), self.inner.settings.lease_for)
+                    .lease_claimed(claim, self.inner.settings.batcher.max_events(), self.inner.settings.lease_for)
                     .await
                 {
                     Ok(Some(lease)) => (lease, permit),
@@ -702,7 +703,7 @@ impl Engine {
                 }
             };
             let (delivered, next) =
-                tokio::join!(self.deliver_lease(tenant, &lease, stop.clone(), acking), self.lease_ahead(tenant));
+                tokio::join!(self.deliver_lease(tenant, &lease, stop.clone(), acking), self.lease_ahead(tenant, claim));
             *ahead = next;
             drop(permit);
             // When this lease's events go back, so do those taken ahead, due at the same time
@@ -774,7 +775,15 @@ impl Engine {
 
     fn note_error(&self, tenant: &Tenant, e: &OutboxError) {
         tracing::error!(tenant = %tenant.name(), error = %e, "outbox error");
-        self.update(tenant.name(), |r| r.last_error = Some(e.to_string()));
+        self.update(tenant.name(), |r| {
+            if let OutboxError::ClaimLost { .. } = e {
+                // Another agent took the tenant over: its events are that agent's work now.
+                r.held_elsewhere = true;
+                r.held_by = Some(e.to_string());
+                r.holder_alive = true;
+            }
+            r.last_error = Some(e.to_string());
+        });
     }
 
     /// Sends a lease's events in batches. Returns the step that stopped it early, if any.
@@ -810,6 +819,7 @@ impl Engine {
                             tenant: lease.tenant.clone(),
                             events: Vec::new(),
                             expires_at: lease.expires_at,
+                            generation: lease.generation,
                         };
                         *acking = Some(tokio::spawn(async move { outbox.ack(&receipt, &delivered).await }));
                     } else {

@@ -107,6 +107,7 @@ impl Outbox for MemoryOutbox {
             tenant: tenant.clone(),
             events,
             expires_at: until,
+            generation: None,
         }))
     }
 

@@ -177,6 +177,10 @@ pub struct Lease {
     pub events: Vec<EncodedEvent>,
     /// When the lease lapses and the events become pending again.
     pub expires_at: DateTime<Utc>,
+    /// The claim generation it was taken under ([`Outbox::lease_claimed`]); its ack, nack
+    /// and dead letter are refused with [`OutboxError::ClaimLost`] once a later holder has the
+    /// tenant. `None`: taken without a claim.
+    pub generation: Option<u64>,
 }
 
 /// A tenant this agent holds: the right to drain it, one agent at a time.
@@ -288,6 +292,15 @@ pub enum OutboxError {
     /// The disk or database is full: nothing of this call was stored.
     #[error("the outbox is full (disk or database size limit): nothing of this call was stored")]
     Full,
+    /// Another agent holds the tenant now (a later claim generation): this agent may no longer
+    /// lease or settle its events.
+    #[error("the claim on tenant {tenant} (generation {generation}) was lost to another agent")]
+    ClaimLost {
+        /// The tenant.
+        tenant: TenantName,
+        /// The generation this agent held.
+        generation: u64,
+    },
     /// Any other storage failure, with the driver's message.
     #[error("outbox storage failed: {0}")]
     Storage(String),
@@ -317,8 +330,25 @@ pub trait Outbox: Send + Sync {
     /// [`OutboxError::Storage`].
     async fn lease(&self, tenant: &TenantName, max: usize, lease_for: Duration) -> Result<Option<Lease>, OutboxError>;
 
+    /// Leases as [`Outbox::lease`], under a claim: the lease carries the claim's generation,
+    /// and an outbox shared by a fleet refuses it ([`OutboxError::ClaimLost`]) when another
+    /// agent holds the tenant now. The default stamps the generation on a plain lease (right
+    /// where the outbox itself decides who holds a tenant, such as an OS lock).
+    ///
+    /// # Errors
+    /// [`OutboxError::ClaimLost`], [`OutboxError::Storage`].
+    async fn lease_claimed(
+        &self,
+        claim: &Claim,
+        max: usize,
+        lease_for: Duration,
+    ) -> Result<Option<Lease>, OutboxError> {
+        let lease = self.lease(&claim.tenant, max, lease_for).await?;
+        Ok(lease.map(|l| Lease { generation: Some(claim.generation), ..l }))
+    }
+
     /// Marks events of the lease's tenant delivered (even if the lease lapsed: the platform
-    /// has them either way).
+    /// has them either way), unless the lease's generation is stale.
     ///
     /// # Errors
     /// [`OutboxError::Storage`].

@@ -154,7 +154,13 @@ pub(crate) fn leased<R>(
         .into_iter()
         .map(|(_, _, id, body)| Ok(EncodedEvent::from_stored(event_id(id)?, body)))
         .collect::<Result<Vec<_>, StoreError>>()?;
-    Ok(Some(Lease { id: LeaseId::new(id), tenant: tenant.clone(), events, expires_at: from_ms(expires_at)? }))
+    Ok(Some(Lease {
+        id: LeaseId::new(id),
+        tenant: tenant.clone(),
+        events,
+        expires_at: from_ms(expires_at)?,
+        generation: None,
+    }))
 }
 
 /// Builds counts from the eight columns of the counts query: pending, in flight, expired

@@ -31,6 +31,9 @@ pub(crate) enum StoreError {
     /// The outbox URL is malformed.
     #[error("invalid outbox url `{url}`: {reason}")]
     InvalidUrl { url: String, reason: String },
+    /// A later claim generation holds the tenant.
+    #[error("the claim on tenant {tenant} (generation {generation}) was lost to another agent")]
+    ClaimLost { tenant: billsync_domain::TenantName, generation: u64 },
     /// A tenant's lock file could not be created or locked.
     #[error("tenant lock file {}: {reason}", path.display())]
     Lock { path: std::path::PathBuf, reason: String },
@@ -75,6 +78,7 @@ impl From<StoreError> for OutboxError {
         }
         match e {
             StoreError::SchemaTooNew { found, supported } => OutboxError::SchemaTooNew { found, supported },
+            StoreError::ClaimLost { tenant, generation } => OutboxError::ClaimLost { tenant, generation },
             other => OutboxError::Storage(other.to_string()),
         }
     }

@@ -101,6 +101,44 @@ impl PostgresOutbox {
 
 /// The database's clock, in milliseconds since the epoch: claims are dated and judged by it,
 /// never by an agent's clock.
+/// The fence of a settle, as the first part of a `WITH`: one row when the lease was taken
+/// without a claim (the generation parameter is NULL) or under the tenant's current
+/// generation; none once a later holder has the tenant. The claim row is held shared until the
+/// statement commits, so a takeover waits for a settle in progress and no settle follows it.
+macro_rules! fence_at {
+    ($generation:literal) => {
+        concat!(
+            "WITH claim AS (SELECT generation FROM tenant_claims WHERE tenant = $1 FOR SHARE), \
+             fence AS (SELECT 1 WHERE ",
+            $generation,
+            "::bigint IS NULL OR EXISTS (SELECT 1 FROM claim WHERE generation = ",
+            $generation,
+            "::bigint)), "
+        )
+    };
+}
+
+/// [`fence_at!`] with the generation as the fourth parameter.
+macro_rules! fence {
+    () => {
+        fence_at!("$4")
+    };
+}
+
+/// A generation as PostgreSQL stores it.
+fn gen_i64(generation: u64) -> i64 {
+    i64::try_from(generation).unwrap_or(i64::MAX)
+}
+
+/// `Ok` when the settle's fence held; [`OutboxError::ClaimLost`] when a later holder has the
+/// tenant (and then the settle changed nothing).
+fn fence_held(lease: &Lease, held: bool) -> Result<(), OutboxError> {
+    match (held, lease.generation) {
+        (false, Some(generation)) => Err(OutboxError::ClaimLost { tenant: lease.tenant.clone(), generation }),
+        _ => Ok(()),
+    }
+}
+
 /// (A macro, so that the statements stay literals.)
 macro_rules! db_now_ms {
     () => {
@@ -238,9 +276,23 @@ impl PostgresOutbox {
         tenant: &TenantName,
         max: usize,
         lease_for: Duration,
+        generation: Option<u64>,
     ) -> Result<Option<Lease>, StoreError> {
         let now = self.now_ms();
         let mut tx = self.pool.begin().await?;
+        if let Some(generation) = generation {
+            // The claim row is held shared until commit: a takeover (FOR UPDATE) waits for this
+            // lease, and a lease after a takeover sees the new generation.
+            let current: Option<i64> =
+                sqlx::query_scalar("SELECT generation FROM tenant_claims WHERE tenant = $1 FOR SHARE")
+                    .bind(tenant.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if current != Some(gen_i64(generation)) {
+                tx.rollback().await?;
+                return Err(StoreError::ClaimLost { tenant: tenant.clone(), generation });
+            }
+        }
         // Expired leases go back to pending, keeping their place (due_at) in the queue; rows
         // another agent is reclaiming right now are skipped, not waited for.
         sqlx::query(
@@ -268,7 +320,9 @@ impl PostgresOutbox {
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        leased(tenant, id, expires_at, rows, |r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
+        let lease =
+            leased(tenant, id, expires_at, rows, |r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))?;
+        Ok(lease.map(|l| Lease { generation, ..l }))
     }
 
     /// Takes, renews or is refused a tenant's claim, judged on the database's clock. A new
@@ -391,7 +445,19 @@ impl Outbox for PostgresOutbox {
         if max == 0 {
             return Ok(None);
         }
-        Ok(self.try_lease(tenant, max, lease_for).await?)
+        Ok(self.try_lease(tenant, max, lease_for, None).await?)
+    }
+
+    async fn lease_claimed(
+        &self,
+        claim: &Claim,
+        max: usize,
+        lease_for: Duration,
+    ) -> Result<Option<Lease>, OutboxError> {
+        if max == 0 {
+            return Ok(None);
+        }
+        Ok(self.try_lease(&claim.tenant, max, lease_for, Some(claim.generation)).await?)
     }
 
     async fn ack(&self, lease: &Lease, delivered: &[EventId]) -> Result<(), OutboxError> {
@@ -399,31 +465,39 @@ impl Outbox for PostgresOutbox {
             return Ok(());
         }
         let ids: Vec<&str> = delivered.iter().map(EventId::as_str).collect();
-        sqlx::query(
-            "UPDATE events SET state = 2, delivered_at = $2, lease_id = NULL, lease_expires_at = NULL \
-             WHERE tenant = $1 AND event_id = ANY($3) AND state IN (0, 1)",
-        )
+        let fenced = sqlx::query_scalar::<_, bool>(concat!(
+            fence!(),
+            "done AS (UPDATE events SET state = 2, delivered_at = $2, lease_id = NULL, lease_expires_at = NULL \
+             WHERE tenant = $1 AND event_id = ANY($3) AND state IN (0, 1) AND EXISTS (SELECT 1 FROM fence) \
+             RETURNING 1) \
+             SELECT EXISTS (SELECT 1 FROM fence)"
+        ))
         .bind(lease.tenant.as_str())
         .bind(self.now_ms())
         .bind(ids)
-        .execute(&self.pool)
+        .bind(lease.generation.map(gen_i64))
+        .fetch_one(&self.pool)
         .await
         .map_err(StoreError::from)?;
-        Ok(())
+        fence_held(lease, fenced)
     }
 
     async fn nack(&self, lease: &Lease, retry_at: DateTime<Utc>) -> Result<(), OutboxError> {
-        sqlx::query(
-            "UPDATE events SET state = 0, attempts = attempts + 1, due_at = $3, lease_id = NULL, \
-             lease_expires_at = NULL WHERE lease_id = $2 AND state = 1 AND tenant = $1",
-        )
+        let fenced = sqlx::query_scalar::<_, bool>(concat!(
+            fence!(),
+            "done AS (UPDATE events SET state = 0, attempts = attempts + 1, due_at = $3, lease_id = NULL, \
+             lease_expires_at = NULL WHERE lease_id = $2 AND state = 1 AND tenant = $1 \
+             AND EXISTS (SELECT 1 FROM fence) RETURNING 1) \
+             SELECT EXISTS (SELECT 1 FROM fence)"
+        ))
         .bind(lease.tenant.as_str())
         .bind(lease.id.as_str())
         .bind(to_ms(retry_at))
-        .execute(&self.pool)
+        .bind(lease.generation.map(gen_i64))
+        .fetch_one(&self.pool)
         .await
         .map_err(StoreError::from)?;
-        Ok(())
+        fence_held(lease, fenced)
     }
 
     async fn dead_letter(&self, lease: &Lease, items: &[DeadLetter]) -> Result<(), OutboxError> {
@@ -433,21 +507,25 @@ impl Outbox for PostgresOutbox {
         let ids: Vec<&str> = items.iter().map(|d| d.event_id.as_str()).collect();
         let codes: Vec<&str> = items.iter().map(|d| d.code.as_str()).collect();
         let messages: Vec<&str> = items.iter().map(|d| d.message.as_str()).collect();
-        sqlx::query(
-            "UPDATE events e SET state = 3, attempts = e.attempts + 1, dead_code = d.code, \
+        let fenced = sqlx::query_scalar::<_, bool>(concat!(
+            fence_at!("$6"),
+            "done AS (UPDATE events e SET state = 3, attempts = e.attempts + 1, dead_code = d.code, \
              dead_message = d.message, dead_at = $5, lease_id = NULL, lease_expires_at = NULL \
              FROM UNNEST($2::text[], $3::text[], $4::text[]) AS d(event_id, code, message) \
-             WHERE e.tenant = $1 AND e.event_id = d.event_id AND e.state IN (0, 1)",
-        )
+             WHERE e.tenant = $1 AND e.event_id = d.event_id AND e.state IN (0, 1) \
+             AND EXISTS (SELECT 1 FROM fence) RETURNING 1) \
+             SELECT EXISTS (SELECT 1 FROM fence)"
+        ))
         .bind(lease.tenant.as_str())
         .bind(ids)
         .bind(codes)
         .bind(messages)
         .bind(self.now_ms())
-        .execute(&self.pool)
+        .bind(lease.generation.map(gen_i64))
+        .fetch_one(&self.pool)
         .await
         .map_err(StoreError::from)?;
-        Ok(())
+        fence_held(lease, fenced)
     }
 
     async fn requeue(&self, tenant: &TenantName, ids: Option<Vec<EventId>>) -> Result<u64, OutboxError> {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use billsync_domain::{ClaimOutcome, ManualClock, Outbox};
+use billsync_domain::{Claim, ClaimOutcome, DeadLetter, ManualClock, Outbox, OutboxError};
 use billsync_storage::PostgresOutbox;
 
 use crate::helpers::{TestDb, TestResult, events, ids_of, t0, tenant};
@@ -146,5 +146,175 @@ async fn two_agents_never_lease_the_same_event() -> TestResult {
     }
     let distinct: HashSet<&String> = leased.iter().collect();
     assert_eq!((distinct.len(), leased.len()), (all.len(), all.len()));
+    Ok(())
+}
+
+fn claim_of(outcome: ClaimOutcome) -> Result<Claim, String> {
+    match outcome {
+        ClaimOutcome::Claimed(c) => Ok(c),
+        ClaimOutcome::HeldBy(h) => Err(format!("held by {}", h.agent)),
+    }
+}
+
+/// An agent paused past its claim (SIGSTOP, a long GC, a stalled VM) while another took the
+/// tenant over: once it resumes, the database refuses its leases and settles by generation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_lost_its_claim_can_neither_lease_nor_settle() -> TestResult {
+    let db = TestDb::create().await?;
+    let clock = Arc::new(ManualClock::new(t0()));
+    let (a, b) = two_agents(&db, &clock).await?;
+    let t = tenant("acme");
+    let ttl = Duration::from_millis(800);
+    let all = events("e", 6);
+    a.enqueue(&t, &all).await?;
+    let old = claim_of(a.claim_tenant(&t, "agent-a", ttl).await?)?;
+    let leased = a.lease_claimed(&old, 3, Duration::from_secs(120)).await?.ok_or("nothing leased")?;
+    assert_eq!(leased.generation, Some(old.generation));
+
+    // Agent A stands still past its claim; B takes the tenant over.
+    tokio::time::sleep(ttl + Duration::from_millis(200)).await;
+    let new = claim_of(b.claim_tenant(&t, "agent-b", ttl).await?)?;
+    assert_eq!(new.generation, old.generation + 1);
+
+    // A resumes where it was: every write it tries for the tenant is refused, and changes nothing.
+    let lost = |r: Result<(), OutboxError>| matches!(r, Err(OutboxError::ClaimLost { generation, .. }) if generation == old.generation);
+    let ids: Vec<_> = leased.events.iter().map(|e| e.event_id().clone()).collect();
+    assert!(lost(a.ack(&leased, &ids).await), "a stale ack was taken");
+    assert!(lost(a.nack(&leased, t0()).await), "a stale nack was taken");
+    let dead = [DeadLetter { event_id: ids[0].clone(), code: "c".into(), message: "m".into() }];
+    assert!(lost(a.dead_letter(&leased, &dead).await), "a stale dead letter was taken");
+    assert!(
+        matches!(a.lease_claimed(&old, 3, Duration::from_secs(120)).await, Err(OutboxError::ClaimLost { .. })),
+        "a stale lease was taken"
+    );
+    let c = a.counts(&t).await?;
+    assert_eq!((c.delivered, c.dead_lettered), (0, 0));
+
+    // B, the holder, gets every event at once (A's lease is void) and settles them.
+    let mine = b.lease_claimed(&new, 10, Duration::from_secs(120)).await?.ok_or("nothing for the new holder")?;
+    assert_eq!(mine.events.len(), 6);
+    b.ack(&mine, &mine.events.iter().map(|e| e.event_id().clone()).collect::<Vec<_>>()).await?;
+    assert_eq!(b.counts(&t).await?.delivered, 6);
+    Ok(())
+}
+
+/// One step of the model test.
+#[derive(Debug, Clone)]
+enum Step {
+    /// Agent 0 or 1 claims (or renews).
+    Claim(usize),
+    /// The agent leases under its last claim.
+    Lease(usize),
+    /// The agent acks its last lease.
+    Ack(usize),
+    /// Time passes beyond a claim's lifetime (no renewal meanwhile).
+    Expire,
+}
+
+fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+    use proptest::prelude::*;
+    prop_oneof![
+        3 => (0..2usize).prop_map(Step::Claim),
+        3 => (0..2usize).prop_map(Step::Lease),
+        3 => (0..2usize).prop_map(Step::Ack),
+        2 => Just(Step::Expire),
+    ]
+}
+
+/// Interleavings of claim, renew, lease, ack and expiry for two agents on the real server:
+/// never two holders of one generation, generations only grow with new holders, and nothing
+/// is leased or settled under a generation a later holder replaced.
+#[test]
+fn no_interleaving_yields_two_holders_or_a_stale_settle() -> TestResult {
+    use proptest::test_runner::{Config, TestCaseError, TestRunner};
+    let rt = tokio::runtime::Runtime::new()?;
+    let db = rt.block_on(TestDb::create())?;
+    let clock = Arc::new(ManualClock::new(t0()));
+    let agents = rt.block_on(two_agents(&db, &clock))?;
+    let agents = [agents.0, agents.1];
+    let ttl = Duration::from_millis(60);
+    let case = AtomicUsize::new(0);
+    let mut runner = TestRunner::new(Config { cases: 64, failure_persistence: None, ..Config::default() });
+    let result = runner.run(&proptest::collection::vec(step(), 4..16), |steps| {
+        rt.block_on(async {
+            let t = tenant(&format!("t{}", case.fetch_add(1, Ordering::SeqCst)));
+            agents[0].enqueue(&t, &events("e", 40)).await.map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let mut claims: [Option<Claim>; 2] = [None, None];
+            let mut leases: [Option<billsync_domain::Lease>; 2] = [None, None];
+            // The latest generation granted, and to whom.
+            let mut latest: Option<(usize, u64)> = None;
+            for s in steps {
+                match s {
+                    Step::Claim(i) => {
+                        let name = format!("agent-{i}");
+                        match agents[i]
+                            .claim_tenant(&t, &name, ttl)
+                            .await
+                            .map_err(|e| TestCaseError::fail(e.to_string()))?
+                        {
+                            ClaimOutcome::Claimed(c) => {
+                                if let Some((who, g)) = latest {
+                                    let ok = if who == i { c.generation >= g } else { c.generation > g };
+                                    proptest::prop_assert!(
+                                        ok,
+                                        "agent-{} got generation {} after agent-{} had {}",
+                                        i,
+                                        c.generation,
+                                        who,
+                                        g
+                                    );
+                                }
+                                latest = Some((i, c.generation));
+                                claims[i] = Some(c);
+                            }
+                            ClaimOutcome::HeldBy(h) => {
+                                proptest::prop_assert_eq!(
+                                    Some(h.agent.as_str()),
+                                    latest.map(|(w, _)| if w == 0 { "agent-0" } else { "agent-1" })
+                                );
+                            }
+                        }
+                    }
+                    Step::Lease(i) => {
+                        let Some(c) = claims[i].clone() else { continue };
+                        let stale = latest.is_some_and(|(_, g)| g != c.generation);
+                        match agents[i].lease_claimed(&c, 5, Duration::from_secs(120)).await {
+                            Ok(l) => {
+                                proptest::prop_assert!(
+                                    !stale,
+                                    "agent-{} leased under stale generation {}",
+                                    i,
+                                    c.generation
+                                );
+                                leases[i] = l;
+                            }
+                            Err(OutboxError::ClaimLost { .. }) => {
+                                proptest::prop_assert!(stale, "a current holder was refused")
+                            }
+                            Err(e) => return Err(TestCaseError::fail(e.to_string())),
+                        }
+                    }
+                    Step::Ack(i) => {
+                        let Some(l) = leases[i].take() else { continue };
+                        let g = l.generation.unwrap_or_default();
+                        let stale = latest.is_some_and(|(_, latest)| latest != g);
+                        let ids: Vec<_> = l.events.iter().map(|e| e.event_id().clone()).collect();
+                        match agents[i].ack(&l, &ids).await {
+                            Ok(()) => {
+                                proptest::prop_assert!(!stale, "agent-{} settled under stale generation {}", i, g)
+                            }
+                            Err(OutboxError::ClaimLost { .. }) => {
+                                proptest::prop_assert!(stale, "a current holder's ack was refused")
+                            }
+                            Err(e) => return Err(TestCaseError::fail(e.to_string())),
+                        }
+                    }
+                    Step::Expire => tokio::time::sleep(ttl + Duration::from_millis(20)).await,
+                }
+            }
+            Ok(())
+        })
+    });
+    result.map_err(|e| format!("{e}"))?;
     Ok(())
 }
