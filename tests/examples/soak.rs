@@ -219,6 +219,7 @@ async fn soak(args: Args) -> Result<bool, String> {
     let mut agent = spawn_agent(&args.billsync, &config_path, &log_path)?;
     let drain_started = Instant::now();
     let mut drained = false;
+    let mut all_on_platform = false;
     let mut checks = 0u64;
     while drain_started.elapsed() < DRAIN_LIMIT {
         if let Ok(Some(status)) = agent.try_wait() {
@@ -229,7 +230,10 @@ async fn soak(args: Args) -> Result<bool, String> {
             let held: BTreeSet<String> = emulator.stored_event_ids(tenant).into_iter().collect();
             ids.is_subset(&held)
         });
-        if all_there {
+        // Drained: the platform has everything, and the agent has settled everything too (events
+        // a killed agent delivered but never acked are sent again and come back as duplicates).
+        all_on_platform = all_there;
+        if all_there && local.status().await.is_ok_and(|s| s.iter().all(|t| t.pending + t.in_flight == 0)) {
             drained = true;
             break;
         }
@@ -329,7 +333,8 @@ async fn soak(args: Args) -> Result<bool, String> {
     }
     if !drained {
         println!(
-            "  problem: events missing after the drain ({:.0} s, limit {} s)",
+            "  problem: {} after the drain ({:.0} s, limit {} s)",
+            if all_on_platform { "events left in the outbox" } else { "events missing" },
             drain_elapsed.as_secs_f64(),
             DRAIN_LIMIT.as_secs()
         );

@@ -62,6 +62,19 @@ fn held(platform: &Emulator) -> (usize, usize, bool) {
     (n[0], n[1], twice)
 }
 
+/// Waits (up to `secs`) until `done(acme, globex)` holds for the events on the platform.
+async fn wait_until(platform: &Emulator, secs: u64, what: &str, done: impl Fn(usize, usize) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let (x, y, _) = held(platform);
+        if done(x, y) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: {:?}", held(platform));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A database, a slow platform, short leases and claims, 200 events for each of two tenants.
 async fn fleet() -> (Database, Emulator, tempfile::TempDir, std::path::PathBuf) {
     let db = Database::create().await;
@@ -110,25 +123,11 @@ async fn when_one_agent_of_a_fleet_dies_the_other_finishes_every_tenant() {
     // Act: two agents; the first dies by SIGKILL once delivery is under way.
     let mut a = agent(&config);
     let mut b = agent(&config);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while {
-        let (x, y, _) = held(&platform);
-        x + y < 60
-    } {
-        assert!(Instant::now() < deadline, "the fleet delivered nothing");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(&platform, 30, "the fleet delivered nothing", |x, y| x + y >= 60).await;
     a.kill().unwrap();
     a.wait().unwrap();
     let killed_at = held(&platform);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while {
-        let (x, y, _) = held(&platform);
-        x + y < 400
-    } {
-        assert!(Instant::now() < deadline, "the survivor did not finish: {:?}", held(&platform));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until(&platform, 60, "the survivor did not finish", |x, y| x + y >= 400).await;
     let _ = Command::new("kill").args(["-TERM", &b.id().to_string()]).status();
     let _ = b.wait();
 
@@ -163,14 +162,7 @@ async fn when_one_of_two_syncs_dies_the_survivor_delivers_every_event() {
     let (db, platform, _dir, config) = fleet().await;
 
     let mut a = sync(&config);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while {
-        let (x, y, _) = held(&platform);
-        x == 0 || y == 0
-    } {
-        assert!(Instant::now() < deadline, "the first agent delivered nothing");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(&platform, 30, "the first agent delivered nothing", |x, y| x > 0 && y > 0).await;
     let b = sync(&config);
     a.kill().unwrap();
     a.wait().unwrap();
@@ -192,14 +184,7 @@ async fn when_one_of_two_syncs_dies_the_survivor_delivers_every_event() {
 async fn a_sync_beside_a_live_agent_reports_its_tenants_and_succeeds() {
     let (db, platform, _dir, config) = fleet().await;
     let mut run = agent(&config);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while {
-        let (x, y, _) = held(&platform);
-        x == 0 || y == 0
-    } {
-        assert!(Instant::now() < deadline, "the agent delivered nothing");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(&platform, 30, "the agent delivered nothing", |x, y| x > 0 && y > 0).await;
 
     let out = sync(&config).wait_with_output().unwrap();
 
@@ -230,27 +215,13 @@ async fn an_agent_resumed_after_its_claim_lapsed_cannot_lease_or_settle() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while {
-        let (x, y, _) = held(&platform);
-        x == 0 || y == 0
-    } {
-        assert!(Instant::now() < deadline, "the agent delivered nothing");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(&platform, 30, "the agent delivered nothing", |x, y| x > 0 && y > 0).await;
     assert!(Command::new("kill").args(["-STOP", &a.id().to_string()]).status().unwrap().success());
     // B takes over once A's claims lapse (3 s), while A stands still.
     let mut b = agent(&config);
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(Command::new("kill").args(["-CONT", &a.id().to_string()]).status().unwrap().success());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while {
-        let (x, y, _) = held(&platform);
-        x + y < 400
-    } {
-        assert!(Instant::now() < deadline, "not finished: {:?}", held(&platform));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until(&platform, 60, "not finished", |x, y| x + y >= 400).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     for child in [&mut a, &mut b] {
         let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();

@@ -69,6 +69,13 @@ fn write(dir: &Path, name: &str, lines: &[String]) -> PathBuf {
     p
 }
 
+/// Batches of 10 events: a `[sync]` table, placed before the `[[tenants]]` tables.
+fn small_batches(env: &Env) {
+    let cfg = std::fs::read_to_string(&env.config).unwrap();
+    let (head, tenants) = cfg.split_once("[[tenants]]").unwrap();
+    std::fs::write(&env.config, format!("{head}[sync]\nmax_batch_events = 10\n[[tenants]]{tenants}")).unwrap();
+}
+
 fn status_json(env: &Env) -> serde_json::Value {
     let out = billsync(env, &["status", "--json"], None);
     assert!(out.status.success(), "{}", text(&out));
@@ -186,13 +193,7 @@ async fn run_delivers_what_arrives_and_sigterm_loses_nothing() {
     let env = env(&[("acme", "acme-prod-001", "app-acme")]).await;
     // A slow platform so that SIGTERM lands mid-backlog.
     env.platform.inject(billsync_emulator::Fault::probability(billsync_emulator::FaultKind::Latency { ms: 300 }, 1.0));
-    std::fs::write(&env.config, std::fs::read_to_string(&env.config).unwrap() + "[sync]\nmax_batch_events = 10\n")
-        .unwrap();
-    // The [sync] table must come before [[tenants]]: rewrite the file in the right order.
-    let cfg = std::fs::read_to_string(&env.config).unwrap();
-    let (head, tenants) = cfg.split_once("[[tenants]]").unwrap();
-    let tenants = tenants.replace("[sync]\nmax_batch_events = 10\n", "");
-    std::fs::write(&env.config, format!("{head}[sync]\nmax_batch_events = 10\n[[tenants]]{tenants}")).unwrap();
+    small_batches(&env);
 
     let mut agent = Command::new(env!("CARGO_BIN_EXE_billsync"))
         .arg("--config")
@@ -345,6 +346,19 @@ async fn dead_letters_are_listed_with_their_code_and_requeued_after_the_fix() {
     assert!(text(&listed).contains("no dead-lettered events"), "{}", text(&listed));
 }
 
+/// `billsync sync` in the background, its output to `out` (`Stdio::piped()` to read it).
+fn spawn_sync(env: &Env, out: fn() -> Stdio) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_billsync"))
+        .arg("--config")
+        .arg(&env.config)
+        .arg("sync")
+        .env("SECRET_ACME", "secret-acme")
+        .stdout(out())
+        .stderr(out())
+        .spawn()
+        .unwrap()
+}
+
 /// A `sync` killed with SIGKILL anywhere, then started again at once, delivers everything: the
 /// dead process's tenant lock went with it (no claim to wait out) and its leases are void (no
 /// `lease_seconds` to wait out).
@@ -352,12 +366,7 @@ async fn dead_letters_are_listed_with_their_code_and_requeued_after_the_fix() {
 async fn a_sync_killed_anywhere_is_taken_over_by_an_immediate_restart() {
     use rand::Rng;
     let env = env(&[("acme", "acme-prod-001", "app-acme")]).await;
-    std::fs::write(&env.config, std::fs::read_to_string(&env.config).unwrap() + "[sync]\nmax_batch_events = 10\n")
-        .unwrap();
-    let cfg = std::fs::read_to_string(&env.config).unwrap();
-    let (head, tenants) = cfg.split_once("[[tenants]]").unwrap();
-    let tenants = tenants.replace("[sync]\nmax_batch_events = 10\n", "");
-    std::fs::write(&env.config, format!("{head}[sync]\nmax_batch_events = 10\n[[tenants]]{tenants}")).unwrap();
+    small_batches(&env);
     // Slow answers, so that a kill lands mid-run.
     env.platform.inject(billsync_emulator::Fault::probability(billsync_emulator::FaultKind::Latency { ms: 40 }, 1.0));
     let mut enqueued = 0;
@@ -369,30 +378,14 @@ async fn a_sync_killed_anywhere_is_taken_over_by_an_immediate_restart() {
         assert!(out.status.success(), "{}", text(&out));
         enqueued += 40;
 
-        let mut doomed = Command::new(env!("CARGO_BIN_EXE_billsync"))
-            .arg("--config")
-            .arg(&env.config)
-            .arg("sync")
-            .env("SECRET_ACME", "secret-acme")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut doomed = spawn_sync(&env, Stdio::null);
         tokio::time::sleep(Duration::from_millis(rand::thread_rng().gen_range(20..400))).await;
         doomed.kill().unwrap(); // SIGKILL
         doomed.wait().unwrap();
 
         let before = env.platform.stored_event_ids("acme-prod-001").len();
         let started = std::time::Instant::now();
-        let restart = Command::new(env!("CARGO_BIN_EXE_billsync"))
-            .arg("--config")
-            .arg(&env.config)
-            .arg("sync")
-            .env("SECRET_ACME", "secret-acme")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let restart = spawn_sync(&env, Stdio::piped);
         let mut first_request = None;
         while first_request.is_none() && started.elapsed() < Duration::from_secs(60) {
             if env.platform.stored_event_ids("acme-prod-001").len() > before || before == enqueued {
