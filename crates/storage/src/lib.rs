@@ -5,9 +5,11 @@
 //!
 //! - [`SqliteOutbox`], the embedded default: one file in WAL mode, one writer task that
 //!   commits whatever callers have queued in one transaction (group commit), so that
-//!   thousands of small enqueues share one fsync.
+//!   thousands of small enqueues share one fsync. A tenant is held through an OS lock on a
+//!   file beside the outbox, which the kernel releases when its holder dies.
 //! - [`PostgresOutbox`], for a fleet of agents sharing one database: leases with
-//!   `FOR UPDATE SKIP LOCKED`, tenant claims so that one agent drains a tenant at a time.
+//!   `FOR UPDATE SKIP LOCKED`, tenant claims dated by the database's clock so that one agent
+//!   drains a tenant at a time, and leases and settles fenced by the claim's generation.
 //!
 //! Enqueues (and requeues) are durable when they return. In SQLite the other writes (leases,
 //! acks, nacks, dead letters, claims) commit without an fsync of their own: a power loss can
