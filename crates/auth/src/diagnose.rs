@@ -1,5 +1,5 @@
 //! The diagnosis of one tenant's token setup, for `billsync doctor`: reachability,
-//! credentials, requested versus granted scope, every claim of PLATFORM.md §2 with the
+//! credentials, requested versus granted scope, every claim of docs/platform.md §2 with the
 //! policy's code and hint, the headers, clock skew and the refresh plan. Never the token or
 //! the secret.
 
@@ -343,7 +343,7 @@ fn policy_fraction(c: &OAuthClient) -> f64 {
     c.config().refresh().fraction()
 }
 
-/// One check per claim of PLATFORM.md §2 (plus the two headers), failing with the policy's
+/// One check per claim of docs/platform.md §2 (plus the two headers), failing with the policy's
 /// codes and hints. Shared with [`crate::inspect`].
 pub(crate) fn claim_checks(d: &mut Diagnosis, claims: &AccessTokenClaims, v: Option<&Violations>, opaque: bool) {
     d.checks.extend(claim_check_list(claims, v, opaque, Some((&d.headers.x_tenant_id, &d.headers.x_application_id))));

@@ -4,7 +4,7 @@
 use chrono::{DateTime, TimeZone, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
 
-/// The claims of PLATFORM.md section 2, decoded from a JWT payload.
+/// The claims of docs/platform.md section 2, decoded from a JWT payload.
 ///
 /// `scope` accepts a space-separated string (RFC 8693 style) or an array; `aud` a string or
 /// an array; `exp`/`iat` integer or fractional seconds. Unknown claims are ignored.

@@ -1,4 +1,4 @@
-//! Billing events: parsed from JSON with every rule of PLATFORM.md section 3, never kept raw.
+//! Billing events: parsed from JSON with every rule of docs/platform.md section 3, never kept raw.
 //!
 //! Where the contract is silent this module decides, and `docs/decisions.md` records why:
 //! unknown fields are errors (a typo such as `quantiy` must not silently drop a quantity),
@@ -111,7 +111,7 @@ fn truncate(s: &str, max: usize) -> Cow<'_, str> {
     }
 }
 
-/// The rules that depend on time, and the limits of PLATFORM.md section 3.
+/// The rules that depend on time, and the limits of docs/platform.md section 3.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EventRules {
     /// How far in the future `occurred_at` may be (default 5 minutes).

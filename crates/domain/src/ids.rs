@@ -109,7 +109,7 @@ macro_rules! string_newtype {
 
 string_newtype!(
     /// A billing event's id: 1-128 characters of `[A-Za-z0-9._:-]`, unique per tenant; the
-    /// platform's idempotency key (PLATFORM.md section 3).
+    /// platform's idempotency key (docs/platform.md section 3).
     EventId, "event_id", 128,
     |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'),
     "letters, digits and . _ : -"

@@ -1,5 +1,5 @@
 //! The billing policy: which claims and headers a billing request needs, and the named reason
-//! when one is wrong. The codes are the ones the platform's audit log uses (PLATFORM.md §6).
+//! when one is wrong. The codes are the ones the platform's audit log uses (docs/platform.md §6).
 
 use std::fmt;
 use std::sync::Arc;

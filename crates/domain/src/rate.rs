@@ -1,4 +1,4 @@
-//! The platform's rate rule: at most N requests in ANY sliding window of 60 s (PLATFORM.md §5).
+//! The platform's rate rule: at most N requests in ANY sliding window of 60 s (docs/platform.md §5).
 //! A token bucket that allows a full burst and then refills would break it; this is exact.
 
 use std::collections::VecDeque;

@@ -1,4 +1,4 @@
-//! What a billing response means for a client (PLATFORM.md section 3),
+//! What a billing response means for a client (docs/platform.md section 3),
 //! decided from the status, a few headers and the body. Pure, so every row of the table is
 //! tested here. Only an answer that is in the contract's table, body included, classifies as
 //! that row; everything else (a redirect, an HTML page from a proxy, a `200`, an unknown

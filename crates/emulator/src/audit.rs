@@ -1,4 +1,4 @@
-//! The audit log (PLATFORM.md section 6) and the request counters.
+//! The audit log (docs/platform.md section 6) and the request counters.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;

@@ -1,5 +1,5 @@
 //! A standalone emulator of the IoT cloud platform that billsync delivers billing events to
-//! (Oracle IoT Cloud Platform is the reference), following `PLATFORM.md` to the letter: a real
+//! (Oracle IoT Cloud Platform is the reference), following `docs/platform.md` to the letter: a real
 //! HTTP server with
 //!
 //! - the OAuth2 token endpoint `POST /oauth2/v1/token` (client credentials, `client_secret_post`

@@ -5,7 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-/// The window of PLATFORM.md section 5.
+/// The window of docs/platform.md section 5.
 pub const WINDOW: Duration = Duration::from_secs(60);
 
 /// What the `X-RateLimit-*` headers say, and whether the request got a slot.

@@ -293,7 +293,7 @@ impl Op {
     /// operator's decision). Undoing any other write only repeats work the platform absorbs:
     /// a lease or claim undone is one that expired; an ack, nack or dead letter undone puts
     /// its events back to pending, and the platform deduplicates on (tenant, event_id) forever
-    /// (PLATFORM.md section 3), so re-sending them is at-least-once delivery, as always.
+    /// (docs/platform.md section 3), so re-sending them is at-least-once delivery, as always.
     fn relaxed(&self) -> bool {
         !matches!(self, Op::Enqueue { .. } | Op::Requeue { .. })
     }

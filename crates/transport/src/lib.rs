@@ -1,5 +1,5 @@
 //! The billing transport: a [`BillingApi`] over reqwest (rustls). It sends exactly the headers
-//! PLATFORM.md section 3 requires, taken from a [`BillingRequestHeaders`] (which only exists
+//! docs/platform.md section 3 requires, taken from a [`BillingRequestHeaders`] (which only exists
 //! for a token that passed the billing policy), and classifies every HTTP answer with the
 //! domain's [`classify`]. Only a missing answer is an error.
 //!

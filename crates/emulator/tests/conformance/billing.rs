@@ -1,4 +1,4 @@
-//! PLATFORM.md section 3: every row of the response table, and the headers on every response.
+//! docs/platform.md section 3: every row of the response table, and the headers on every response.
 
 use billsync_emulator::{Fault, FaultKind, Reason};
 use chrono::Utc;

@@ -1,4 +1,4 @@
-//! Conformance of the emulator to PLATFORM.md: a real server on port 0, real HTTP.
+//! Conformance of the emulator to docs/platform.md: a real server on port 0, real HTTP.
 
 mod admin;
 mod billing;

@@ -1,4 +1,4 @@
-//! PLATFORM.md section 5: sliding-window limits per (tenant, client) pair.
+//! docs/platform.md section 5: sliding-window limits per (tenant, client) pair.
 
 use billsync_emulator::{EmulatorConfig, Reason};
 use serde_json::json;

@@ -1,4 +1,4 @@
-//! PLATFORM.md section 6: every reason code of the audit log, provoked in one run.
+//! docs/platform.md section 6: every reason code of the audit log, provoked in one run.
 
 use std::collections::BTreeSet;
 

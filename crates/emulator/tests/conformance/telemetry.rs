@@ -1,4 +1,4 @@
-//! PLATFORM.md section 4: the telemetry endpoint, for contrast.
+//! docs/platform.md section 4: the telemetry endpoint, for contrast.
 
 use billsync_emulator::Reason;
 use serde_json::json;

@@ -1,4 +1,4 @@
-//! PLATFORM.md section 1 and 2: the token endpoint, the claims, the JWKS.
+//! docs/platform.md section 1 and 2: the token endpoint, the claims, the JWKS.
 
 use std::collections::BTreeSet;
 
