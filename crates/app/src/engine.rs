@@ -3,7 +3,7 @@
 //!
 //! Per batch: lease from the outbox, take a slot in the tenant's sliding window, get billing
 //! headers (a token that passed the policy), post, then do what the domain's settle rule
-//! ([`billsync_domain::settle`]) decides: ack what a consistent `202` accepted or found
+//! ([`billsync_domain::settle()`]) decides: ack what a consistent `202` accepted or found
 //! duplicate, dead-letter what it rejected, split, block the tenant on configuration errors,
 //! wait as the platform asks on `429`, back off with full jitter on everything transient or
 //! outside the contract. Nothing is ever dropped for being old: a transient failure returns the

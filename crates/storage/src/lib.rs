@@ -17,7 +17,7 @@
 //! the platform deduplicates re-sent events on (tenant, event_id) forever.
 //!
 //! [`open`] picks one from a URL. Both store times as integer milliseconds from the
-//! injected [`Clock`](billsync_domain::Clock), migrate their schema with embedded migrations,
+//! injected [`Clock`], migrate their schema with embedded migrations,
 //! and refuse a database written by a newer billsync ([`OutboxError::SchemaTooNew`]).
 //!
 //! # Example
@@ -68,7 +68,7 @@ use crate::error::{StoreError, redact_url};
 
 /// The SQLite schema version this build writes: its newest embedded migration. An outbox
 /// with a newer one is refused with
-/// [`OutboxError::SchemaTooNew`](billsync_domain::OutboxError::SchemaTooNew).
+/// [`OutboxError::SchemaTooNew`].
 pub const SQLITE_SCHEMA_VERSION: i64 = 4;
 
 /// The PostgreSQL schema version this build writes, as [`SQLITE_SCHEMA_VERSION`] is for
