@@ -3,7 +3,7 @@
 //! tested here. Only an answer that is in the contract's table, body included, classifies as
 //! that row; everything else (a redirect, an HTML page from a proxy, a `200`, an unknown
 //! status, a body past [`MAX_RESPONSE_BODY`]) is [`BillingResponse::Unexpected`], which settles
-//! nothing (see [`crate::settle`]).
+//! nothing (see [`crate::settle::settle`]).
 
 use std::time::Duration;
 
@@ -34,7 +34,7 @@ pub struct Rejection {
 }
 
 /// The body of a `202`. Classification requires all three fields; whether the receipt is
-/// consistent with the batch that was sent is for [`crate::settle`] to judge.
+/// consistent with the batch that was sent is for [`crate::settle::settle`] to judge.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Receipt {
     /// How many events were newly stored.
