@@ -158,15 +158,15 @@ async fn a_poison_event_is_dead_lettered_alone_and_delivered_after_the_fix_and_a
 
     // Assert: the rest of its batch is delivered, the poison is dead-lettered with its code.
     assert_eq!(stored(&app, "acme-prod-001").0.len(), 19);
-    let dead = app.agent.outbox().dead_letters(None).await.unwrap();
+    let dead = app.agent.dead_letters(None).await.unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!((dead[0].event_id.as_str(), dead[0].code.as_str()), ("acme-poison", "unknown_meter"));
 
     // The platform-side fix, then a requeue, delivers it.
     app.platform.accept_meter("water.flow");
     let name = billsync_domain::TenantName::parse("acme").unwrap();
-    assert_eq!(app.agent.outbox().requeue(&name, None).await.unwrap(), 1);
+    assert_eq!(app.agent.requeue(name.as_str(), None).await.unwrap(), 1);
     app.agent.sync_once().await;
     assert!(stored(&app, "acme-prod-001").0.contains(&"acme-poison".to_owned()));
-    assert!(app.agent.outbox().dead_letters(None).await.unwrap().is_empty());
+    assert!(app.agent.dead_letters(None).await.unwrap().is_empty());
 }

@@ -49,8 +49,7 @@ async fn delivers_everything_once(storage_url: &str, dir: &tempfile::TempDir) {
     let status = agent.status().await.unwrap();
     let acme = &status[0];
     assert_eq!((acme.pending, acme.in_flight, acme.delivered, acme.dead_lettered), (0, 0, 10, 2));
-    let dead: Vec<String> =
-        agent.outbox().dead_letters(None).await.unwrap().iter().map(|d| d.event_id.to_string()).collect();
+    let dead: Vec<String> = agent.dead_letters(None).await.unwrap().iter().map(|d| d.event_id.to_string()).collect();
     assert_eq!(dead, ["fx-x0", "fx-x1"]);
 }
 

@@ -18,7 +18,7 @@ use axum::routing::{any, post};
 use billsync::Agent;
 use billsync::config::Config;
 use billsync::engine::{SyncSettings, TenantReport, TenantState};
-use billsync_domain::{BillingEvent, EncodedEvent, TenantName};
+use billsync_domain::{BillingEvent, EncodedEvent};
 use billsync_emulator::{Emulator, EmulatorConfig};
 
 /// What the peer answers to a billing POST while it misbehaves.
@@ -193,8 +193,8 @@ async fn world(hostile: Hostile) -> World {
 impl World {
     /// (pending or leased, delivered, dead-lettered) in the outbox.
     async fn counts(&self) -> (u64, u64, u64) {
-        let c = self.agent.outbox().counts(&TenantName::parse("acme").unwrap()).await.unwrap();
-        (c.pending + c.in_flight, c.delivered, c.dead_lettered)
+        let s = self.agent.status().await.unwrap().into_iter().find(|s| s.name == "acme").unwrap();
+        (s.pending + s.in_flight, s.delivered, s.dead_lettered)
     }
 
     /// The peer starts passing requests to the platform; a second sync delivers everything once.

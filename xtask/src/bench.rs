@@ -139,7 +139,7 @@ pub fn run(quick: bool) -> Result<(), String> {
     }
 
     // Macro: the real binary and the bench driver, in release.
-    sh(cargo().args(["build", "--release", "-p", "billsync", "-p", "billsync-bench"]))?;
+    sh(cargo().args(["build", "--release", "-p", "billsync-cli", "-p", "billsync-bench"]))?;
     let tsv = out.join("macro.tsv");
     let mut cmd = Command::new(root().join("target/release/billsync-bench"));
     cmd.arg("--billsync").arg(root().join("target/release/billsync")).arg("--out").arg(&tsv);

@@ -4,14 +4,11 @@ use std::process::Command;
 
 use crate::{cargo, output, root, sh};
 
-/// Crates that must never appear in the domain's dependency tree: the domain does no I/O.
-const IMPURE: &[&str] = &["tokio", "reqwest", "sqlx", "hyper", "axum", "mio"];
-
 pub fn run() -> Result<(), String> {
     let vars = test_env()?;
     sh(cargo().args(["fmt", "--all", "--", "--check"]))?;
     sh(cargo().args(["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"]))?;
-    purity()?;
+    crate::arch::run()?;
     let nextest = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(["nextest", "--version"])
         .output()
@@ -55,17 +52,4 @@ pub fn test_env() -> Result<Vec<(String, String)>, String> {
         ));
     }
     Ok(vars)
-}
-
-/// Fails when an I/O crate is anywhere in the domain's normal dependency tree.
-pub fn purity() -> Result<(), String> {
-    let tree = output(cargo().args(["tree", "-p", "billsync-domain", "-e", "normal", "--prefix", "none", "--locked"]))?;
-    let found: Vec<&str> =
-        tree.lines().filter_map(|l| l.split_whitespace().next()).filter(|name| IMPURE.contains(name)).collect();
-    if found.is_empty() {
-        eprintln!("domain purity: ok (none of {IMPURE:?} in billsync-domain's dependency tree)");
-        Ok(())
-    } else {
-        Err(format!("billsync-domain depends on {found:?}: the domain must stay free of I/O crates"))
-    }
 }

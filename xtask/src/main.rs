@@ -2,15 +2,17 @@
 //!
 //! - `ci`: exactly what CI runs: set up the test environment (PostgreSQL, the npm
 //!   authorization server used for interoperability), `cargo fmt --check`, clippy with
-//!   `-D warnings`, the domain purity check, every test, a one-minute soak, a short fuzz run of
+//!   `-D warnings`, the layering check (`arch`), every test, a one-minute soak, a short fuzz run of
 //!   each target, and the quick benchmarks. If it passes locally, CI is green.
 //! - `bench [--quick]`: the benchmarks, written to `target/bench/`.
-//! - `purity`: only the domain purity check.
+//! - `arch`: the layering, from `cargo metadata` (domain pure, adapters independent, the library
+//!   without the CLI or the emulator, nothing on the benchmarks).
 //! - `soak [--minutes N] [--seed S] [--release] [--keep]`: the fault soak (every platform fault,
 //!   concurrent producers, the agent SIGKILLed and restarted), then a reconciliation; fails on
 //!   any loss. Default 5 minutes.
 //! - `fuzz [--seconds N]`: each cargo-fuzz target for N seconds (installs cargo-fuzz if missing).
 
+mod arch;
 mod bench;
 mod ci;
 mod fuzz;
@@ -22,7 +24,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci::run(),
-        Some("purity") => ci::purity(),
+        Some("arch") => arch::run(),
         Some("soak") => soak::run(&args[1..]),
         Some("fuzz") => fuzz::run(&args[1..]),
         Some("bench") => bench::run(args.iter().any(|a| a == "--quick")),
@@ -33,7 +35,7 @@ fn main() -> ExitCode {
         }),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci | bench [--quick] | purity | soak [--minutes N] | fuzz [--seconds N] | env>"
+                "usage: cargo xtask <ci | bench [--quick] | arch | soak [--minutes N] | fuzz [--seconds N] | env>"
             );
             return ExitCode::from(2);
         }

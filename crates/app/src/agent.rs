@@ -5,14 +5,18 @@ use std::path::Path;
 use std::sync::Arc;
 
 use billsync_auth::{AuthConfig, TenantAuth, TokenCache};
+use std::time::Duration;
+
+use billsync_auth::Diagnosis;
 use billsync_domain::{
-    BillingPolicy, Clock, EncodedEvent, EnqueueReport, Outbox, OutboxError, SystemClock, TenantCounts, TenantName,
+    BillingPolicy, Clock, DeadLetterRecord, EncodedEvent, EnqueueReport, EventId, Outbox, OutboxError, SystemClock,
+    TenantCounts, TenantName,
 };
 use billsync_transport::{HttpBillingApi, TransportOptions};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::config::{AuthMethod, Config};
+use crate::config::{AuthMethod, Config, ConfigError};
 use crate::engine::{Blocked, Engine, Ports, SyncSettings, TenantReport, TenantState};
 use crate::health::Health;
 use crate::metrics::Metrics;
@@ -31,6 +35,9 @@ pub enum AgentError {
         /// The names configured.
         known: String,
     },
+    /// The configuration file could not be read or is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     /// The outbox failed.
     #[error(transparent)]
     Outbox(#[from] OutboxError),
@@ -166,7 +173,7 @@ impl AgentBuilder {
             config.tenants.iter().map(|t| t.tenant.clone()).collect(),
             metrics.clone(),
         );
-        Ok(Agent { config: Arc::new(config), outbox, tokens, engine, metrics })
+        Ok(Agent { config: Arc::new(config), outbox, tokens, engine, metrics, clock })
     }
 }
 
@@ -189,6 +196,7 @@ pub struct Agent {
     tokens: Arc<TokenCache>,
     engine: Engine,
     metrics: Metrics,
+    clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -206,13 +214,13 @@ impl Agent {
     /// Loads `path` and builds an agent from it.
     ///
     /// # Errors
-    /// As [`Config::load`] and [`AgentBuilder::build`], as text.
-    pub async fn from_file(path: &Path) -> anyhow::Result<Self> {
+    /// [`AgentError::Config`] from [`Config::load`], or as [`AgentBuilder::build`].
+    pub async fn from_file(path: &Path) -> Result<Self, AgentError> {
         let config = Config::load(path)?;
         for w in &config.warnings {
             tracing::warn!("{w}");
         }
-        Ok(Self::builder().config(config).build().await?)
+        Self::builder().config(config).build().await
     }
 
     /// The configuration.
@@ -225,12 +233,7 @@ impl Agent {
         &self.engine
     }
 
-    /// The outbox.
-    pub fn outbox(&self) -> &Arc<dyn Outbox> {
-        &self.outbox
-    }
-
-    /// The token cache (token request counts, diagnosis).
+    /// The token cache (token request counts, recent tokens).
     pub fn tokens(&self) -> &TokenCache {
         &self.tokens
     }
@@ -284,9 +287,82 @@ impl Agent {
         }
     }
 
-    /// Runs the agent until `shutdown` resolves.
+    /// Runs the agent until `shutdown` resolves: the engine delivers, and beside it the
+    /// outbox's delivered events older than `[storage] retention` are compacted every hour
+    /// and what the agent knows of each tenant is saved every 5 seconds (for `status` in
+    /// another process), and once more at the end.
     pub async fn run_until(&self, shutdown: impl std::future::Future<Output = ()>) {
-        self.engine.run_until(shutdown).await;
+        let housekeeping = async {
+            let mut compact = tokio::time::interval(Duration::from_secs(3600));
+            let mut save = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = compact.tick() => {
+                        if let Err(e) = self.compact().await {
+                            tracing::warn!(error = %e, "compaction failed");
+                        }
+                    }
+                    _ = save.tick() => self.save_state().await,
+                }
+            }
+        };
+        tokio::select! {
+            () = self.engine.run_until(shutdown) => {}
+            () = housekeeping => {}
+        }
+        self.save_state().await;
+    }
+
+    /// Removes delivered events older than `[storage] retention` from the outbox; returns how
+    /// many were removed. Pending and dead-lettered events are never compacted.
+    ///
+    /// # Errors
+    /// The outbox's error.
+    pub async fn compact(&self) -> Result<u64, AgentError> {
+        let retention = chrono::Duration::from_std(self.config.storage.retention).unwrap_or(chrono::Duration::days(7));
+        Ok(self.outbox.compact(self.clock.now() - retention).await?)
+    }
+
+    /// Events not yet delivered (pending or leased), over every tenant.
+    ///
+    /// # Errors
+    /// The outbox's error.
+    pub async fn pending_total(&self) -> Result<u64, AgentError> {
+        let mut total = 0;
+        for t in &self.config.tenants {
+            let c = self.outbox.counts(t.tenant.name()).await?;
+            total += c.pending + c.in_flight;
+        }
+        Ok(total)
+    }
+
+    /// The dead-lettered events of one tenant, or of all.
+    ///
+    /// # Errors
+    /// [`AgentError::UnknownTenant`], or the outbox's error.
+    pub async fn dead_letters(&self, tenant: Option<&str>) -> Result<Vec<DeadLetterRecord>, AgentError> {
+        let tenant = tenant.map(|t| self.tenant_name(t)).transpose()?;
+        Ok(self.outbox.dead_letters(tenant).await?)
+    }
+
+    /// Returns a tenant's dead-lettered events to pending: those named, or all with `None`.
+    /// Returns how many were requeued.
+    ///
+    /// # Errors
+    /// [`AgentError::UnknownTenant`], or the outbox's error.
+    pub async fn requeue(&self, tenant: &str, ids: Option<Vec<EventId>>) -> Result<u64, AgentError> {
+        let name = self.tenant_name(tenant)?;
+        Ok(self.outbox.requeue(&name, ids).await?)
+    }
+
+    /// Gets a token for the tenant and says whether it is billing-ready, and what to change if
+    /// not (`billsync doctor`). Nothing is sent to the billing endpoint.
+    ///
+    /// # Errors
+    /// [`AgentError::UnknownTenant`].
+    pub async fn diagnose(&self, tenant: &str) -> Result<Option<Diagnosis>, AgentError> {
+        let name = self.tenant_name(tenant)?;
+        Ok(self.tokens.diagnose(&name).await)
     }
 
     /// The agent's health, from what its engine knows of each tenant (`/healthz`).

@@ -1,9 +1,12 @@
 //! billsync: gets billing events from edge devices to an IoT cloud platform reliably, and
 //! says exactly why when the platform says no.
 //!
-//! This crate is the composition root and the delivery engine. [`Agent`] builds the adapters
-//! named by a configuration ([`config::Config`]) and drives the [`engine::Engine`] over them;
-//! another Rust service embeds billsync through it.
+//! This crate is the library: the composition root and the delivery engine, with neither the
+//! command line (the `billsync-cli` crate) nor the platform emulator in its dependencies.
+//! [`Agent`] builds the adapters named by a configuration ([`config::Config`]) and drives the
+//! [`engine::Engine`] over them; another Rust service embeds billsync through it, and the
+//! `billsync` command is one such user. Its errors are `thiserror` enums ([`AgentError`],
+//! [`config::ConfigError`]).
 //!
 //! # Example
 //!
@@ -56,7 +59,6 @@
 #![deny(missing_docs)]
 
 pub mod agent;
-pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod health;
@@ -66,3 +68,4 @@ mod memory;
 pub mod metrics;
 
 pub use agent::{Agent, AgentBuilder, AgentError, TenantStatus};
+pub use billsync_auth::{Diagnosis, InspectError, Inspection, inspect as inspect_token};

@@ -3,14 +3,17 @@
 //! enqueues sample events for the demo tenants, syncs them and prints what happened,
 //! including the thread's misconfigured tenant, which billsync refuses to send for and explains.
 
+use std::net::SocketAddr;
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use billsync::Agent;
+use billsync::config::Config;
 use billsync_domain::{BillingEvent, EncodedEvent};
 use billsync_emulator::{Emulator, EmulatorConfig};
 
-use crate::Agent;
-use crate::config::Config;
+use crate::output::summary_table;
 
 /// (local name, tenant id, client id, events to enqueue)
 const TENANTS: [(&str, &str, &str, usize); 3] = [
@@ -20,7 +23,7 @@ const TENANTS: [(&str, &str, &str, usize); 3] = [
 ];
 
 /// The configuration a user would write for the emulator's built-in registry.
-pub fn demo_config(base_url: &str, db: &std::path::Path) -> String {
+pub fn demo_config(base_url: &str, db: &Path) -> String {
     let mut text = format!("[platform]\nbase_url = \"{base_url}\"\n\n[storage]\nurl = \"sqlite://{}\"\n", db.display());
     for (name, tenant_id, client, _) in TENANTS {
         let secret = client.replace("app-", "secret-");
@@ -75,7 +78,7 @@ pub async fn run() -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
     let reports = agent.sync_once().await;
     let status = agent.status().await?;
-    print!("{}", super::summary_table(&reports, &status));
+    print!("{}", summary_table(&reports, &status));
     println!("(in {:.2} s)", started.elapsed().as_secs_f64());
     for r in reports.iter().filter(|r| r.blocked.is_some()) {
         if let Some(b) = &r.blocked {
@@ -100,4 +103,25 @@ pub async fn run() -> anyhow::Result<ExitCode> {
     }
     emulator.shutdown().await;
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// `billsync emulator`: serve the platform emulator (the registry file, or the built-in demo
+/// registry) until Ctrl-C.
+///
+/// # Errors
+/// An unreadable or invalid registry, or an address that cannot be bound.
+pub async fn serve_emulator(registry: Option<&Path>, listen: SocketAddr) -> anyhow::Result<ExitCode> {
+    let config = match registry {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            EmulatorConfig::from_toml_str(&text).with_context(|| format!("{}", path.display()))?
+        }
+        None => EmulatorConfig::builtin(),
+    };
+    let emulator = Emulator::start(config, listen).await?;
+    print!("{}", emulator.describe());
+    println!("  audit log:      {}/admin/audit\nCtrl-C to stop.", emulator.base_url());
+    crate::serve::shutdown_signal().await;
+    emulator.shutdown().await;
+    Ok(ExitCode::SUCCESS)
 }

@@ -223,7 +223,13 @@ async fn run_delivers_what_arrives_and_sigterm_loses_nothing() {
     let health: serde_json::Value = serde_json::from_str(&reqwest_get(port, "/healthz").await).unwrap();
     assert_eq!(health["status"], "ok", "{health}");
     assert_eq!(health["checks"][0]["name"], "tenant:acme", "{health}");
-    let metrics = reqwest_get(port, "/metrics").await;
+    let (head, metrics) = http_get(port, "/metrics").await;
+    // The text prometheus-client writes is OpenMetrics, and is labelled so.
+    assert!(
+        head.to_ascii_lowercase().contains("content-type: application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        "{head}"
+    );
+    assert!(metrics.trim_end().ends_with("# EOF"), "{metrics}");
     assert!(metrics.contains("billsync_events_delivered_total{tenant=\"acme\"}"), "{metrics}");
     assert!(metrics.contains("billsync_tenant_state{tenant=\"acme\",state=\"ok\"} 1"), "{metrics}");
     assert!(metrics.contains("billsync_tenant_state{tenant=\"acme\",state=\"blocked\",reason=\"\"} 0"), "{metrics}");
@@ -258,12 +264,17 @@ fn served_port(log: &Path) -> u16 {
 }
 
 async fn reqwest_get(port: u16, path: &str) -> String {
+    http_get(port, path).await.1
+}
+
+/// (status line and headers, body)
+async fn http_get(port: u16, path: &str) -> (String, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).await.unwrap();
     let mut buf = String::new();
     s.read_to_string(&mut buf).await.unwrap();
-    buf.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()
+    buf.split_once("\r\n\r\n").map(|(h, b)| (h.to_owned(), b.to_owned())).unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

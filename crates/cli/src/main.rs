@@ -1,16 +1,35 @@
-//! The `billsync` command line. Exit codes: 0 success; 1 a fatal error; 2 invalid input (for
-//! example a bad line given to `enqueue`); 3 work remains for a blocked or unreachable tenant
-//! (`sync`), or a tenant is not billing-ready (`doctor`).
+//! `billsync`, the command: the agent of the [`billsync`] library for a shell, a service
+//! manager or a container. It reads `billsync.toml`, prints for a person (or JSON with
+//! `--json`), and serves `/metrics` and `/healthz` while it runs.
+//!
+//! ```text
+//! billsync demo                                  # the whole story on the built-in emulator
+//! billsync doctor                                # is each tenant's token billing-ready?
+//! billsync enqueue --tenant acme events.jsonl    # store events durably, all or nothing
+//! billsync sync                                  # deliver what can be delivered now
+//! billsync run --listen 127.0.0.1:9464           # the long-running agent
+//! billsync status                                # counts and state per tenant
+//! ```
+//!
+//! Exit codes: 0 success; 1 a fatal error; 2 invalid input (for example a bad line given to
+//! `enqueue`); 3 work remains for a blocked or unreachable tenant (`sync`), or a tenant is not
+//! billing-ready (`doctor`).
+//!
+//! Built without the default `emulator` feature, the binary is the agent alone: no `demo`,
+//! no `emulator`, and none of the emulator's dependencies.
 
-use std::io::{IsTerminal, Read};
+mod commands;
+#[cfg(feature = "emulator")]
+mod demo;
+mod output;
+mod serve;
+
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use billsync::Agent;
-use billsync::cli;
-use billsync_domain::EventRules;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
@@ -42,6 +61,7 @@ enum LogFormat {
 enum Command {
     /// Start the emulator in-process, enqueue sample events for the demo tenants, sync, and
     /// show what happened (including the thread's misconfigured tenant).
+    #[cfg(feature = "emulator")]
     Demo,
     /// Store events from a JSON Lines file (or `-` for standard input), all or nothing.
     Enqueue {
@@ -81,6 +101,7 @@ enum Command {
     #[command(subcommand)]
     Token(TokenCommand),
     /// Run the platform emulator.
+    #[cfg(feature = "emulator")]
     Emulator {
         /// The emulator's registry file (without it: the built-in demo registry).
         #[arg(long = "config")]
@@ -159,7 +180,10 @@ fn main() -> ExitCode {
 fn init_tracing(cli: &Cli) {
     use tracing_subscriber::EnvFilter;
     // The demo tells its own story; its warnings would only repeat it.
+    #[cfg(feature = "emulator")]
     let demo = matches!(cli.command, Command::Demo);
+    #[cfg(not(feature = "emulator"))]
+    let demo = false;
     let default = match cli.verbose {
         _ if cli.quiet => "error",
         0 if demo => "error",
@@ -177,88 +201,26 @@ fn init_tracing(cli: &Cli) {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = cli.config;
+    let agent = || async { Agent::from_file(&config).await };
     match cli.command {
-        Command::Demo => cli::demo::run().await,
-        Command::Emulator { registry, listen } => {
-            let config = match registry {
-                Some(path) => {
-                    let text =
-                        std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-                    billsync_emulator::EmulatorConfig::from_toml_str(&text)
-                        .with_context(|| format!("{}", path.display()))?
-                }
-                None => billsync_emulator::EmulatorConfig::builtin(),
-            };
-            cli::serve_emulator(config, listen).await
-        }
+        #[cfg(feature = "emulator")]
+        Command::Demo => demo::run().await,
+        #[cfg(feature = "emulator")]
+        Command::Emulator { registry, listen } => demo::serve_emulator(registry.as_deref(), listen).await,
         Command::Token(TokenCommand::Inspect { token, tenant_id, application_id, json }) => {
-            let token = match token.as_deref() {
-                None | Some("-") => {
-                    let mut s = String::new();
-                    std::io::stdin().read_to_string(&mut s).context("cannot read the token from standard input")?;
-                    s
-                }
-                Some(t) => t.to_owned(),
-            };
-            cli::inspect(token.trim(), tenant_id, application_id, json)
+            commands::inspect(token.as_deref(), tenant_id, application_id, json)
         }
-        Command::Enqueue { tenant, file } => {
-            let agent = Agent::from_file(&cli.config).await?;
-            let name = agent.tenant_name(&tenant)?;
-            let now = chrono::Utc::now();
-            let read = match file.as_deref() {
-                None => billsync::jsonl::read_events(std::io::stdin().lock(), &EventRules::default(), now),
-                Some(p) if p.as_os_str() == "-" => {
-                    billsync::jsonl::read_events(std::io::stdin().lock(), &EventRules::default(), now)
-                }
-                Some(p) => {
-                    let f = std::fs::File::open(p).with_context(|| format!("cannot open {}", p.display()))?;
-                    billsync::jsonl::read_events(std::io::BufReader::new(f), &EventRules::default(), now)
-                }
-            };
-            let events = match read {
-                Ok(events) => events,
-                Err(billsync::jsonl::ReadError::Invalid(lines)) => {
-                    for l in &lines {
-                        eprintln!("{l}");
-                    }
-                    eprintln!("{} invalid line(s); nothing was stored", lines.len());
-                    return Ok(ExitCode::from(2));
-                }
-                Err(e) => return Err(e.into()),
-            };
-            let report = agent.enqueue(name.as_str(), &events).await?;
-            println!(
-                "{}: {} stored, {} duplicate(s) already in the outbox",
-                name,
-                report.stored,
-                report.duplicates.len()
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Sync => {
-            let agent = Agent::from_file(&cli.config).await?;
-            cli::sync(&agent, std::io::stderr().is_terminal() && !cli.quiet).await
-        }
-        Command::Run { listen } => {
-            let agent = Agent::from_file(&cli.config).await?;
-            cli::run(agent, listen).await
-        }
-        Command::Status { json } => {
-            let agent = Agent::from_file(&cli.config).await?;
-            cli::status(&agent, json).await
-        }
+        Command::Enqueue { tenant, file } => commands::enqueue(&agent().await?, &tenant, file.as_deref()).await,
+        Command::Sync => commands::sync(&agent().await?, std::io::stderr().is_terminal() && !cli.quiet).await,
+        Command::Run { listen } => serve::run(agent().await?, listen).await,
+        Command::Status { json } => commands::status(&agent().await?, json).await,
         Command::DeadLetter(DeadLetterCommand::List { tenant, json }) => {
-            let agent = Agent::from_file(&cli.config).await?;
-            cli::dead_letter_list(&agent, tenant.as_deref(), json).await
+            commands::dead_letter_list(&agent().await?, tenant.as_deref(), json).await
         }
         Command::DeadLetter(DeadLetterCommand::Requeue(args)) => {
-            let agent = Agent::from_file(&cli.config).await?;
-            cli::dead_letter_requeue(&agent, args.tenant.as_deref(), args.all, &args.event_ids).await
+            commands::dead_letter_requeue(&agent().await?, args.tenant.as_deref(), args.all, &args.event_ids).await
         }
-        Command::Doctor { tenant, json } => {
-            let agent = Agent::from_file(&cli.config).await?;
-            cli::doctor(&agent, tenant.as_deref(), json).await
-        }
+        Command::Doctor { tenant, json } => commands::doctor(&agent().await?, tenant.as_deref(), json).await,
     }
 }

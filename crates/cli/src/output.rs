@@ -1,0 +1,114 @@
+//! What the commands print: plain tables for a terminal, built from the library's reports.
+
+use billsync::TenantStatus;
+use billsync::engine::{TenantReport, TenantState};
+
+/// The end-of-sync table.
+pub fn summary_table(reports: &[TenantReport], status: &[TenantStatus]) -> String {
+    let mut out = format!(
+        "{:<16} {:>9} {:>10} {:>13} {:>8} {:>9}  {}\n",
+        "tenant", "accepted", "duplicate", "dead-lettered", "pending", "requests", "state"
+    );
+    for (r, s) in reports.iter().zip(status) {
+        let state = match r.state() {
+            (TenantState::Blocked | TenantState::Down, Some(why)) => format!("{}: {why}", r.state().0),
+            (TenantState::Held, why) => why.unwrap_or_else(|| "held by another agent".to_owned()),
+            _ if s.pending + s.in_flight > 0 => "pending (will retry)".to_owned(),
+            _ => "ok".to_owned(),
+        };
+        out.push_str(&format!(
+            "{:<16} {:>9} {:>10} {:>13} {:>8} {:>9}  {}\n",
+            r.name,
+            r.accepted,
+            r.duplicates,
+            r.dead_lettered,
+            s.pending + s.in_flight,
+            r.requests,
+            state
+        ));
+    }
+    out
+}
+
+/// The text of `billsync status`: counts and the state of each tenant, with its reason.
+pub fn status_table(status: &[TenantStatus], now: chrono::DateTime<chrono::Utc>) -> String {
+    let mut out = format!(
+        "{:<16} {:>9} {:>9} {:>10} {:>13}  {:<14}  {:<14}  reason\n",
+        "tenant", "pending", "in flight", "delivered", "dead-lettered", "oldest pending", "state"
+    );
+    for s in status {
+        let oldest = s
+            .oldest_pending
+            .map(|t| format!("{} ago", billsync_domain::human_duration(now - t)))
+            .unwrap_or_else(|| "-".into());
+        out.push_str(&format!(
+            "{:<16} {:>9} {:>9} {:>10} {:>13}  {:<14}  {:<14}  {}\n",
+            s.name,
+            s.pending,
+            s.in_flight,
+            s.delivered,
+            s.dead_lettered,
+            oldest,
+            s.state,
+            s.reason.as_deref().unwrap_or("-")
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use billsync::engine::Blocked;
+
+    fn status(name: &str, pending: u64, state: TenantState, reason: Option<&str>) -> TenantStatus {
+        TenantStatus {
+            name: name.into(),
+            pending,
+            in_flight: 0,
+            delivered: 3,
+            dead_lettered: 1,
+            state,
+            reason: reason.map(str::to_owned),
+            blocked: None,
+            last_error: None,
+            token_expires_at: None,
+            oldest_pending: None,
+        }
+    }
+
+    #[test]
+    fn the_status_table_shows_each_tenants_state_and_reason() {
+        let table = status_table(
+            &[
+                status("acme", 0, TenantState::Ok, None),
+                status("globex", 40, TenantState::Blocked, Some("unexpected_response")),
+            ],
+            chrono::Utc::now(),
+        );
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[0].contains("state") && lines[0].contains("reason"), "{table}");
+        assert!(lines[1].starts_with("acme") && lines[1].contains(" ok "), "{table}");
+        assert!(lines[2].contains("blocked") && lines[2].ends_with("unexpected_response"), "{table}");
+    }
+
+    #[test]
+    fn the_summary_counts_dead_letters_and_names_the_block() {
+        let reports = [
+            TenantReport { name: "acme".into(), accepted: 39, dead_lettered: 1, requests: 7, ..Default::default() },
+            TenantReport {
+                name: "globex".into(),
+                requests: 3,
+                blocked: Some(Blocked { codes: vec!["unexpected_response".into()], hints: vec!["418".into()] }),
+                ..Default::default()
+            },
+        ];
+        let table = summary_table(
+            &reports,
+            &[status("acme", 0, TenantState::Ok, None), status("globex", 40, TenantState::Blocked, None)],
+        );
+        let acme: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+        assert_eq!(acme, ["acme", "39", "0", "1", "0", "7", "ok"]);
+        assert!(table.lines().nth(2).unwrap().ends_with("blocked: unexpected_response"), "{table}");
+    }
+}

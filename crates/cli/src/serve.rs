@@ -1,0 +1,105 @@
+//! `billsync run`: the long-running agent, with `/metrics` and `/healthz` served over HTTP.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::http::{StatusCode, header};
+use billsync::Agent;
+
+/// The content type of the Prometheus text exposition that `Metrics::render` writes
+/// (OpenMetrics 1.0.0, as `prometheus-client`'s text encoder produces it).
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Serves `/healthz` and `/metrics` for `agent`.
+fn router(agent: Agent) -> axum::Router {
+    let health_agent = agent.clone();
+    let health = move || {
+        let agent = health_agent.clone();
+        async move {
+            let health = agent.health();
+            let status = StatusCode::from_u16(health.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            (status, axum::Json(health))
+        }
+    };
+    let metrics = move || {
+        let agent = agent.clone();
+        async move {
+            agent.refresh_gauges().await;
+            ([(header::CONTENT_TYPE, OPENMETRICS)], agent.metrics().render())
+        }
+    };
+    axum::Router::new().route("/healthz", axum::routing::get(health)).route("/metrics", axum::routing::get(metrics))
+}
+
+/// `billsync run`: the agent until SIGTERM or SIGINT, with `/metrics` and `/healthz`.
+///
+/// # Errors
+/// When the listen address cannot be bound.
+pub async fn run(agent: Agent, listen: SocketAddr) -> anyhow::Result<ExitCode> {
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    // Port 0 picks a free port: say which.
+    let listen = listener.local_addr().with_context(|| format!("cannot listen on {listen}"))?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        // An error means the sender is gone: stop as well.
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let server = axum::serve(listener, router(agent.clone())).with_graceful_shutdown(stopped(stop_rx.clone()));
+    let server = tokio::spawn(async move {
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "the /metrics and /healthz server failed");
+        }
+    });
+    tracing::info!(%listen, tenants = agent.config().tenants.len(), "billsync agent running");
+    eprintln!("billsync run: serving /metrics and /healthz on http://{listen}");
+    let engine = {
+        let agent = agent.clone();
+        tokio::spawn(async move { agent.run_until(stopped(stop_rx)).await })
+    };
+    shutdown_signal().await;
+    eprintln!("billsync run: stopping (finishing requests in flight)");
+    // Nobody may be listening any more; stopping is what was asked either way.
+    let _ = stop_tx.send(true);
+    // In-flight requests get until 9 s; whatever is still leased after that is returned to
+    // pending by its lease's expiry, and the platform's deduplication absorbs a resend.
+    if tokio::time::timeout(Duration::from_secs(9), engine).await.is_err() {
+        tracing::warn!("requests still in flight after 9 s; their leases expire and they are resent");
+    }
+    if tokio::time::timeout(Duration::from_millis(500), server).await.is_err() {
+        tracing::warn!("the /metrics server did not stop within 500 ms");
+    }
+    agent.save_state().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM; stopping on Ctrl-C only");
+                ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c().await;
+}
+
+async fn ctrl_c() {
+    if let Err(e) = tokio::signal::ctrl_c().await {
+        // Without any signal to wait for, the only way out is to be killed: wait for that.
+        tracing::error!(error = %e, "cannot watch Ctrl-C");
+        std::future::pending::<()>().await;
+    }
+}
