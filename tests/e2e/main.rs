@@ -26,7 +26,7 @@ async fn events_reach_the_platform_and_the_misconfigured_tenant_is_blocked_befor
     assert_eq!(stored(&app, "globex-prod-001").0.len(), 20);
     assert_eq!(reports[0].requests, 3, "a backlog goes in full batches of 500");
     let initech = &reports[2];
-    assert_eq!(initech.blocked.as_ref().unwrap().codes, ["missing_scope", "audience_missing"]);
+    assert_eq!(initech.blocked.as_ref().unwrap().codes(), ["missing_scope", "audience_missing"]);
     assert_eq!(initech.requests, 0);
     let status = app.agent.status().await.unwrap();
     assert_eq!(status[2].pending, 7, "a configuration problem never dead-letters events");
@@ -133,8 +133,8 @@ async fn a_tenant_the_client_is_no_longer_authorised_for_is_blocked_by_name() {
 
     // Assert
     let blocked = reports[0].blocked.as_ref().expect("acme is blocked");
-    assert_eq!(blocked.codes, ["tenant_not_authorized"]);
-    assert!(blocked.hints[0].contains("not authorised for tenant acme-prod-001"), "{blocked:?}");
+    assert_eq!(blocked.codes(), ["tenant_not_authorized"]);
+    assert!(blocked.reasons[0].hint.contains("not authorised for tenant acme-prod-001"), "{blocked:?}");
     assert_eq!(stored(&app, "globex-prod-001").0.len(), 5, "other tenants are unaffected");
     assert_eq!(app.agent.status().await.unwrap()[0].pending, 5);
 }

@@ -217,9 +217,13 @@ async fn settles_nothing_and_blocks(hostile: Hostile, status: u16) -> World {
     assert_eq!(w.counts().await, (EVENTS as u64, 0, 0), "{hostile:?}: acked or dead-lettered events");
     assert!(w.platform.stored_event_ids("acme-prod-001").is_empty());
     let blocked = r[0].blocked.clone().unwrap_or_else(|| panic!("{hostile:?}: not blocked: {:?}", r[0]));
-    assert_eq!(blocked.codes, ["unexpected_response"], "{hostile:?}");
-    assert!(blocked.hints[0].contains(&format!("answered {status}")), "{hostile:?}: {}", blocked.hints[0]);
-    assert!(!blocked.hints[0].contains("secret-acme"), "{}", blocked.hints[0]);
+    assert_eq!(blocked.codes(), ["unexpected_response"], "{hostile:?}");
+    assert!(
+        blocked.reasons[0].hint.contains(&format!("answered {status}")),
+        "{hostile:?}: {}",
+        blocked.reasons[0].hint
+    );
+    assert!(!blocked.reasons[0].hint.contains("secret-acme"), "{}", blocked.reasons[0].hint);
     w
 }
 

@@ -144,7 +144,6 @@ async fn run_case(per_tenant: Vec<usize>, batch: usize, confused: Vec<bool>, scr
     };
     let engine = Engine::new(
         Ports { outbox, tokens, api: api.clone(), clock: Arc::new(SystemClock) },
-        BillingPolicy::default(),
         settings,
         tenants,
         Metrics::default(),

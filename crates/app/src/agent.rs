@@ -120,7 +120,7 @@ impl AgentBuilder {
         let auth_config = AuthConfig::new(&config.platform.token_url)
             .and_then(|c| c.with_jwks_url(&config.platform.jwks_url))
             .map_err(|e| AgentError::Auth(e.to_string()))?
-            .with_policy(policy.clone())
+            .with_policy(policy)
             .with_refresh(config.sync.refresh)
             .with_timeout(config.sync.request_timeout);
         let auth_config = match &config.platform.ca_file {
@@ -168,7 +168,6 @@ impl AgentBuilder {
         let metrics = Metrics::default();
         let engine = Engine::new(
             Ports { outbox: outbox.clone(), tokens: tokens.clone(), api: Arc::new(api), clock: clock.clone() },
-            policy,
             settings,
             config.tenants.iter().map(|t| t.tenant.clone()).collect(),
             metrics.clone(),
@@ -374,7 +373,7 @@ impl Agent {
     pub async fn refresh_gauges(&self) {
         for r in self.engine.reports() {
             let (state, _) = r.state();
-            let reason = r.blocked.as_ref().map(|b| b.codes.join(","));
+            let reason = r.blocked.as_ref().map(|b| b.codes().join(","));
             self.metrics.tenant_state(&r.name, state, reason.as_deref());
         }
         for t in &self.config.tenants {

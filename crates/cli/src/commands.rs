@@ -86,8 +86,8 @@ pub async fn sync(agent: &Agent, progress: bool) -> anyhow::Result<ExitCode> {
         let left = s.pending + s.in_flight;
         if let Some(b) = &r.blocked {
             println!("\n{} is blocked; its {left} event(s) stay pending until this is fixed:", r.name);
-            for (code, hint) in b.codes.iter().zip(&b.hints) {
-                println!("  - {code}: {hint}");
+            for reason in &b.reasons {
+                println!("  - {}: {}", reason.code, reason.hint);
             }
         } else if r.held_elsewhere && r.holder_alive {
             // Another live agent's work: reported, not a failure of this sync.

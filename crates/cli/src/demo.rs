@@ -86,8 +86,8 @@ pub async fn run() -> anyhow::Result<ExitCode> {
                 "\n{} is blocked: billsync checked the token the platform granted and sent nothing. It found:",
                 r.name
             );
-            for (code, hint) in b.codes.iter().zip(&b.hints) {
-                println!("  - {code}: {hint}");
+            for reason in &b.reasons {
+                println!("  - {}: {}", reason.code, reason.hint);
             }
             println!("  Its events stay in the outbox until this is fixed; `billsync doctor` shows every check.");
         }

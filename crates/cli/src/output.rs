@@ -99,7 +99,7 @@ mod tests {
             TenantReport {
                 name: "globex".into(),
                 requests: 3,
-                blocked: Some(Blocked { codes: vec!["unexpected_response".into()], hints: vec!["418".into()] }),
+                blocked: Some(Blocked::one("unexpected_response", "418")),
                 ..Default::default()
             },
         ];

@@ -123,7 +123,9 @@ async fn sync_delivers_reports_and_exits_3_when_a_tenant_is_blocked() {
     assert_eq!(status["tenants"][0]["delivered"], 30);
     assert_eq!(status["tenants"][1]["pending"], 30);
     // `status` is another process: it reads what `sync` saved.
-    assert_eq!(status["tenants"][1]["blocked"]["codes"], serde_json::json!(["missing_scope", "audience_missing"]));
+    let codes: Vec<&serde_json::Value> =
+        status["tenants"][1]["blocked"]["reasons"].as_array().unwrap().iter().map(|r| &r["code"]).collect();
+    assert_eq!(codes, [&serde_json::json!("missing_scope"), &serde_json::json!("audience_missing")]);
     assert!(status["tenants"][0]["token_expires_at"].is_string(), "{status}");
     assert!(status["tenants"][0]["blocked"].is_null(), "{status}");
 }

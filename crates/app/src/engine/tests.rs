@@ -153,7 +153,6 @@ async fn world(
         Arc::new(FakeTokens { clock: clock.clone(), spoil, issued: Mutex::new(0), invalidated: Mutex::new(0) });
     let engine = Engine::new(
         Ports { outbox: outbox.clone(), tokens: tokens.clone(), api: api.clone(), clock },
-        BillingPolicy::default(),
         settings,
         tenants.iter().map(|t| tenant(t)).collect(),
         Metrics::default(),
@@ -277,8 +276,8 @@ async fn insufficient_claims_blocks_the_tenant_and_names_the_claim_locally() {
     let r = w.engine.sync_once().await;
 
     let blocked = r[0].blocked.clone().unwrap();
-    assert_eq!(blocked.codes, ["insufficient_claims"], "local policy found nothing, and says so");
-    assert!(blocked.hints[0].contains("billsync's own check finds nothing wrong"));
+    assert_eq!(blocked.codes(), ["insufficient_claims"], "local policy found nothing, and says so");
+    assert!(blocked.reasons[0].hint.contains("billsync's own check finds nothing wrong"));
     assert_eq!(w.outbox.states("acme").get("pending"), Some(&3), "a configuration problem never dead-letters");
 }
 
@@ -321,7 +320,6 @@ async fn a_token_that_fails_the_policy_sends_nothing_and_blocks_only_its_tenant(
     });
     let engine = Engine::new(
         Ports { outbox: outbox.clone(), tokens: Arc::new(tokens), api: Arc::new(api), clock },
-        BillingPolicy::default(),
         settings(500, 100),
         vec![tenant("acme"), tenant("initech")],
         Metrics::default(),
@@ -330,7 +328,7 @@ async fn a_token_that_fails_the_policy_sends_nothing_and_blocks_only_its_tenant(
     let r = engine.sync_once().await;
 
     assert_eq!(r[0].accepted, 5);
-    assert_eq!(r[1].blocked.as_ref().unwrap().codes, ["missing_scope", "audience_missing"]);
+    assert_eq!(r[1].blocked.as_ref().unwrap().codes(), ["missing_scope", "audience_missing"]);
     assert_eq!(r[1].requests, 0);
     assert_eq!(outbox.states("initech").get("pending"), Some(&5));
 }
@@ -450,8 +448,8 @@ async fn sync_reports_answers_outside_the_contract_as_blocked_and_settles_nothin
     assert_eq!(w.api.sent.lock().unwrap().len(), 3);
     assert_eq!(w.outbox.states("acme").get("pending"), Some(&4));
     let blocked = r[0].blocked.clone().expect("blocked");
-    assert_eq!(blocked.codes, ["unexpected_response"]);
-    assert!(blocked.hints[0].contains("418") && blocked.hints[0].contains("I'm a teapot"), "{blocked:?}");
+    assert_eq!(blocked.codes(), ["unexpected_response"]);
+    assert!(blocked.reasons[0].hint.contains("418") && blocked.reasons[0].hint.contains("I'm a teapot"), "{blocked:?}");
     assert_eq!(r[0].state().0, TenantState::Blocked);
 }
 
@@ -540,7 +538,6 @@ async fn a_worker_that_panics_is_down_until_it_is_restarted() {
             api: Arc::new(PanicsOnce { calls: Mutex::new(0) }),
             clock: Arc::new(TokioClock { base: Utc::now(), origin: tokio::time::Instant::now() }),
         },
-        BillingPolicy::default(),
         s,
         vec![tenant("acme")],
         Metrics::default(),
