@@ -1,5 +1,6 @@
 //! End-to-end: the real adapters (auth, transport, SQLite outbox) driven by the engine, against
 //! the real platform emulator over HTTP on loopback.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)] // test, bench and example code: a panic is a failure
 
 mod helpers;
 mod migrations;

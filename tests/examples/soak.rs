@@ -14,6 +14,7 @@
 //! ```text
 //! soak --billsync target/debug/billsync [--minutes 5] [--seed 7] [--keep]
 //! ```
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)] // bench and example code: a panic is a failure
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -16,7 +16,7 @@ use billsync_transport::{HttpBillingApi, TransportOptions};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::config::{AuthMethod, Config, ConfigError};
+use crate::config::{Config, ConfigError};
 use crate::engine::{Blocked, Engine, Ports, SyncSettings, TenantReport, TenantState};
 use crate::health::Health;
 use crate::metrics::Metrics;
@@ -42,11 +42,20 @@ pub enum AgentError {
     #[error(transparent)]
     Outbox(#[from] OutboxError),
     /// The token adapter could not be configured.
-    #[error("token configuration: {0}")]
-    Auth(String),
+    #[error("token configuration")]
+    Auth(#[from] billsync_auth::ConfigError),
+    /// The CA bundle (`platform.ca_file`) could not be read.
+    #[error("cannot read platform.ca_file {}", path.display())]
+    CaFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The transport could not be configured.
-    #[error("transport configuration: {0}")]
-    Transport(String),
+    #[error("transport configuration")]
+    Transport(#[from] billsync_transport::TransportSetupError),
 }
 
 /// One tenant as `billsync status` shows it.
@@ -111,60 +120,15 @@ impl AgentBuilder {
     pub async fn build(self) -> Result<Agent, AgentError> {
         let config = self.config.ok_or(AgentError::NoConfig)?;
         let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock));
-        let outbox = billsync_storage::open(&config.storage.url, clock.clone()).await?;
-        let policy = BillingPolicy::new(
-            config.platform.billing_scope.clone(),
-            config.platform.billing_audience.clone(),
-            std::time::Duration::from_secs(1),
-        );
-        let auth_config = AuthConfig::new(&config.platform.token_url)
-            .and_then(|c| c.with_jwks_url(&config.platform.jwks_url))
-            .map_err(|e| AgentError::Auth(e.to_string()))?
-            .with_policy(policy)
-            .with_refresh(config.sync.refresh)
-            .with_timeout(config.sync.request_timeout);
-        let auth_config = match &config.platform.ca_file {
-            Some(path) => auth_config.with_ca_pem(
-                std::fs::read(path).map_err(|e| AgentError::Auth(format!("ca_file {}: {e}", path.display())))?,
-            ),
-            None => auth_config,
+        let outbox = config.storage.location.open(clock.clone()).await?;
+        let tokens = Arc::new(token_cache(&config, clock.clone())?);
+        let transport = TransportOptions {
+            timeout: config.sync.request_timeout,
+            ca_file: config.platform.ca_file.clone(),
+            ..TransportOptions::default()
         };
-        let mut auths = Vec::new();
-        for t in &config.tenants {
-            let mut a = TenantAuth::new(t.tenant.clone(), billsync_domain::ClientSecret::new(t.secret.secret()))
-                .with_auth_method(match t.auth_method {
-                    AuthMethod::ClientSecretPost => billsync_auth::AuthMethod::ClientSecretPost,
-                    AuthMethod::ClientSecretBasic => billsync_auth::AuthMethod::ClientSecretBasic,
-                })
-                .with_scope(config.platform.billing_scope.clone())
-                .with_jwks_verification(t.verify_jwks);
-            for (k, v) in &t.extra_token_params {
-                a = a.with_extra_param(k, v).map_err(|e| AgentError::Auth(e.to_string()))?;
-            }
-            auths.push(a);
-        }
-        let tokens = Arc::new(
-            TokenCache::with_clock(auth_config, auths, clock.clone()).map_err(|e| AgentError::Auth(e.to_string()))?,
-        );
-        let api = HttpBillingApi::new(
-            &config.platform.base_url,
-            TransportOptions {
-                timeout: config.sync.request_timeout,
-                ca_file: config.platform.ca_file.clone(),
-                ..TransportOptions::default()
-            },
-        )
-        .map_err(|e| AgentError::Transport(e.to_string()))?;
-        let mut settings = self.settings.unwrap_or_default();
-        settings.batcher = config.sync.batcher;
-        settings.rate = config.sync.rate;
-        settings.max_backoff = config.sync.max_backoff;
-        if let Some(lease) = config.sync.lease {
-            settings.lease_for = lease;
-        }
-        if let Some(ttl) = config.sync.claim_ttl {
-            settings.claim_ttl = ttl;
-        }
+        let api = HttpBillingApi::new(config.platform.base_url.as_str(), transport)?;
+        let settings = engine_settings(self.settings.unwrap_or_default(), &config);
         let metrics = Metrics::default();
         let engine = Engine::new(
             Ports { outbox: outbox.clone(), tokens: tokens.clone(), api: Arc::new(api), clock: clock.clone() },
@@ -174,6 +138,52 @@ impl AgentBuilder {
         );
         Ok(Agent { config: Arc::new(config), outbox, tokens, engine, metrics, clock })
     }
+}
+
+/// The token cache for the configured platform and tenants.
+fn token_cache(config: &Config, clock: Arc<dyn Clock>) -> Result<TokenCache, AgentError> {
+    let platform = &config.platform;
+    let policy = BillingPolicy::new(
+        platform.billing_scope.clone(),
+        platform.billing_audience.clone(),
+        std::time::Duration::from_secs(1),
+    );
+    let mut auth_config = AuthConfig::new(platform.token_url.as_str())?
+        .with_jwks_url(platform.jwks_url.as_str())?
+        .with_policy(policy)
+        .with_refresh(config.sync.refresh)
+        .with_timeout(config.sync.request_timeout);
+    if let Some(path) = &platform.ca_file {
+        let pem = std::fs::read(path).map_err(|source| AgentError::CaFile { path: path.clone(), source })?;
+        auth_config = auth_config.with_ca_pem(pem);
+    }
+    let mut auths = Vec::new();
+    for t in &config.tenants {
+        let mut a = TenantAuth::new(t.tenant.clone(), billsync_domain::ClientSecret::new(t.secret.secret()))
+            .with_auth_method(t.auth_method)
+            .with_scope(platform.billing_scope.clone())
+            .with_jwks_verification(t.verify_jwks);
+        for (k, v) in &t.extra_token_params {
+            a = a.with_extra_param(k, v)?;
+        }
+        auths.push(a);
+    }
+    Ok(TokenCache::with_clock(auth_config, auths, clock)?)
+}
+
+/// The engine's settings: `base` (the builder's, or the defaults) with what the configuration
+/// sets.
+fn engine_settings(mut settings: SyncSettings, config: &Config) -> SyncSettings {
+    settings.batcher = config.sync.batcher;
+    settings.rate = config.sync.rate;
+    settings.max_backoff = config.sync.max_backoff;
+    if let Some(lease) = config.sync.lease {
+        settings.lease_for = lease;
+    }
+    if let Some(ttl) = config.sync.claim_ttl {
+        settings.claim_ttl = ttl;
+    }
+    settings
 }
 
 /// billsync in-process: enqueue events, deliver them, read their status.

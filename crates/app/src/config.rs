@@ -6,11 +6,14 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use billsync_auth::AuthMethod;
 use billsync_domain::{
-    ApplicationId, Audience, BILLING_AUDIENCE, BILLING_WRITE_SCOPE, Batcher, ClientId, ClientSecret, RatePolicy,
-    RefreshPolicy, Scope, Tenant, TenantId, TenantName,
+    ApplicationId, Audience, Batcher, ClientId, ClientSecret, RatePolicy, RefreshPolicy, Scope, Tenant, TenantId,
+    TenantName,
 };
+pub use billsync_storage::Location;
 use serde::Deserialize;
+use url::Url;
 
 /// A configuration problem, naming the file, key or tenant at fault.
 #[derive(Debug, thiserror::Error)]
@@ -102,26 +105,15 @@ struct RawTenant {
     verify_jwks: bool,
 }
 
-/// How the client authenticates at the token endpoint.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AuthMethod {
-    /// `client_id` and `client_secret` in the form body (default).
-    #[default]
-    ClientSecretPost,
-    /// HTTP Basic (RFC 6749 §2.3.1).
-    ClientSecretBasic,
-}
-
 /// The platform's endpoints and what billing needs.
 #[derive(Debug, Clone)]
 pub struct PlatformConfig {
     /// The base URL; the billing endpoint is below it.
-    pub base_url: String,
+    pub base_url: Url,
     /// The token endpoint.
-    pub token_url: String,
+    pub token_url: Url,
     /// The JWKS endpoint (for `verify_jwks`).
-    pub jwks_url: String,
+    pub jwks_url: Url,
     /// The billing write scope.
     pub billing_scope: Scope,
     /// The billing audience.
@@ -133,8 +125,8 @@ pub struct PlatformConfig {
 /// Where the outbox lives.
 #[derive(Debug, Clone)]
 pub struct StorageConfig {
-    /// `sqlite://path` or `postgres://...`.
-    pub url: String,
+    /// A SQLite file or a PostgreSQL database (`url`, parsed).
+    pub location: Location,
     /// How long delivered events are kept before compaction.
     pub retention: Duration,
 }
@@ -222,109 +214,19 @@ impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let raw: RawConfig =
             toml::from_str(text).map_err(|e| ConfigError::Syntax { path: path.into(), message: e.to_string() })?;
-        let invalid = |key: &str, reason: String| ConfigError::Invalid { path: path.into(), key: key.into(), reason };
-        let base = raw.platform.base_url.trim_end_matches('/').to_owned();
-        check_url(&base).map_err(|r| invalid("platform.base_url", r))?;
-        let token_url = raw.platform.token_url.unwrap_or_else(|| format!("{base}/oauth2/v1/token"));
-        check_url(&token_url).map_err(|r| invalid("platform.token_url", r))?;
-        let jwks_url = match raw.platform.jwks_url {
-            Some(u) => u,
-            None => origin_of(&token_url).map(|o| format!("{o}/oauth2/v1/keys")).unwrap_or_default(),
-        };
-        check_url(&jwks_url).map_err(|r| invalid("platform.jwks_url", r))?;
-        let platform = PlatformConfig {
-            base_url: base,
-            token_url,
-            jwks_url,
-            billing_scope: Scope::parse(raw.platform.billing_scope.unwrap_or_else(|| BILLING_WRITE_SCOPE.into()))
-                .map_err(|e| invalid("platform.billing_scope", e.reason))?,
-            billing_audience: Audience::parse(raw.platform.billing_audience.unwrap_or_else(|| BILLING_AUDIENCE.into()))
-                .map_err(|e| invalid("platform.billing_audience", e.reason))?,
-            ca_file: raw.platform.ca_file.map(|p| relative_to(path, &p)),
-        };
-        let storage = StorageConfig {
-            url: raw.storage.url.unwrap_or_else(|| "sqlite://billsync.db".into()),
-            retention: Duration::from_secs(u64::from(raw.storage.retention_days.unwrap_or(7)) * 86_400),
-        };
-        let rpm = raw.sync.requests_per_minute.unwrap_or(100);
-        let mut sync = SyncConfig {
-            batcher: Batcher::new(raw.sync.max_batch_events.unwrap_or(500))
-                .map_err(|e| invalid("sync.max_batch_events", e.to_string()))?,
-            rate: RatePolicy::per_minute(
-                std::num::NonZeroU32::new(rpm)
-                    .ok_or_else(|| invalid("sync.requests_per_minute", "must be at least 1".into()))?,
-            ),
-            refresh: RefreshPolicy::new(raw.sync.refresh_at.unwrap_or(0.8), Duration::from_secs(30))
-                .map_err(|e| invalid("sync.refresh_at", e.to_string()))?,
-            max_backoff: Duration::from_secs(raw.sync.max_backoff_seconds.unwrap_or(300).max(1)),
-            request_timeout: Duration::from_secs(raw.sync.request_timeout_seconds.unwrap_or(30).max(1)),
-            lease: None,
-            claim_ttl: None,
-        };
-        if let Some(secs) = raw.sync.lease_seconds {
-            let timeout = sync.request_timeout.as_secs();
-            if secs < timeout.max(1) {
-                return Err(invalid(
-                    "sync.lease_seconds",
-                    format!(
-                        "{secs} is shorter than request_timeout_seconds ({timeout}); a lease must outlive a request"
-                    ),
-                ));
-            }
-            sync.lease = Some(Duration::from_secs(secs));
-        }
-        if let Some(secs) = raw.sync.claim_ttl_seconds {
-            if secs < 3 {
-                return Err(invalid("sync.claim_ttl_seconds", format!("{secs} is below the minimum of 3")));
-            }
-            sync.claim_ttl = Some(Duration::from_secs(secs));
-        }
+        let at = At(path);
+        let platform = raw.platform.validate(at)?;
+        let storage = raw.storage.validate(at)?;
+        let sync = raw.sync.validate(at)?;
         let mut tenants = Vec::new();
         let mut names = HashSet::new();
         for (i, t) in raw.tenants.into_iter().enumerate() {
-            let key = |field: &str| {
-                format!("tenants[{}].{field}", if t.name.is_empty() { i.to_string() } else { t.name.clone() })
-            };
-            let name = TenantName::parse(t.name.clone()).map_err(|e| invalid(&key("name"), e.reason))?;
-            if !names.insert(name.clone()) {
-                return Err(invalid(&key("name"), "appears twice; tenant names must be unique".into()));
+            let tenant = t.validate(i, at)?;
+            if !names.insert(tenant.tenant.name().clone()) {
+                let key = format!("tenants[{}].name", tenant.tenant.name());
+                return Err(at.invalid(&key, "appears twice; tenant names must be unique".into()));
             }
-            let tenant_id = TenantId::parse(t.tenant_id.clone()).map_err(|e| invalid(&key("tenant_id"), e.reason))?;
-            let application_id = ApplicationId::parse(t.application_id.clone())
-                .map_err(|e| invalid(&key("application_id"), e.reason))?;
-            let client_id = ClientId::parse(t.client_id.clone().unwrap_or_else(|| t.application_id.clone()))
-                .map_err(|e| invalid(&key("client_id"), e.reason))?;
-            let secret = match (&t.client_secret, &t.client_secret_env, &t.client_secret_file) {
-                (Some(s), None, None) => ClientSecret::new(s.clone()),
-                (None, Some(var), None) => ClientSecret::new(std::env::var(var).map_err(|_| {
-                    invalid(&key("client_secret_env"), format!("the environment variable {var} is not set"))
-                })?),
-                (None, None, Some(file)) => {
-                    let file = relative_to(path, file);
-                    let s = std::fs::read_to_string(&file)
-                        .map_err(|e| invalid(&key("client_secret_file"), format!("{}: {e}", file.display())))?;
-                    ClientSecret::new(s.trim_end_matches(['\n', '\r']).to_owned())
-                }
-                (None, None, None) => {
-                    return Err(invalid(
-                        &key("client_secret"),
-                        "is missing; set one of client_secret, client_secret_env, client_secret_file".into(),
-                    ));
-                }
-                _ => {
-                    return Err(invalid(
-                        &key("client_secret"),
-                        "set only one of client_secret, client_secret_env, client_secret_file".into(),
-                    ));
-                }
-            };
-            tenants.push(TenantConfig {
-                tenant: Tenant::new(name, tenant_id, application_id, client_id),
-                secret,
-                auth_method: t.auth_method.unwrap_or_default(),
-                extra_token_params: t.extra_token_params,
-                verify_jwks: t.verify_jwks,
-            });
+            tenants.push(tenant);
         }
         Ok(Self { platform, storage, sync, tenants, warnings: Vec::new() })
     }
@@ -332,6 +234,145 @@ impl Config {
     /// The tenant with this local name.
     pub fn tenant(&self, name: &str) -> Option<&TenantConfig> {
         self.tenants.iter().find(|t| t.tenant.name().as_str() == name)
+    }
+}
+
+/// The file being read, for messages and relative paths.
+#[derive(Clone, Copy)]
+struct At<'a>(&'a Path);
+
+impl At<'_> {
+    fn invalid(self, key: &str, reason: String) -> ConfigError {
+        ConfigError::Invalid { path: self.0.into(), key: key.into(), reason }
+    }
+
+    fn url(self, key: &str, u: &str) -> Result<Url, ConfigError> {
+        check_url(u).map_err(|r| self.invalid(key, r))
+    }
+}
+
+impl RawPlatform {
+    fn validate(self, at: At<'_>) -> Result<PlatformConfig, ConfigError> {
+        let base_url = at.url("platform.base_url", self.base_url.trim_end_matches('/'))?;
+        let token_url = match self.token_url {
+            Some(u) => at.url("platform.token_url", &u)?,
+            // Below the base URL's path, whatever it is.
+            None => {
+                at.url("platform.base_url", &format!("{}/oauth2/v1/token", base_url.as_str().trim_end_matches('/')))?
+            }
+        };
+        let jwks_url = match self.jwks_url {
+            Some(u) => at.url("platform.jwks_url", &u)?,
+            // The token endpoint's origin.
+            None => token_url.join("/oauth2/v1/keys").map_err(|e| at.invalid("platform.token_url", e.to_string()))?,
+        };
+        Ok(PlatformConfig {
+            base_url,
+            token_url,
+            jwks_url,
+            billing_scope: match self.billing_scope {
+                Some(s) => Scope::parse(s).map_err(|e| at.invalid("platform.billing_scope", e.reason))?,
+                None => Scope::billing_write(),
+            },
+            billing_audience: match self.billing_audience {
+                Some(a) => Audience::parse(a).map_err(|e| at.invalid("platform.billing_audience", e.reason))?,
+                None => Audience::billing(),
+            },
+            ca_file: self.ca_file.map(|p| relative_to(at.0, &p)),
+        })
+    }
+}
+
+impl RawStorage {
+    fn validate(self, at: At<'_>) -> Result<StorageConfig, ConfigError> {
+        let url = self.url.unwrap_or_else(|| "sqlite://billsync.db".into());
+        Ok(StorageConfig {
+            location: Location::parse(&url).map_err(|e| at.invalid("storage.url", e.to_string()))?,
+            retention: Duration::from_secs(u64::from(self.retention_days.unwrap_or(7)) * 86_400),
+        })
+    }
+}
+
+impl RawSync {
+    fn validate(self, at: At<'_>) -> Result<SyncConfig, ConfigError> {
+        let rpm = std::num::NonZeroU32::new(self.requests_per_minute.unwrap_or(100))
+            .ok_or_else(|| at.invalid("sync.requests_per_minute", "must be at least 1".into()))?;
+        let request_timeout = Duration::from_secs(self.request_timeout_seconds.unwrap_or(30).max(1));
+        let lease = match self.lease_seconds {
+            Some(secs) if secs < request_timeout.as_secs() => {
+                return Err(at.invalid(
+                    "sync.lease_seconds",
+                    format!(
+                        "{secs} is shorter than request_timeout_seconds ({}); a lease must outlive a request",
+                        request_timeout.as_secs()
+                    ),
+                ));
+            }
+            secs => secs.map(Duration::from_secs),
+        };
+        let claim_ttl = match self.claim_ttl_seconds {
+            Some(secs) if secs < 3 => {
+                return Err(at.invalid("sync.claim_ttl_seconds", format!("{secs} is below the minimum of 3")));
+            }
+            secs => secs.map(Duration::from_secs),
+        };
+        Ok(SyncConfig {
+            batcher: Batcher::new(self.max_batch_events.unwrap_or(500))
+                .map_err(|e| at.invalid("sync.max_batch_events", e.to_string()))?,
+            rate: RatePolicy::per_minute(rpm),
+            refresh: RefreshPolicy::new(self.refresh_at.unwrap_or(0.8), Duration::from_secs(30))
+                .map_err(|e| at.invalid("sync.refresh_at", e.to_string()))?,
+            max_backoff: Duration::from_secs(self.max_backoff_seconds.unwrap_or(300).max(1)),
+            request_timeout,
+            lease,
+            claim_ttl,
+        })
+    }
+}
+
+impl RawTenant {
+    fn validate(self, i: usize, at: At<'_>) -> Result<TenantConfig, ConfigError> {
+        let key = |field: &str| {
+            format!("tenants[{}].{field}", if self.name.is_empty() { i.to_string() } else { self.name.clone() })
+        };
+        let name = TenantName::parse(self.name.clone()).map_err(|e| at.invalid(&key("name"), e.reason))?;
+        let tenant_id = TenantId::parse(self.tenant_id.clone()).map_err(|e| at.invalid(&key("tenant_id"), e.reason))?;
+        let application_id = ApplicationId::parse(self.application_id.clone())
+            .map_err(|e| at.invalid(&key("application_id"), e.reason))?;
+        let client_id = ClientId::parse(self.client_id.clone().unwrap_or_else(|| self.application_id.clone()))
+            .map_err(|e| at.invalid(&key("client_id"), e.reason))?;
+        let secret = self.secret(at, &key)?;
+        Ok(TenantConfig {
+            tenant: Tenant::new(name, tenant_id, application_id, client_id),
+            secret,
+            auth_method: self.auth_method.unwrap_or_default(),
+            extra_token_params: self.extra_token_params,
+            verify_jwks: self.verify_jwks,
+        })
+    }
+
+    /// The client secret, from exactly one of its three sources.
+    fn secret(&self, at: At<'_>, key: &dyn Fn(&str) -> String) -> Result<ClientSecret, ConfigError> {
+        match (&self.client_secret, &self.client_secret_env, &self.client_secret_file) {
+            (Some(s), None, None) => Ok(ClientSecret::new(s.clone())),
+            (None, Some(var), None) => std::env::var(var).map(ClientSecret::new).map_err(|_| {
+                at.invalid(&key("client_secret_env"), format!("the environment variable {var} is not set"))
+            }),
+            (None, None, Some(file)) => {
+                let file = relative_to(at.0, file);
+                let s = std::fs::read_to_string(&file)
+                    .map_err(|e| at.invalid(&key("client_secret_file"), format!("{}: {e}", file.display())))?;
+                Ok(ClientSecret::new(s.trim_end_matches(['\n', '\r']).to_owned()))
+            }
+            (None, None, None) => Err(at.invalid(
+                &key("client_secret"),
+                "is missing; set one of client_secret, client_secret_env, client_secret_file".into(),
+            )),
+            _ => Err(at.invalid(
+                &key("client_secret"),
+                "set only one of client_secret, client_secret_env, client_secret_file".into(),
+            )),
+        }
     }
 }
 
@@ -354,19 +395,14 @@ fn relative_to(config: &Path, p: &Path) -> PathBuf {
     if p.is_absolute() { p.to_owned() } else { config.parent().unwrap_or(Path::new(".")).join(p) }
 }
 
-fn origin_of(u: &str) -> Option<String> {
-    let url = url::Url::parse(u).ok()?;
-    Some(url.origin().ascii_serialization())
-}
-
-/// `https://` anywhere; `http://` only for loopback hosts.
+/// Parses a URL and checks it: `https://` anywhere; `http://` only for loopback hosts.
 ///
 /// # Errors
 /// A reason in plain words.
-pub fn check_url(u: &str) -> Result<(), String> {
-    let url = url::Url::parse(u).map_err(|e| format!("\"{u}\" is not a URL: {e}"))?;
+pub fn check_url(u: &str) -> Result<Url, String> {
+    let url = Url::parse(u).map_err(|e| format!("\"{u}\" is not a URL: {e}"))?;
     match url.scheme() {
-        "https" => Ok(()),
+        "https" => Ok(url),
         "http" => {
             let loopback = match url.host() {
                 Some(url::Host::Domain(d)) => d == "localhost",
@@ -375,7 +411,7 @@ pub fn check_url(u: &str) -> Result<(), String> {
                 None => false,
             };
             if loopback {
-                Ok(())
+                Ok(url)
             } else {
                 Err(format!(
                     "\"{u}\" uses plain http to a non-loopback host; use https (tokens and secrets travel on it)"
@@ -389,6 +425,7 @@ pub fn check_url(u: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use billsync_domain::BILLING_WRITE_SCOPE;
 
     const GOOD: &str = r#"
 [platform]
@@ -407,12 +444,27 @@ extra_token_params = { audience = "https://iot.oraclecloud.com/billing" }
     }
 
     #[test]
+    fn urls_and_the_storage_location_are_parsed_once_and_never_show_a_password() {
+        let with = |extra: &str| GOOD.replace("[[tenants]]", &format!("{extra}\n[[tenants]]"));
+        let text = with("[storage]\nurl = \"postgres://bob:pg-s3cret@db:5432/billing\"")
+            .replace("https://iot.example.com\"", "https://iot.example.com/tenant-x/\"");
+        let c = parse(&text).unwrap();
+        assert_eq!(c.platform.token_url.as_str(), "https://iot.example.com/tenant-x/oauth2/v1/token");
+        assert_eq!(c.platform.jwks_url.as_str(), "https://iot.example.com/oauth2/v1/keys");
+        assert!(matches!(c.storage.location, Location::Postgres { .. }));
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("pg-s3cret") && !debug.contains("s3cret\""), "{debug}");
+        let e = parse(&with("[storage]\nurl = \"mysql://db/x\"")).unwrap_err();
+        assert!(e.contains("storage.url") && e.contains("mysql"), "{e}");
+    }
+
+    #[test]
     fn defaults_follow_the_platform() {
         let c = parse(GOOD).unwrap();
-        assert_eq!(c.platform.token_url, "https://iot.example.com/oauth2/v1/token");
-        assert_eq!(c.platform.jwks_url, "https://iot.example.com/oauth2/v1/keys");
+        assert_eq!(c.platform.token_url.as_str(), "https://iot.example.com/oauth2/v1/token");
+        assert_eq!(c.platform.jwks_url.as_str(), "https://iot.example.com/oauth2/v1/keys");
         assert_eq!(c.platform.billing_scope.as_str(), BILLING_WRITE_SCOPE);
-        assert_eq!(c.storage.url, "sqlite://billsync.db");
+        assert_eq!(c.storage.location, Location::Sqlite { path: "billsync.db".into() });
         assert_eq!(c.sync.batcher.max_events(), 500);
         assert_eq!(c.sync.rate.limit(), 100);
         assert_eq!(c.tenants[0].tenant.client_id().as_str(), "app-acme");

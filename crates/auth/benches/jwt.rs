@@ -1,6 +1,7 @@
 //! Token handling per request: decoding a JWT without verification (through the public
 //! `inspect`, which also runs the billing policy on it) and RS256 verification against a JWKS
 //! (`verify_with_jwks`, the token cache's own check), each beside the closest bare equivalent.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)] // bench and example code: a panic is a failure
 use std::hint::black_box;
 
 use base64::Engine as _;

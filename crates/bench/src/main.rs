@@ -33,6 +33,7 @@
 //!
 //! `--quick` scales the workloads down (the drain still takes one 60 s window: the emulator's
 //! window is fixed at 60 s).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)] // bench and example code: a panic is a failure
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;

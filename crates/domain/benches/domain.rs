@@ -1,4 +1,5 @@
 //! Micro benchmarks of the pure core.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)] // bench and example code: a panic is a failure
 use billsync_domain::{
     AccessToken, AccessTokenClaims, ApplicationId, BatchBody, Batcher, BillingEvent, BillingPolicy, TenantId,
 };

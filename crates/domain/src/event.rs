@@ -627,6 +627,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::too_many_lines)] // a table: one row per rule
     fn each_rule_names_its_field() {
         check(
             &with("quantity", Some("12.5")),

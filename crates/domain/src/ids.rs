@@ -145,6 +145,20 @@ string_newtype!(
     Audience, "audience", 2048, header_safe, "visible ASCII characters"
 );
 
+impl Scope {
+    /// The billing write scope, [`BILLING_WRITE_SCOPE`] (a test checks that it parses).
+    pub fn billing_write() -> Self {
+        Self(BILLING_WRITE_SCOPE.to_owned())
+    }
+}
+
+impl Audience {
+    /// The billing audience, [`BILLING_AUDIENCE`] (a test checks that it parses).
+    pub fn billing() -> Self {
+        Self(BILLING_AUDIENCE.to_owned())
+    }
+}
+
 string_newtype!(
     /// The local name of a tenant in billsync's configuration (`acme`): the key of its
     /// events in the outbox and the name used on the command line.
@@ -199,6 +213,12 @@ impl Tenant {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_billing_constants_are_valid_values() {
+        assert_eq!(Scope::parse(BILLING_WRITE_SCOPE), Ok(Scope::billing_write()));
+        assert_eq!(Audience::parse(BILLING_AUDIENCE), Ok(Audience::billing()));
+    }
+
     use super::*;
 
     fn check(input: &str, expected: Result<(), &str>) {

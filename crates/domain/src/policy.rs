@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::claims::AccessTokenClaims;
-use crate::ids::{ApplicationId, Audience, BILLING_AUDIENCE, BILLING_WRITE_SCOPE, Scope, TenantId};
+use crate::ids::{ApplicationId, Audience, Scope, TenantId};
 use crate::secret::AccessToken;
 
 /// A stable name for one way a token or its headers can be wrong.
@@ -127,11 +127,7 @@ pub struct BillingPolicy {
 
 impl Default for BillingPolicy {
     fn default() -> Self {
-        Self {
-            scope: Scope::parse(BILLING_WRITE_SCOPE).expect("constant is a valid scope"),
-            audience: Audience::parse(BILLING_AUDIENCE).expect("constant is a valid audience"),
-            min_remaining: Duration::from_secs(1),
-        }
+        Self { scope: Scope::billing_write(), audience: Audience::billing(), min_remaining: Duration::from_secs(1) }
     }
 }
 
@@ -162,79 +158,69 @@ impl BillingPolicy {
         application_id: &ApplicationId,
         now: DateTime<Utc>,
     ) -> Result<(), Violations> {
-        let mut out = Vec::new();
-        let mut push = |code, hint: String| out.push(Violation { code, hint });
         let client = claims.client_id.as_deref().unwrap_or(application_id.as_str());
-        let want_scope = self.scope.as_str();
+        let out: Vec<Violation> = [
+            self.scope_rule(claims, client),
+            self.audience_rule(claims, client),
+            tenant_rule(claims, tenant_id),
+            client_rule(claims, application_id),
+            self.expiry_rule(claims, now),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if out.is_empty() { Ok(()) } else { Err(Violations(out)) }
+    }
 
-        if !claims.has_scope(want_scope) {
-            let short =
-                claims.scope.iter().find(|s| want_scope.len() > s.len() && want_scope.ends_with(&format!(":{s}")));
-            match short {
-                Some(s) => push(
-                    ViolationCode::ShortScopeForm,
-                    format!(
-                        "the token's scope is the short form \"{s}\"; billing needs the full URN \"{want_scope}\". \
-                         Request scope={want_scope} and register the full URN for client {client} (Applications > OAuth Clients)."
-                    ),
-                ),
-                None => push(
-                    ViolationCode::MissingScope,
-                    format!(
-                        "the token's scope is {}; billing needs \"{want_scope}\". Enable Billing Services for client {client} \
-                         (Applications > OAuth Clients) and request the full URN.",
-                        quoted_or_none(&claims.scope)
-                    ),
-                ),
-            }
+    /// The full-URN billing scope, with the short form named when that is what was granted.
+    fn scope_rule(&self, claims: &AccessTokenClaims, client: &str) -> Option<Violation> {
+        let want_scope = self.scope.as_str();
+        if claims.has_scope(want_scope) {
+            return None;
         }
+        let short = claims.scope.iter().find(|s| want_scope.len() > s.len() && want_scope.ends_with(&format!(":{s}")));
+        Some(match short {
+            Some(s) => Violation {
+                code: ViolationCode::ShortScopeForm,
+                hint: format!(
+                    "the token's scope is the short form \"{s}\"; billing needs the full URN \"{want_scope}\". \
+                     Request scope={want_scope} and register the full URN for client {client} (Applications > OAuth Clients)."
+                ),
+            },
+            None => Violation {
+                code: ViolationCode::MissingScope,
+                hint: format!(
+                    "the token's scope is {}; billing needs \"{want_scope}\". Enable Billing Services for client {client} \
+                     (Applications > OAuth Clients) and request the full URN.",
+                    quoted_or_none(&claims.scope)
+                ),
+            },
+        })
+    }
+
+    /// The billing audience in `aud`.
+    fn audience_rule(&self, claims: &AccessTokenClaims, client: &str) -> Option<Violation> {
         let want_aud = self.audience.as_str();
-        if !claims.aud.iter().any(|a| a == want_aud) {
-            let base_only = claims.aud.iter().any(|a| want_aud.starts_with(a.as_str()));
-            let why = if base_only { " (the base platform URL alone is not enough)" } else { "" };
-            push(
-                ViolationCode::AudienceMissing,
-                format!(
-                    "the token's audience is {}{why}; billing needs \"{want_aud}\" in aud. Tick 'Billing API Access' for client \
-                     {client}, or ask the token endpoint for it (extra_token_params audience = \"{want_aud}\").",
-                    quoted_or_none(&claims.aud)
-                ),
-            );
+        if claims.aud.iter().any(|a| a == want_aud) {
+            return None;
         }
-        match claims.tenant_id.as_deref() {
-            None => push(
-                ViolationCode::TenantClaimMissing,
-                format!(
-                    "the token has no tenant_id claim; X-Tenant-ID is \"{tenant_id}\". Ask the token endpoint for a tenant \
-                     token (extra_token_params tenant_id = \"{tenant_id}\")."
-                ),
+        let base_only = claims.aud.iter().any(|a| want_aud.starts_with(a.as_str()));
+        let why = if base_only { " (the base platform URL alone is not enough)" } else { "" };
+        Some(Violation {
+            code: ViolationCode::AudienceMissing,
+            hint: format!(
+                "the token's audience is {}{why}; billing needs \"{want_aud}\" in aud. Tick 'Billing API Access' for client \
+                 {client}, or ask the token endpoint for it (extra_token_params audience = \"{want_aud}\").",
+                quoted_or_none(&claims.aud)
             ),
-            Some(t) if t != tenant_id.as_str() => push(
-                ViolationCode::TenantMismatch,
-                format!(
-                    "X-Tenant-ID is \"{tenant_id}\" but the token's tenant_id is \"{t}\". Set tenant_id to the Tenant ID \
-                     shown in IoT Console > Settings > Organization Details, or request a token for that tenant."
-                ),
-            ),
-            Some(_) => {}
-        }
-        match claims.client_id.as_deref() {
-            None => push(
-                ViolationCode::ApplicationMismatch,
-                format!("the token has no client_id claim to match X-Application-ID \"{application_id}\"."),
-            ),
-            Some(c) if c != application_id.as_str() => push(
-                ViolationCode::ApplicationMismatch,
-                format!(
-                    "X-Application-ID is \"{application_id}\" but the token was issued to client \"{c}\". X-Application-ID \
-                     must be the OAuth client id registered in Applications > OAuth Clients."
-                ),
-            ),
-            Some(_) => {}
-        }
-        match claims.expires_at() {
-            None => push(ViolationCode::TokenExpired, "the token has no exp claim; billing tokens must expire.".into()),
-            Some(exp) if exp <= now => push(
+        })
+    }
+
+    /// An `exp` far enough ahead for a request.
+    fn expiry_rule(&self, claims: &AccessTokenClaims, now: DateTime<Utc>) -> Option<Violation> {
+        let (code, hint) = match claims.expires_at() {
+            None => (ViolationCode::TokenExpired, "the token has no exp claim; billing tokens must expire.".into()),
+            Some(exp) if exp <= now => (
                 ViolationCode::TokenExpired,
                 format!(
                     "the token expired at {} ({} ago); get a new one.",
@@ -242,7 +228,7 @@ impl BillingPolicy {
                     crate::human_duration(now - exp)
                 ),
             ),
-            Some(exp) if (exp - now).to_std().unwrap_or_default() < self.min_remaining => push(
+            Some(exp) if (exp - now).to_std().unwrap_or_default() < self.min_remaining => (
                 ViolationCode::ExpiresTooSoon,
                 format!(
                     "the token expires in {}, less than the {} a request needs; get a new one.",
@@ -250,9 +236,9 @@ impl BillingPolicy {
                     crate::human_duration(chrono::Duration::from_std(self.min_remaining).unwrap_or_default())
                 ),
             ),
-            Some(_) => {}
-        }
-        if out.is_empty() { Ok(()) } else { Err(Violations(out)) }
+            Some(_) => return None,
+        };
+        Some(Violation { code, hint })
     }
 
     /// Checks the token and, when it passes, returns the only thing a billing request can be
@@ -280,6 +266,41 @@ impl BillingPolicy {
             claims,
         })
     }
+}
+
+/// A `tenant_id` claim equal to `X-Tenant-ID`.
+fn tenant_rule(claims: &AccessTokenClaims, tenant_id: &TenantId) -> Option<Violation> {
+    let (code, hint) = match claims.tenant_id.as_deref() {
+        None => (
+            ViolationCode::TenantClaimMissing,
+            format!(
+                "the token has no tenant_id claim; X-Tenant-ID is \"{tenant_id}\". Ask the token endpoint for a tenant \
+                 token (extra_token_params tenant_id = \"{tenant_id}\")."
+            ),
+        ),
+        Some(t) if t != tenant_id.as_str() => (
+            ViolationCode::TenantMismatch,
+            format!(
+                "X-Tenant-ID is \"{tenant_id}\" but the token's tenant_id is \"{t}\". Set tenant_id to the Tenant ID \
+                 shown in IoT Console > Settings > Organization Details, or request a token for that tenant."
+            ),
+        ),
+        Some(_) => return None,
+    };
+    Some(Violation { code, hint })
+}
+
+/// A `client_id` claim equal to `X-Application-ID`.
+fn client_rule(claims: &AccessTokenClaims, application_id: &ApplicationId) -> Option<Violation> {
+    let hint = match claims.client_id.as_deref() {
+        None => format!("the token has no client_id claim to match X-Application-ID \"{application_id}\"."),
+        Some(c) if c != application_id.as_str() => format!(
+            "X-Application-ID is \"{application_id}\" but the token was issued to client \"{c}\". X-Application-ID \
+             must be the OAuth client id registered in Applications > OAuth Clients."
+        ),
+        Some(_) => return None,
+    };
+    Some(Violation { code: ViolationCode::ApplicationMismatch, hint })
 }
 
 fn quoted_or_none(v: &[String]) -> String {
@@ -344,7 +365,7 @@ impl fmt::Debug for BillingRequestHeaders {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::DEVICE_WRITE_SCOPE;
+    use crate::ids::{BILLING_AUDIENCE, BILLING_WRITE_SCOPE, DEVICE_WRITE_SCOPE};
 
     const NOW: i64 = 1_800_000_000;
 

@@ -264,6 +264,7 @@ mod tests {
 
     /// One row per kind of answer.
     #[test]
+    #[allow(clippy::too_many_lines)] // a table: one row per kind of answer
     fn the_settle_table() {
         let three = ids(3);
         let one = ids(1);

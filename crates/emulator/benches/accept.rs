@@ -2,6 +2,7 @@
 //! emulator and a reqwest client posting pre-serialised bodies, 4 requests in flight.
 //!
 //! `cargo bench -p billsync-emulator -- --quick`
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)] // bench and example code: a panic is a failure
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,5 +1,6 @@
 //! Runs the emulator until Ctrl-C: `cargo run -p billsync-emulator --example serve -- [--config FILE] [--listen ADDR]`.
 //! Without `--config`, the built-in demo registry is used; the default address is 127.0.0.1:8787.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)] // bench and example code: a panic is a failure
 
 use billsync_emulator::{EmulatorConfig, serve_forever};
 

@@ -11,6 +11,7 @@
 //!   (skipped with a message when no server answers at `BILLSYNC_TEST_DATABASE_URL`).
 //!
 //! Files live under Cargo's target tmp dir (a real disk, so fsyncs cost what they cost).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)] // bench and example code: a panic is a failure
 
 use std::path::Path;
 use std::str::FromStr;

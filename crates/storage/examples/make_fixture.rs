@@ -14,6 +14,7 @@
 //! returned, as if its agent had been killed (`fx-l0`..`fx-l2`), and 4 pending (`fx-p0`..`fx-p3`),
 //! plus a claim on `acme` by an agent that is gone and a saved tenant state; for `globex`, 2
 //! pending (`fx-g0`, `fx-g1`).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)] // bench and example code: a panic is a failure
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -56,7 +56,6 @@ mod error;
 mod postgres;
 mod sqlite;
 
-use std::path::Path;
 use std::sync::Arc;
 
 use billsync_domain::{Clock, Outbox, OutboxError};
@@ -75,40 +74,97 @@ pub const SQLITE_SCHEMA_VERSION: i64 = 4;
 /// SQLite (the two schemas move on their own: version 3 is SQLite's lease rows).
 pub const POSTGRES_SCHEMA_VERSION: i64 = 3;
 
-/// Opens the outbox named by `url`:
+/// Where an outbox lives, parsed from its URL once, at the edge:
 ///
 /// - `sqlite://PATH` (or `sqlite:PATH`): a SQLite file, created if missing; `sqlite:///abs/path.db`
 ///   for an absolute path. Query parameters are ignored. An in-memory database is refused: it
 ///   would not be durable.
 /// - `postgres://...` or `postgresql://...`: a PostgreSQL database.
 ///
-/// # Errors
-/// [`OutboxError::Storage`] naming the scheme when it is neither; otherwise the errors of
-/// [`SqliteOutbox::open`] and [`PostgresOutbox::connect`].
-pub async fn open(url: &str, clock: Arc<dyn Clock>) -> Result<Arc<dyn Outbox>, OutboxError> {
-    let Some((scheme, rest)) = url.split_once(':') else {
-        return Err(StoreError::InvalidUrl {
-            url: redact_url(url),
-            reason: "no scheme; expected sqlite://PATH, postgres:// or postgresql://".into(),
-        }
-        .into());
-    };
-    match scheme.to_ascii_lowercase().as_str() {
-        "sqlite" => {
-            let path = rest.strip_prefix("//").unwrap_or(rest);
-            let path = path.split_once('?').map_or(path, |(p, _)| p);
-            if path.is_empty() || path.starts_with(":memory:") || path.contains("mode=memory") {
-                return Err(StoreError::InvalidUrl {
-                    url: url.to_owned(),
-                    reason: "an outbox needs a file: an in-memory SQLite database is not durable".into(),
-                }
-                .into());
+/// Its `Debug` and `Display` never show a password.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A SQLite file.
+    Sqlite {
+        /// The file.
+        path: std::path::PathBuf,
+    },
+    /// A PostgreSQL database.
+    Postgres {
+        /// The connection URL, as given (it may hold a password).
+        url: String,
+    },
+}
+
+impl Location {
+    /// Parses an outbox URL.
+    ///
+    /// # Errors
+    /// [`OutboxError::Storage`] naming the URL (password masked) and what is wrong with it.
+    pub fn parse(url: &str) -> Result<Self, OutboxError> {
+        let Some((scheme, rest)) = url.split_once(':') else {
+            return Err(StoreError::InvalidUrl {
+                url: redact_url(url),
+                reason: "no scheme; expected sqlite://PATH, postgres:// or postgresql://".into(),
             }
-            Ok(Arc::new(SqliteOutbox::open(Path::new(path), clock).await?))
+            .into());
+        };
+        match scheme.to_ascii_lowercase().as_str() {
+            "sqlite" => {
+                let path = rest.strip_prefix("//").unwrap_or(rest);
+                let path = path.split_once('?').map_or(path, |(p, _)| p);
+                if path.is_empty() || path.starts_with(":memory:") || path.contains("mode=memory") {
+                    return Err(StoreError::InvalidUrl {
+                        url: url.to_owned(),
+                        reason: "an outbox needs a file: an in-memory SQLite database is not durable".into(),
+                    }
+                    .into());
+                }
+                Ok(Self::Sqlite { path: path.into() })
+            }
+            "postgres" | "postgresql" => Ok(Self::Postgres { url: url.to_owned() }),
+            other => Err(StoreError::UnsupportedScheme { scheme: other.to_owned() }.into()),
         }
-        "postgres" | "postgresql" => Ok(Arc::new(PostgresOutbox::connect(url, clock).await?)),
-        other => Err(StoreError::UnsupportedScheme { scheme: other.to_owned() }.into()),
     }
+
+    /// Opens (and migrates) the outbox here.
+    ///
+    /// # Errors
+    /// The errors of [`SqliteOutbox::open`] and [`PostgresOutbox::connect`].
+    pub async fn open(&self, clock: Arc<dyn Clock>) -> Result<Arc<dyn Outbox>, OutboxError> {
+        match self {
+            Self::Sqlite { path } => match SqliteOutbox::open(path, clock).await {
+                Ok(outbox) => Ok(Arc::new(outbox)),
+                // Name the file: "unable to open database file" alone does not say which.
+                Err(OutboxError::Storage(why)) => Err(OutboxError::Storage(format!("{}: {why}", path.display()))),
+                Err(e) => Err(e),
+            },
+            Self::Postgres { url } => Ok(Arc::new(PostgresOutbox::connect(url, clock).await?)),
+        }
+    }
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite { path } => write!(f, "sqlite://{}", path.display()),
+            Self::Postgres { url } => f.write_str(&redact_url(url)),
+        }
+    }
+}
+
+impl std::fmt::Debug for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Location({self})")
+    }
+}
+
+/// Opens the outbox named by `url` ([`Location::parse`], then [`Location::open`]).
+///
+/// # Errors
+/// As [`Location::parse`] and [`Location::open`].
+pub async fn open(url: &str, clock: Arc<dyn Clock>) -> Result<Arc<dyn Outbox>, OutboxError> {
+    Location::parse(url)?.open(clock).await
 }
 
 #[cfg(test)]
@@ -141,6 +197,24 @@ mod tests {
         assert!(path.exists());
         assert!(!format!("{outbox:p}").is_empty());
         Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_sqlite_outbox_that_cannot_be_opened_names_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("no-such-dir").join("outbox.db");
+        let err = open(&format!("sqlite://{}", path.display()), Arc::new(SystemClock)).await.err();
+        let Some(OutboxError::Storage(msg)) = err else { panic!("expected a storage error, got {err:?}") };
+        assert!(msg.contains(&path.display().to_string()), "{msg}");
+    }
+
+    #[test]
+    fn a_location_never_shows_its_password() {
+        let at = Location::parse("postgres://bob:s3cret@db:5432/billing").unwrap();
+        assert_eq!(format!("{at}"), "postgres://bob:***@db:5432/billing");
+        assert!(!format!("{at:?}").contains("s3cret"), "{at:?}");
+        let file = Location::parse("sqlite:///var/lib/billsync/outbox.db?mode=rwc").unwrap();
+        assert_eq!(file, Location::Sqlite { path: "/var/lib/billsync/outbox.db".into() });
     }
 
     #[test]

@@ -1,4 +1,5 @@
 //! The transport against a real HTTP server that records what it received.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)] // test, bench and example code: a panic is a failure
 use std::sync::{Arc, Mutex};
 
 use axum::Router;

@@ -1,4 +1,5 @@
 //! Integration tests of billsync-auth against a stub token server (see `helpers.rs`).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)] // test, bench and example code: a panic is a failure
 
 mod cache;
 mod diagnose;

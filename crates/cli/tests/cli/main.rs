@@ -1,4 +1,5 @@
 //! The `billsync` binary as a user runs it, against the emulator on loopback.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)] // test, bench and example code: a panic is a failure
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
