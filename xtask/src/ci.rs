@@ -9,6 +9,7 @@ pub fn run() -> Result<(), String> {
     sh(cargo().args(["fmt", "--all", "--", "--check"]))?;
     sh(cargo().args(["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"]))?;
     crate::arch::run()?;
+    crate::pins::run()?;
     let nextest = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(["nextest", "--version"])
         .output()

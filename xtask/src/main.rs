@@ -2,11 +2,12 @@
 //!
 //! - `ci`: exactly what CI runs: set up the test environment (PostgreSQL, the npm
 //!   authorization server used for interoperability), `cargo fmt --check`, clippy with
-//!   `-D warnings`, the layering check (`arch`), every test, a one-minute soak, a short fuzz run of
+//!   `-D warnings`, the layering check (`arch`), the contract's test pins (`pins`), every test, a one-minute soak, a short fuzz run of
 //!   each target, and the quick benchmarks. If it passes locally, CI is green.
 //! - `bench [--quick]`: the benchmarks, written to `target/bench/`.
 //! - `arch`: the layering, from `cargo metadata` (domain pure, adapters independent, the library
 //!   without the CLI or the emulator, nothing on the benchmarks).
+//! - `pins`: every test `docs/platform.md` names as pinning the contract exists.
 //! - `soak [--minutes N] [--seed S] [--release] [--keep]`: the fault soak (every platform fault,
 //!   concurrent producers, the agent SIGKILLed and restarted), then a reconciliation; fails on
 //!   any loss. Default 5 minutes.
@@ -16,6 +17,7 @@ mod arch;
 mod bench;
 mod ci;
 mod fuzz;
+mod pins;
 mod soak;
 
 use std::process::{Command, ExitCode};
@@ -25,6 +27,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci::run(),
         Some("arch") => arch::run(),
+        Some("pins") => pins::run(),
         Some("soak") => soak::run(&args[1..]),
         Some("fuzz") => fuzz::run(&args[1..]),
         Some("bench") => bench::run(args.iter().any(|a| a == "--quick")),
@@ -35,7 +38,7 @@ fn main() -> ExitCode {
         }),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci | bench [--quick] | arch | soak [--minutes N] | fuzz [--seconds N] | env>"
+                "usage: cargo xtask <ci | bench [--quick] | arch | pins | soak [--minutes N] | fuzz [--seconds N] | env>"
             );
             return ExitCode::from(2);
         }
