@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::http::{StatusCode, header};
 use billsync::Agent;
+use tokio_util::sync::CancellationToken;
 
 /// The content type of the Prometheus text exposition that `Metrics::render` writes
 /// (OpenMetrics 1.0.0, as `prometheus-client`'s text encoder produces it).
@@ -41,12 +42,8 @@ pub async fn run(agent: Agent, listen: SocketAddr) -> anyhow::Result<ExitCode> {
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     // Port 0 picks a free port: say which.
     let listen = listener.local_addr().with_context(|| format!("cannot listen on {listen}"))?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        // An error means the sender is gone: stop as well.
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
-    let server = axum::serve(listener, router(agent.clone())).with_graceful_shutdown(stopped(stop_rx.clone()));
+    let stop = CancellationToken::new();
+    let server = axum::serve(listener, router(agent.clone())).with_graceful_shutdown(stop.clone().cancelled_owned());
     let server = tokio::spawn(async move {
         if let Err(e) = server.await {
             tracing::error!(error = %e, "the /metrics and /healthz server failed");
@@ -56,12 +53,12 @@ pub async fn run(agent: Agent, listen: SocketAddr) -> anyhow::Result<ExitCode> {
     eprintln!("billsync run: serving /metrics and /healthz on http://{listen}");
     let engine = {
         let agent = agent.clone();
-        tokio::spawn(async move { agent.run_until(stopped(stop_rx)).await })
+        let stopped = stop.clone().cancelled_owned();
+        tokio::spawn(async move { agent.run_until(stopped).await })
     };
     shutdown_signal().await;
     eprintln!("billsync run: stopping (finishing requests in flight)");
-    // Nobody may be listening any more; stopping is what was asked either way.
-    let _ = stop_tx.send(true);
+    stop.cancel();
     // In-flight requests get until 9 s; whatever is still leased after that is returned to
     // pending by its lease's expiry, and the platform's deduplication absorbs a resend.
     if tokio::time::timeout(Duration::from_secs(9), engine).await.is_err() {
