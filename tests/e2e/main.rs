@@ -4,6 +4,7 @@
 
 mod helpers;
 mod migrations;
+mod referee;
 
 use std::time::Duration;
 

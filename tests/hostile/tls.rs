@@ -8,7 +8,8 @@ use billsync_domain::{
     AccessToken, AccessTokenClaims, ApplicationId, BatchBody, BillingApi, BillingEvent, BillingPolicy, BillingResponse,
     TenantId,
 };
-use billsync_transport::{HttpBillingApi, TransportOptions};
+use billsync_http::HttpSettings;
+use billsync_transport::HttpBillingApi;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::rustls;
 
@@ -103,7 +104,7 @@ async fn a_self_signed_server_is_refused_unless_its_ca_is_given() {
     let (url, server) = https_server(&cert).await;
 
     // Without ca_file: a certificate error, and nothing was accepted.
-    let api = HttpBillingApi::new(&url, TransportOptions::default()).unwrap();
+    let api = HttpBillingApi::new(&url, &HttpSettings::default()).unwrap();
     let refused = api.post_events(&headers(), &body()).await;
     let message = format!("{refused:?}").to_lowercase();
     assert!(refused.is_err(), "an untrusted certificate was accepted: {refused:?}");
@@ -113,7 +114,7 @@ async fn a_self_signed_server_is_refused_unless_its_ca_is_given() {
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, cert.cert.pem()).unwrap();
-    let api = HttpBillingApi::new(&url, TransportOptions { ca_file: Some(ca), ..TransportOptions::default() }).unwrap();
+    let api = HttpBillingApi::new(&url, &HttpSettings::default().with_ca_file(&ca).unwrap()).unwrap();
     let reply = api.post_events(&headers(), &body()).await.expect("trusted through ca_file");
     assert!(matches!(reply.response, BillingResponse::Accepted(ref r) if r.accepted == 1), "{reply:?}");
     server.abort();
@@ -167,10 +168,14 @@ async fn the_token_endpoint_honours_ca_file_too() {
     assert!(message.contains("certificate") || message.contains("issuer"), "not a TLS error: {message}");
 
     // With it: the server is reached (it answers a 202 receipt, which is no token response).
-    let trusted = cache(AuthConfig::new(&token_url).unwrap().with_ca_pem(cert.cert.pem().into_bytes()))
-        .headers(&tenant)
-        .await
-        .unwrap_err();
+    let trusted = cache(
+        AuthConfig::new(&token_url)
+            .unwrap()
+            .with_http(HttpSettings::default().with_ca_pem(cert.cert.pem().as_bytes(), "the test CA").unwrap()),
+    )
+    .headers(&tenant)
+    .await
+    .unwrap_err();
     let message = trusted.to_string().to_lowercase();
     assert!(!message.contains("certificate") && !message.contains("issuer"), "still a TLS error: {message}");
     server.abort();

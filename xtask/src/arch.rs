@@ -2,7 +2,8 @@
 //! dependency graph (normal dependencies, followed transitively).
 //!
 //! - the domain is pure: no I/O crate and no other workspace crate below it;
-//! - no adapter depends on another adapter, on the library, the CLI or the emulator;
+//! - no adapter depends on another adapter, on the library, the CLI or the emulator (the HTTP
+//!   adapters share `billsync-http`, which depends on nothing of the workspace);
 //! - the library depends on neither the CLI nor the emulator, nor on the CLI's own crates;
 //! - nothing depends on the benchmarks, in any kind of dependency.
 
@@ -18,6 +19,8 @@ const LIBRARY: &str = "billsync";
 const CLI: &str = "billsync-cli";
 const EMULATOR: &str = "billsync-emulator";
 const BENCH: &str = "billsync-bench";
+/// Support shared by the HTTP adapters (the client builder): below them, beside the domain.
+const HTTP: &str = "billsync-http";
 
 /// Crates that must never be in the domain's tree: the domain does no I/O.
 const IMPURE: &[&str] = &["tokio", "reqwest", "sqlx", "hyper", "axum", "mio"];
@@ -87,6 +90,10 @@ impl Graph {
             [LIBRARY, CLI, EMULATOR, BENCH].into_iter().chain(ADAPTERS.iter().copied()).collect();
         forbid(DOMAIN, IMPURE, "the domain does no I/O");
         forbid(DOMAIN, &workspace, "the domain depends on nothing of the workspace");
+        forbid(DOMAIN, &[HTTP], "the domain depends on nothing of the workspace");
+        let mut not_below_http = workspace.clone();
+        not_below_http.push(DOMAIN);
+        forbid(HTTP, &not_below_http, "the adapters' HTTP support depends on nothing of the workspace");
         for a in ADAPTERS {
             let others: Vec<&str> = [LIBRARY, CLI, EMULATOR, BENCH]
                 .into_iter()

@@ -12,7 +12,8 @@ use billsync_domain::{
     BillingPolicy, Clock, DeadLetterRecord, EncodedEvent, EnqueueReport, EventId, Outbox, OutboxError, SystemClock,
     TenantCounts, TenantName,
 };
-use billsync_transport::{HttpBillingApi, TransportOptions};
+use billsync_http::HttpSettings;
+use billsync_transport::HttpBillingApi;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
@@ -44,18 +45,9 @@ pub enum AgentError {
     /// The token adapter could not be configured.
     #[error("token configuration")]
     Auth(#[from] billsync_auth::ConfigError),
-    /// The CA bundle (`platform.ca_file`) could not be read.
-    #[error("cannot read platform.ca_file {}", path.display())]
-    CaFile {
-        /// The file.
-        path: std::path::PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The transport could not be configured.
-    #[error("transport configuration")]
-    Transport(#[from] billsync_transport::TransportSetupError),
+    /// The HTTP client could not be set up (the CA bundle, TLS).
+    #[error("HTTP client configuration")]
+    Http(#[from] billsync_http::HttpSetupError),
 }
 
 /// One tenant as `billsync status` shows it.
@@ -121,13 +113,13 @@ impl AgentBuilder {
         let config = self.config.ok_or(AgentError::NoConfig)?;
         let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock));
         let outbox = config.storage.location.open(clock.clone()).await?;
-        let tokens = Arc::new(token_cache(&config, clock.clone())?);
-        let transport = TransportOptions {
-            timeout: config.sync.request_timeout,
-            ca_file: config.platform.ca_file.clone(),
-            ..TransportOptions::default()
-        };
-        let api = HttpBillingApi::new(config.platform.base_url.as_str(), transport)?;
+        // One set of connection settings, the CA bundle read once, for both HTTP adapters.
+        let mut http = HttpSettings::default().with_timeout(config.sync.request_timeout);
+        if let Some(path) = &config.platform.ca_file {
+            http = http.with_ca_file(path)?;
+        }
+        let tokens = Arc::new(token_cache(&config, &http, clock.clone())?);
+        let api = HttpBillingApi::new(config.platform.base_url.as_str(), &http)?;
         let settings = engine_settings(self.settings.unwrap_or_default(), &config);
         let metrics = Metrics::default();
         let engine = Engine::new(
@@ -141,22 +133,18 @@ impl AgentBuilder {
 }
 
 /// The token cache for the configured platform and tenants.
-fn token_cache(config: &Config, clock: Arc<dyn Clock>) -> Result<TokenCache, AgentError> {
+fn token_cache(config: &Config, http: &HttpSettings, clock: Arc<dyn Clock>) -> Result<TokenCache, AgentError> {
     let platform = &config.platform;
     let policy = BillingPolicy::new(
         platform.billing_scope.clone(),
         platform.billing_audience.clone(),
         std::time::Duration::from_secs(1),
     );
-    let mut auth_config = AuthConfig::new(platform.token_url.as_str())?
+    let auth_config = AuthConfig::new(platform.token_url.as_str())?
         .with_jwks_url(platform.jwks_url.as_str())?
         .with_policy(policy)
         .with_refresh(config.sync.refresh)
-        .with_timeout(config.sync.request_timeout);
-    if let Some(path) = &platform.ca_file {
-        let pem = std::fs::read(path).map_err(|source| AgentError::CaFile { path: path.clone(), source })?;
-        auth_config = auth_config.with_ca_pem(pem);
-    }
+        .with_http(http.clone());
     let mut auths = Vec::new();
     for t in &config.tenants {
         let mut a = TenantAuth::new(t.tenant.clone(), billsync_domain::ClientSecret::new(t.secret.secret()))

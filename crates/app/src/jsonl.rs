@@ -28,7 +28,7 @@ pub enum ReadError {
     #[error("{} invalid line(s); nothing was stored:\n{}", .0.len(), .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Invalid(Vec<LineError>),
     /// The input could not be read (or is not UTF-8).
-    #[error("cannot read the input: {0}")]
+    #[error("cannot read the input")]
     Io(#[from] std::io::Error),
 }
 

@@ -63,8 +63,6 @@ pub mod config;
 pub mod engine;
 pub mod health;
 pub mod jsonl;
-#[cfg(test)]
-mod memory;
 pub mod metrics;
 
 pub use agent::{Agent, AgentBuilder, AgentError, TenantStatus};

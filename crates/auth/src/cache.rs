@@ -71,7 +71,7 @@ impl TokenCache {
     ///
     /// # Errors
     /// [`ConfigError::DuplicateTenant`] when two entries share a tenant name;
-    /// [`ConfigError::HttpClient`] if the HTTP client cannot be built.
+    /// [`ConfigError::Http`] if the HTTP client cannot be built.
     pub fn new(config: AuthConfig, tenants: impl IntoIterator<Item = TenantAuth>) -> Result<Self, ConfigError> {
         Self::with_clock(config, tenants, Arc::new(SystemClock))
     }

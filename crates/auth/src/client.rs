@@ -112,7 +112,7 @@ impl OAuthClient {
     /// A client using the system clock.
     ///
     /// # Errors
-    /// [`ConfigError::HttpClient`] if the HTTP client cannot be built.
+    /// [`ConfigError::Http`] if the HTTP client cannot be built.
     pub fn new(config: AuthConfig) -> Result<Self, ConfigError> {
         Self::with_clock(config, Arc::new(SystemClock))
     }
@@ -120,21 +120,9 @@ impl OAuthClient {
     /// A client reading the time from `clock` (for tests and simulations).
     ///
     /// # Errors
-    /// [`ConfigError::HttpClient`] if the HTTP client cannot be built.
+    /// [`ConfigError::Http`] if the HTTP client cannot be built.
     pub fn with_clock(config: AuthConfig, clock: Arc<dyn Clock>) -> Result<Self, ConfigError> {
-        let mut builder = reqwest::Client::builder()
-            .timeout(config.timeout())
-            .connect_timeout(config.timeout())
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("billsync-auth/", env!("CARGO_PKG_VERSION")));
-        if let Some(pem) = config.ca_pem() {
-            let certs = reqwest::Certificate::from_pem_bundle(pem)
-                .map_err(|e| ConfigError::HttpClient(format!("the CA bundle is not PEM certificates: {e}")))?;
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
-        let http = builder.build().map_err(|e| ConfigError::HttpClient(e.to_string()))?;
+        let http = config.http().client(concat!("billsync-auth/", env!("CARGO_PKG_VERSION")))?;
         let jwks = JwksCache::new(config.jwks_url_parsed().clone());
         Ok(Self {
             inner: Arc::new(Inner {
@@ -214,7 +202,31 @@ impl OAuthClient {
         .await
     }
 
+    /// One request to the token endpoint: a grant, a failure worth retrying, or a final one.
     async fn attempt(&self, auth: &TenantAuth) -> Result<TokenGrant, Attempt> {
+        let req = self.token_request(auth);
+        let sent_at = self.inner.clock.now();
+        let resp = req.send().await.map_err(|e| Attempt::Retry { reachable: false, reason: describe(&e) })?;
+        let received_at = self.inner.clock.now();
+        let status = resp.status();
+        let measured_skew = measure_skew(resp.headers(), sent_at, received_at);
+        if let Some(skew) = measured_skew {
+            *self.inner.last_skew.lock().unwrap_or_else(|p| p.into_inner()) = Some(skew);
+        }
+        let body = read_capped(resp).await.map_err(|reason| Attempt::Retry { reachable: true, reason })?;
+        let (access_token, expires_in, granted_scope) = classify_answer(status, &body)?;
+        Ok(TokenGrant {
+            access_token,
+            expires_in,
+            granted_scope,
+            requested_scope: auth.scopes().iter().map(|s| s.as_str().to_owned()).collect(),
+            received_at,
+            measured_skew,
+        })
+    }
+
+    /// Builds the client-credentials request, authenticated as the tenant's `auth_method` says.
+    fn token_request(&self, auth: &TenantAuth) -> reqwest::RequestBuilder {
         let cfg = &self.inner.config;
         let tenant = auth.tenant();
         let scope = auth.scope_param();
@@ -237,59 +249,47 @@ impl OAuthClient {
         for (k, v) in auth.extra_params() {
             form.push((k, v));
         }
-        let req = req.form(&form);
-        let sent_at = self.inner.clock.now();
-        let resp = req.send().await.map_err(|e| Attempt::Retry { reachable: false, reason: describe(&e) })?;
-        let received_at = self.inner.clock.now();
-        let status = resp.status();
-        let measured_skew = resp
-            .headers()
-            .get(DATE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|s| DateTime::parse_from_rfc2822(s).ok())
-            .map(|d| {
-                // The Date header is truncated to the second: its true value is on average
-                // half a second later; the request's midpoint is our best local estimate.
-                let server = d.with_timezone(&Utc) + chrono::Duration::milliseconds(500);
-                let local = sent_at + (received_at - sent_at) / 2;
-                server - local
-            });
-        if let Some(skew) = measured_skew {
-            *self.inner.last_skew.lock().unwrap_or_else(|p| p.into_inner()) = Some(skew);
-        }
-        let body = read_capped(resp).await.map_err(|reason| Attempt::Retry { reachable: true, reason })?;
-
-        if status.is_success() {
-            let grant = parse_success(&body).map_err(|e| Attempt::Final { reachable: true, error: e })?;
-            return Ok(TokenGrant {
-                access_token: grant.0,
-                expires_in: grant.1,
-                granted_scope: grant.2,
-                requested_scope: auth.scopes().iter().map(|s| s.as_str().to_owned()).collect(),
-                received_at,
-                measured_skew,
-            });
-        }
-        if status.is_server_error() {
-            return Err(Attempt::Retry {
-                reachable: true,
-                reason: format!("the token endpoint answered HTTP {status}"),
-            });
-        }
-        if status.as_u16() == 429 {
-            return Err(Attempt::Final {
-                reachable: true,
-                error: TokenError::Unavailable("the token endpoint is rate limiting (HTTP 429)".into()),
-            });
-        }
-        if status.is_client_error() {
-            return Err(Attempt::Final { reachable: true, error: parse_error(status, &body) });
-        }
-        Err(Attempt::Final {
-            reachable: true,
-            error: TokenError::Malformed(format!("unexpected HTTP status {status} from the token endpoint")),
-        })
+        req.form(&form)
     }
+}
+
+/// The token endpoint's clock minus ours, from its `Date` header, when it sent a readable one.
+fn measure_skew(
+    headers: &reqwest::header::HeaderMap,
+    sent_at: DateTime<Utc>,
+    received_at: DateTime<Utc>,
+) -> Option<chrono::Duration> {
+    headers.get(DATE).and_then(|v| v.to_str().ok()).and_then(|s| DateTime::parse_from_rfc2822(s).ok()).map(|d| {
+        // The Date header is truncated to the second: its true value is on average
+        // half a second later; the request's midpoint is our best local estimate.
+        let server = d.with_timezone(&Utc) + chrono::Duration::milliseconds(500);
+        let local = sent_at + (received_at - sent_at) / 2;
+        server - local
+    })
+}
+
+/// Sorts a token endpoint's answer by status: a token response, a 5xx worth retrying, or a
+/// final failure (429, any other 4xx, anything else).
+fn classify_answer(status: reqwest::StatusCode, body: &[u8]) -> Result<TokenResponse, Attempt> {
+    if status.is_success() {
+        return parse_success(body).map_err(|e| Attempt::Final { reachable: true, error: e });
+    }
+    if status.is_server_error() {
+        return Err(Attempt::Retry { reachable: true, reason: format!("the token endpoint answered HTTP {status}") });
+    }
+    if status.as_u16() == 429 {
+        return Err(Attempt::Final {
+            reachable: true,
+            error: TokenError::Unavailable("the token endpoint is rate limiting (HTTP 429)".into()),
+        });
+    }
+    if status.is_client_error() {
+        return Err(Attempt::Final { reachable: true, error: parse_error(status, body) });
+    }
+    Err(Attempt::Final {
+        reachable: true,
+        error: TokenError::Malformed(format!("unexpected HTTP status {status} from the token endpoint")),
+    })
 }
 
 /// `application/x-www-form-urlencoded` encoding, as RFC 6749 §2.3.1 requires for Basic.
@@ -313,13 +313,7 @@ fn describe(e: &reqwest::Error) -> String {
     } else {
         "the request to the token endpoint failed"
     };
-    let mut chain = Vec::new();
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        chain.push(s.to_string());
-        src = s.source();
-    }
-    if chain.is_empty() { what.to_owned() } else { format!("{what}: {}", chain.join(": ")) }
+    billsync_http::describe(what, e)
 }
 
 async fn read_capped(mut resp: reqwest::Response) -> Result<Vec<u8>, String> {

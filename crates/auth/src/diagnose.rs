@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::client::{OAuthClient, SKEW_TOLERANCE};
 use crate::config::{AuthMethod, TenantAuth};
-use crate::preflight::{Preflight, SignatureStatus};
+use crate::preflight::{Authorized, Preflight, SignatureStatus};
 
 /// One line of a diagnosis.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -232,56 +232,43 @@ impl OAuthClient {
         d
     }
 
+    /// Records what the preflight found in `d`: scope, token format, signature, claims, clock
+    /// skew and the refresh plan (or why the token cannot be used).
     fn fill(&self, d: &mut Diagnosis, auth: &TenantAuth, p: &Preflight) {
         d.granted_scope = p.granted_scope.clone();
         d.clock_skew_seconds = p.measured_skew.map(round_seconds);
         d.claims_checked = !p.opaque && p.claims.is_some();
+        d.checks.push(granted_scope_check(auth, p));
+        d.checks.push(token_format_check(p));
+        d.checks.push(self.signature_check(&p.signature));
+        if let Some(claims) = &p.claims {
+            claim_checks(d, claims, p.violations.as_ref(), p.opaque);
+        }
+        d.checks.push(clock_skew_check(p.measured_skew));
+        self.record_outcome(d, &p.outcome);
+    }
 
-        // Requested versus granted scope.
-        let shortfall = p.scope_shortfall();
-        d.checks.push(match (&p.granted_scope, shortfall.is_empty()) {
-            (None, _) => Check::pass(
-                "granted_scope",
-                Some("the response does not list the granted scope (RFC 6749 §5.1: as requested)".to_owned()),
-            ),
-            (Some(g), true) => Check::pass("granted_scope", Some(format!("granted \"{}\"", g.join(" ")))),
-            (Some(g), false) => Check::fail(
-                "granted_scope",
-                "scope_not_granted",
-                format!(
-                    "requested \"{}\" but the server granted \"{}\" (RFC 6749 §3.3: a server may grant less); \
-                     client {} is not registered for {}: enable Billing Services in Applications > OAuth Clients",
-                    auth.scope_param(),
-                    g.join(" "),
-                    auth.tenant().client_id(),
-                    shortfall.join(" ")
-                ),
-            ),
-        });
+    /// The expiry and refresh plan of a usable token; for one that is not, a failed check
+    /// unless an earlier check already failed for it.
+    fn record_outcome(&self, d: &mut Diagnosis, outcome: &Result<Authorized, TokenError>) {
+        match outcome {
+            Ok(a) => {
+                d.expires_at = Some(a.expires_at);
+                d.refresh_at = Some(a.refresh_at);
+                d.checks.push(self.refresh_plan_check(a));
+            }
+            Err(e) => {
+                let covered = d.checks.iter().any(|c| !c.ok);
+                if !covered {
+                    d.checks.push(Check::fail("token_usable", &token_error_code(e), e.to_string()));
+                }
+            }
+        }
+    }
 
-        // Token format and signature.
-        d.checks.push(if p.opaque {
-            Check::pass(
-                "token_format",
-                Some(
-                    "opaque (not a JWT): its claims could not be checked; scope taken from the token response, expiry from \
-                     expires_in, tenant and client from the configuration, audience assumed"
-                        .to_owned(),
-                ),
-            )
-        } else if let Err(TokenError::Malformed(m)) = &p.outcome {
-            Check::fail("token_format", "malformed_token", m.clone())
-        } else {
-            Check::pass(
-                "token_format",
-                Some(format!(
-                    "JWT, alg {}, kid {}",
-                    p.alg.as_deref().unwrap_or("(none)"),
-                    p.kid.as_deref().unwrap_or("(none)")
-                )),
-            )
-        });
-        d.checks.push(match &p.signature {
+    /// Whether the token was verified against the JWKS, and with which key.
+    fn signature_check(&self, signature: &SignatureStatus) -> Check {
+        match signature {
             SignatureStatus::NotRequested => {
                 Check::pass("signature", Some("not verified (verify_jwks is off for this tenant)".to_owned()))
             }
@@ -289,50 +276,90 @@ impl OAuthClient {
                 Check::pass("signature", Some(format!("verified against {} with key {kid}", self.config().jwks_url())))
             }
             SignatureStatus::Failed(e) => Check::fail("signature", e.code(), e.to_string()),
-        });
-
-        if let Some(claims) = &p.claims {
-            claim_checks(d, claims, p.violations.as_ref(), p.opaque);
-        }
-
-        // Clock skew.
-        d.checks.push(Check::pass(
-            "clock_skew",
-            Some(match p.measured_skew {
-                None => "the token endpoint sent no Date header; skew unknown, none assumed".to_owned(),
-                Some(s) if s.abs() <= SKEW_TOLERANCE => "the token endpoint's clock agrees with ours".to_owned(),
-                Some(s) => format!(
-                    "the token endpoint's clock is {} {} ours; refresh and expiry are corrected for it",
-                    human_duration(chrono::Duration::seconds(round_seconds(s).abs())),
-                    if s > chrono::Duration::zero() { "ahead of" } else { "behind" }
-                ),
-            }),
-        ));
-
-        // Lifetime and refresh plan.
-        if let Ok(a) = &p.outcome {
-            let now = self.inner.clock.now();
-            d.expires_at = Some(a.expires_at);
-            d.refresh_at = Some(a.refresh_at);
-            d.checks.push(Check::pass(
-                "refresh_plan",
-                Some(format!(
-                    "lifetime {}; expires at {} (in {}); refresh planned at {} (in {}, {:.0}% of the lifetime)",
-                    human_duration(a.headers.expires_at() - a.headers.issued_at()),
-                    a.expires_at.to_rfc3339(),
-                    human_duration(a.expires_at - now),
-                    a.refresh_at.to_rfc3339(),
-                    human_duration(a.refresh_at - now),
-                    policy_fraction(self) * 100.0
-                )),
-            ));
-        } else if let Err(e) = &p.outcome {
-            let covered = d.checks.iter().any(|c| !c.ok);
-            if !covered {
-                d.checks.push(Check::fail("token_usable", &token_error_code(e), e.to_string()));
-            }
         }
     }
+
+    /// The token's lifetime, expiry and planned refresh, from now.
+    fn refresh_plan_check(&self, a: &Authorized) -> Check {
+        let now = self.inner.clock.now();
+        Check::pass(
+            "refresh_plan",
+            Some(format!(
+                "lifetime {}; expires at {} (in {}); refresh planned at {} (in {}, {:.0}% of the lifetime)",
+                human_duration(a.headers.expires_at() - a.headers.issued_at()),
+                a.expires_at.to_rfc3339(),
+                human_duration(a.expires_at - now),
+                a.refresh_at.to_rfc3339(),
+                human_duration(a.refresh_at - now),
+                policy_fraction(self) * 100.0
+            )),
+        )
+    }
+}
+
+/// Requested versus granted scope.
+fn granted_scope_check(auth: &TenantAuth, p: &Preflight) -> Check {
+    let shortfall = p.scope_shortfall();
+    match (&p.granted_scope, shortfall.is_empty()) {
+        (None, _) => Check::pass(
+            "granted_scope",
+            Some("the response does not list the granted scope (RFC 6749 §5.1: as requested)".to_owned()),
+        ),
+        (Some(g), true) => Check::pass("granted_scope", Some(format!("granted \"{}\"", g.join(" ")))),
+        (Some(g), false) => Check::fail(
+            "granted_scope",
+            "scope_not_granted",
+            format!(
+                "requested \"{}\" but the server granted \"{}\" (RFC 6749 §3.3: a server may grant less); \
+                 client {} is not registered for {}: enable Billing Services in Applications > OAuth Clients",
+                auth.scope_param(),
+                g.join(" "),
+                auth.tenant().client_id(),
+                shortfall.join(" ")
+            ),
+        ),
+    }
+}
+
+/// Whether the token is a JWT (with its `alg` and `kid`), opaque, or a broken JWT.
+fn token_format_check(p: &Preflight) -> Check {
+    if p.opaque {
+        Check::pass(
+            "token_format",
+            Some(
+                "opaque (not a JWT): its claims could not be checked; scope taken from the token response, expiry from \
+                 expires_in, tenant and client from the configuration, audience assumed"
+                    .to_owned(),
+            ),
+        )
+    } else if let Err(TokenError::Malformed(m)) = &p.outcome {
+        Check::fail("token_format", "malformed_token", m.clone())
+    } else {
+        Check::pass(
+            "token_format",
+            Some(format!(
+                "JWT, alg {}, kid {}",
+                p.alg.as_deref().unwrap_or("(none)"),
+                p.kid.as_deref().unwrap_or("(none)")
+            )),
+        )
+    }
+}
+
+/// How far the token endpoint's clock is from ours (informational: skew is corrected for).
+fn clock_skew_check(measured: Option<chrono::Duration>) -> Check {
+    Check::pass(
+        "clock_skew",
+        Some(match measured {
+            None => "the token endpoint sent no Date header; skew unknown, none assumed".to_owned(),
+            Some(s) if s.abs() <= SKEW_TOLERANCE => "the token endpoint's clock agrees with ours".to_owned(),
+            Some(s) => format!(
+                "the token endpoint's clock is {} {} ours; refresh and expiry are corrected for it",
+                human_duration(chrono::Duration::seconds(round_seconds(s).abs())),
+                if s > chrono::Duration::zero() { "ahead of" } else { "behind" }
+            ),
+        }),
+    )
 }
 
 fn round_seconds(d: chrono::Duration) -> i64 {

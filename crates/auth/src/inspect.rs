@@ -4,14 +4,15 @@
 use std::fmt;
 
 use billsync_domain::{
-    AccessTokenClaims, ApplicationId, BillingPolicy, RefreshPolicy, TenantId, Violation, ViolationCode, human_duration,
+    AccessTokenClaims, ApplicationId, BillingPolicy, RefreshPolicy, TenantId, Violation, ViolationCode, Violations,
+    human_duration,
 };
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::diagnose::{Check, claim_check_list};
-use crate::jwt::{InspectError, decode_unverified};
+use crate::jwt::{DecodedJwt, InspectError, decode_unverified};
 
 /// Times of a token, absolute (UTC) and relative to the moment of inspection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -101,68 +102,13 @@ pub fn inspect(
     let jwt = decode_unverified(token)?;
     let claims = jwt.claims.clone();
     let mut not_checked = Vec::new();
-
-    // Without ids from the caller, check against the token's own (so only their absence counts).
-    let placeholder_tenant =
-        TenantId::parse("unspecified-tenant").map_err(|e| InspectError::InvalidClaims { reason: e.to_string() })?;
-    let placeholder_app = ApplicationId::parse("unspecified-application")
-        .map_err(|e| InspectError::InvalidClaims { reason: e.to_string() })?;
-    let (tenant, tenant_given) = match tenant_id {
-        Some(t) => (t.clone(), true),
-        None => {
-            not_checked.push("X-Tenant-ID = tenant_id claim (no tenant id given)".to_owned());
-            (claims.tenant_id.as_deref().and_then(|t| TenantId::parse(t).ok()).unwrap_or(placeholder_tenant), false)
-        }
-    };
-    let (app, app_given) = match application_id {
-        Some(a) => (a.clone(), true),
-        None => {
-            not_checked.push("X-Application-ID = client_id claim (no application id given)".to_owned());
-            (claims.client_id.as_deref().and_then(|c| ApplicationId::parse(c).ok()).unwrap_or(placeholder_app), false)
-        }
-    };
-    let violations: Vec<Violation> = match policy.check(&claims, &tenant, &app, now) {
-        Ok(()) => Vec::new(),
-        Err(v) => v
-            .as_slice()
-            .iter()
-            .filter(|x| match x.code {
-                ViolationCode::TenantMismatch => tenant_given,
-                ViolationCode::ApplicationMismatch => app_given || claims.client_id.is_none(),
-                _ => true,
-            })
-            .cloned()
-            .collect(),
-    };
+    let ids = HeaderIds::for_token(&claims, tenant_id, application_id, &mut not_checked)?;
+    let found = policy.check(&claims, &ids.tenant, &ids.app, now).err();
+    let violations = ids.reported(&claims, found.as_ref());
     not_checked.push("signature (inspect decodes without verifying; use doctor with verify_jwks)".to_owned());
-    let vs = policy.check(&claims, &tenant, &app, now).err();
-    let mut checks = claim_check_list(&claims, vs.as_ref(), false, None);
-    // Keep checks consistent with the filtered violations.
-    for c in &mut checks {
-        if let Some(r) = c.reason() {
-            if !violations.iter().any(|v| v.code.as_str() == r) {
-                *c = Check::pass(c.name(), c.hint().map(str::to_owned));
-            }
-        }
-    }
-    if tenant_given || app_given {
-        checks.extend(
-            claim_check_list(&claims, vs.as_ref(), false, Some((tenant.as_str(), app.as_str()))).into_iter().filter(
-                |c| {
-                    (c.name() == "header.x_tenant_id" && tenant_given)
-                        || (c.name() == "header.x_application_id" && app_given)
-                },
-            ),
-        );
-    }
-
+    let checks = ids.checks(&claims, found.as_ref(), &violations);
     let times = times(&claims, now, &RefreshPolicy::default());
-    let alg = jwt.header_str("alg").unwrap_or("(missing)").to_owned();
-    let signature = if alg.eq_ignore_ascii_case("none") || jwt.signature_len == 0 {
-        format!("UNSIGNED (alg {alg}): the platform refuses unsigned tokens")
-    } else {
-        format!("{alg}, {} bytes, not verified", jwt.signature_len)
-    };
+    let signature = signature_summary(&jwt);
     Ok(Inspection {
         header: jwt.header,
         claims: jwt.payload,
@@ -174,6 +120,98 @@ pub fn inspect(
         not_checked,
         signature,
     })
+}
+
+/// The ids a token is checked against (the headers it would be sent with), and whether the
+/// caller gave them or they were taken from the token itself.
+struct HeaderIds {
+    tenant: TenantId,
+    tenant_given: bool,
+    app: ApplicationId,
+    app_given: bool,
+}
+
+impl HeaderIds {
+    /// The caller's ids; without them, the token's own (so only their absence counts), each
+    /// such assumption noted in `not_checked`.
+    fn for_token(
+        claims: &AccessTokenClaims,
+        tenant_id: Option<&TenantId>,
+        application_id: Option<&ApplicationId>,
+        not_checked: &mut Vec<String>,
+    ) -> Result<Self, InspectError> {
+        let placeholder_tenant =
+            TenantId::parse("unspecified-tenant").map_err(|e| InspectError::InvalidClaims { reason: e.to_string() })?;
+        let placeholder_app = ApplicationId::parse("unspecified-application")
+            .map_err(|e| InspectError::InvalidClaims { reason: e.to_string() })?;
+        let (tenant, tenant_given) = match tenant_id {
+            Some(t) => (t.clone(), true),
+            None => {
+                not_checked.push("X-Tenant-ID = tenant_id claim (no tenant id given)".to_owned());
+                (claims.tenant_id.as_deref().and_then(|t| TenantId::parse(t).ok()).unwrap_or(placeholder_tenant), false)
+            }
+        };
+        let (app, app_given) = match application_id {
+            Some(a) => (a.clone(), true),
+            None => {
+                not_checked.push("X-Application-ID = client_id claim (no application id given)".to_owned());
+                (
+                    claims.client_id.as_deref().and_then(|c| ApplicationId::parse(c).ok()).unwrap_or(placeholder_app),
+                    false,
+                )
+            }
+        };
+        Ok(Self { tenant, tenant_given, app, app_given })
+    }
+
+    /// The policy's violations, less the header mismatches that only an assumed id produced.
+    fn reported(&self, claims: &AccessTokenClaims, found: Option<&Violations>) -> Vec<Violation> {
+        let Some(v) = found else { return Vec::new() };
+        v.as_slice()
+            .iter()
+            .filter(|x| match x.code {
+                ViolationCode::TenantMismatch => self.tenant_given,
+                ViolationCode::ApplicationMismatch => self.app_given || claims.client_id.is_none(),
+                _ => true,
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// The per-claim checks, agreeing with the `reported` violations, plus a check of each
+    /// header whose id the caller gave.
+    fn checks(&self, claims: &AccessTokenClaims, found: Option<&Violations>, reported: &[Violation]) -> Vec<Check> {
+        let mut checks = claim_check_list(claims, found, false, None);
+        // Keep checks consistent with the filtered violations.
+        for c in &mut checks {
+            if let Some(r) = c.reason() {
+                if !reported.iter().any(|v| v.code.as_str() == r) {
+                    *c = Check::pass(c.name(), c.hint().map(str::to_owned));
+                }
+            }
+        }
+        if self.tenant_given || self.app_given {
+            checks.extend(
+                claim_check_list(claims, found, false, Some((self.tenant.as_str(), self.app.as_str())))
+                    .into_iter()
+                    .filter(|c| {
+                        (c.name() == "header.x_tenant_id" && self.tenant_given)
+                            || (c.name() == "header.x_application_id" && self.app_given)
+                    }),
+            );
+        }
+        checks
+    }
+}
+
+/// The signature as inspect reports it: its algorithm and size, never verified, or unsigned.
+fn signature_summary(jwt: &DecodedJwt) -> String {
+    let alg = jwt.header_str("alg").unwrap_or("(missing)").to_owned();
+    if alg.eq_ignore_ascii_case("none") || jwt.signature_len == 0 {
+        format!("UNSIGNED (alg {alg}): the platform refuses unsigned tokens")
+    } else {
+        format!("{alg}, {} bytes, not verified", jwt.signature_len)
+    }
 }
 
 /// Whether a time is in a range where arithmetic on it cannot overflow.

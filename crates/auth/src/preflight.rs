@@ -61,6 +61,22 @@ pub(crate) struct Preflight {
 }
 
 impl Preflight {
+    /// A preflight that has found nothing yet: the grant's scopes and skew, no outcome.
+    fn started(grant: &TokenGrant) -> Self {
+        Self {
+            opaque: false,
+            alg: None,
+            kid: None,
+            signature: SignatureStatus::NotRequested,
+            claims: None,
+            violations: None,
+            granted_scope: grant.granted_scope.clone(),
+            requested_scope: grant.requested_scope.clone(),
+            measured_skew: grant.measured_skew,
+            outcome: Err(TokenError::Malformed("preflight did not run".into())),
+        }
+    }
+
     /// Requested scopes the server did not grant (RFC 6749 §3.3), when it said what it granted.
     pub fn scope_shortfall(&self) -> Vec<String> {
         match &self.granted_scope {
@@ -77,27 +93,11 @@ fn refused(e: &SignatureError) -> TokenError {
 impl OAuthClient {
     /// Runs the preflight on a grant.
     pub(crate) async fn preflight(&self, auth: &TenantAuth, grant: TokenGrant) -> Preflight {
-        let cfg = &self.inner.config;
-        let tenant = auth.tenant();
-        let skew = grant.skew();
-        let server_now = grant.server_received_at();
-        let mut p = Preflight {
-            opaque: false,
-            alg: None,
-            kid: None,
-            signature: SignatureStatus::NotRequested,
-            claims: None,
-            violations: None,
-            granted_scope: grant.granted_scope.clone(),
-            requested_scope: grant.requested_scope.clone(),
-            measured_skew: grant.measured_skew,
-            outcome: Err(TokenError::Malformed("preflight did not run".into())),
-        };
-        let decoded: Option<DecodedJwt> = match jwt::decode_unverified(grant.access_token.secret()) {
-            Ok(d) => Some(d),
-            Err(e) if e.is_not_a_jwt() => None,
+        let mut p = Preflight::started(&grant);
+        let decoded = match decode(&grant) {
+            Ok(decoded) => decoded,
             Err(e) => {
-                p.outcome = Err(TokenError::Malformed(format!("the access token is a broken JWT: {e}")));
+                p.outcome = Err(e);
                 return p;
             }
         };
@@ -106,41 +106,66 @@ impl OAuthClient {
             p.kid = d.header_str("kid").map(str::to_owned);
         }
         p.opaque = decoded.is_none();
-
-        let mut signature_error = None;
-        if auth.verify_jwks() {
-            let verified = match &decoded {
-                None => Err(SignatureError::NotAJwt),
-                Some(d) => self.inner.jwks.verify(&self.inner.http, grant.access_token.secret(), d).await,
-            };
-            match verified {
-                Ok(kid) => p.signature = SignatureStatus::Verified { kid },
-                Err(e) => {
-                    tracing::warn!(tenant = %tenant.name(), reason = %e, "token signature refused");
-                    signature_error = Some(match &e {
-                        SignatureError::JwksUnavailable(m) => TokenError::Unavailable(format!("JWKS: {m}")),
-                        other => refused(other),
-                    });
-                    p.signature = SignatureStatus::Failed(e);
-                }
-            }
-        }
-
+        let signature_error = self.check_signature(auth, &grant, decoded.as_ref(), &mut p).await;
         let claims = match decoded {
             Some(d) => d.claims,
-            None => opaque_claims(cfg, auth, &grant, server_now),
+            None => opaque_claims(&self.inner.config, auth, &grant, grant.server_received_at()),
         };
         p.claims = Some(claims.clone());
+        self.authorize(auth, &grant, claims, signature_error, &mut p);
+        p
+    }
+
+    /// Verifies the signature against the JWKS when the tenant asks for it, recording how it
+    /// fared; returns the error that refuses the token if it failed.
+    async fn check_signature(
+        &self,
+        auth: &TenantAuth,
+        grant: &TokenGrant,
+        decoded: Option<&DecodedJwt>,
+        p: &mut Preflight,
+    ) -> Option<TokenError> {
+        if !auth.verify_jwks() {
+            return None;
+        }
+        let verified = match decoded {
+            None => Err(SignatureError::NotAJwt),
+            Some(d) => self.inner.jwks.verify(&self.inner.http, grant.access_token.secret(), d).await,
+        };
+        match verified {
+            Ok(kid) => {
+                p.signature = SignatureStatus::Verified { kid };
+                None
+            }
+            Err(e) => {
+                tracing::warn!(tenant = %auth.tenant().name(), reason = %e, "token signature refused");
+                let error = match &e {
+                    SignatureError::JwksUnavailable(m) => TokenError::Unavailable(format!("JWKS: {m}")),
+                    other => refused(other),
+                };
+                p.signature = SignatureStatus::Failed(e);
+                Some(error)
+            }
+        }
+    }
+
+    /// Checks the claims against the billing policy at the server's time and records the
+    /// outcome: a signature failure refuses the token whatever its claims say.
+    fn authorize(
+        &self,
+        auth: &TenantAuth,
+        grant: &TokenGrant,
+        claims: AccessTokenClaims,
+        signature_error: Option<TokenError>,
+        p: &mut Preflight,
+    ) {
+        let cfg = &self.inner.config;
+        let tenant = auth.tenant();
         let token = AccessToken::new(grant.access_token.secret());
+        let server_now = grant.server_received_at();
         match cfg.policy().authorize(token, claims, tenant.tenant_id(), tenant.application_id(), server_now) {
             Ok(headers) => {
-                let refresh_server = cfg.refresh().refresh_at(headers.issued_at(), headers.expires_at());
-                let authorized = Authorized {
-                    refresh_at: shift(refresh_server, -skew),
-                    expires_at: shift(headers.expires_at(), -skew),
-                    skew,
-                    headers,
-                };
+                let authorized = self.plan(headers, grant.skew());
                 if !p.scope_shortfall().is_empty() {
                     tracing::warn!(tenant = %tenant.name(), missing = ?p.scope_shortfall(), "granted scope is narrower than requested");
                 }
@@ -156,7 +181,26 @@ impl OAuthClient {
                 p.outcome = Err(signature_error.unwrap_or(TokenError::Policy(v)));
             }
         }
-        p
+    }
+
+    /// The refresh plan of an authorized token, in local time (corrected for `skew`).
+    fn plan(&self, headers: BillingRequestHeaders, skew: chrono::Duration) -> Authorized {
+        let refresh_server = self.inner.config.refresh().refresh_at(headers.issued_at(), headers.expires_at());
+        Authorized {
+            refresh_at: shift(refresh_server, -skew),
+            expires_at: shift(headers.expires_at(), -skew),
+            skew,
+            headers,
+        }
+    }
+}
+
+/// Decodes the access token: `None` for an opaque token, an error for a broken JWT.
+fn decode(grant: &TokenGrant) -> Result<Option<DecodedJwt>, TokenError> {
+    match jwt::decode_unverified(grant.access_token.secret()) {
+        Ok(d) => Ok(Some(d)),
+        Err(e) if e.is_not_a_jwt() => Ok(None),
+        Err(e) => Err(TokenError::Malformed(format!("the access token is a broken JWT: {e}"))),
     }
 }
 

@@ -969,5 +969,5 @@ async fn probe() -> Res<()> {
 }
 
 fn billsync_transport_probe(emu: &Emulator) -> Res<billsync_transport::HttpBillingApi> {
-    Ok(billsync_transport::HttpBillingApi::new(&emu.base_url(), billsync_transport::TransportOptions::default())?)
+    Ok(billsync_transport::HttpBillingApi::new(&emu.base_url(), &billsync_http::HttpSettings::default())?)
 }

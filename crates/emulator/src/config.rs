@@ -154,18 +154,27 @@ struct FileConfig {
     device_rate_per_min: Option<u32>,
     seed: Option<u64>,
     #[serde(default)]
-    clients: Vec<FileClient>,
+    clients: Vec<ClientSpec>,
 }
 
+/// A client as the registry file's `[[clients]]` and the admin API's `POST /admin/clients`
+/// give it.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FileClient {
-    client_id: String,
-    client_secret: String,
+pub(crate) struct ClientSpec {
+    pub(crate) client_id: String,
+    pub(crate) client_secret: String,
     #[serde(default)]
     tenants: Vec<String>,
     #[serde(default)]
     billing: bool,
+}
+
+impl ClientSpec {
+    /// The registration it asks for.
+    pub(crate) fn registration(self) -> ClientRegistration {
+        ClientRegistration::new(self.client_id, self.client_secret, self.tenants, self.billing)
+    }
 }
 
 impl EmulatorConfig {
@@ -235,7 +244,7 @@ impl EmulatorConfig {
             if config.clients.iter().any(|k| k.client_id == c.client_id) {
                 return Err(ConfigError::DuplicateClient { client_id: c.client_id });
             }
-            config.clients.push(ClientRegistration::new(c.client_id, c.client_secret, c.tenants, c.billing));
+            config.clients.push(c.registration());
         }
         Ok(config)
     }

@@ -9,10 +9,10 @@
 //! to, and nothing of that call is stored. Reads (`counts`, `dead_letters`) use a small pool
 //! of read connections, which WAL lets run beside the writer.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -27,8 +27,12 @@ use sqlx::sqlite::{SqliteRow, SqliteSynchronous};
 use sqlx::{Connection, Executor as _, Row as _};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::common::{EnqueuePlan, Row, count, counts_from, event_id, from_ms, leased, limit, span_ms, to_ms};
+use crate::common::{EnqueuePlan, count, counts_from, event_id, from_ms, limit, span_ms, to_ms};
 use crate::error::StoreError;
+
+mod ops;
+
+use ops::{exec_one, insert_rows};
 
 /// A boxed `Send` future.
 type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
@@ -214,10 +218,10 @@ impl SqliteOutbox {
     }
 }
 
-/// Applies the embedded migrations, refusing a database written by a newer schema.
 /// Tries of an open while another process creates the same fresh outbox (about 2 s in all).
 const OPEN_TRIES: u64 = 9;
 
+/// Applies the embedded migrations, refusing a database written by a newer schema.
 async fn migrate(conn: &mut SqliteConnection) -> Result<(), StoreError> {
     let supported = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
     match MIGRATOR.run(&mut *conn).await {
@@ -462,319 +466,6 @@ fn exec_all<'a>(
         }
         Ok(outs)
     })
-}
-
-/// Inserts new rows, skipping those already stored; returns the (tenant, event_id) pairs
-/// it stored.
-///
-/// Rows go in multi-row `INSERT`s of power-of-two sizes (at most [`INSERT_CHUNK`]), so that a
-/// handful of cached statements serve every batch and the bound-parameter limit is never
-/// reached. The common case (no duplicates) returns no rows. When some rows were already
-/// stored, the new ones are read back by `seq`: inside the writer's IMMEDIATE transaction
-/// nobody else inserts, so SQLite numbers this statement's rows consecutively up to
-/// `last_insert_rowid`.
-async fn insert_rows(
-    conn: &mut SqliteConnection,
-    rows: &[Row<'_>],
-    now: i64,
-) -> Result<HashSet<(String, String)>, StoreError> {
-    let mut inserted = HashSet::with_capacity(rows.len());
-    let mut rest = rows;
-    while !rest.is_empty() {
-        let size = if rest.len() >= INSERT_CHUNK { INSERT_CHUNK } else { 1 << rest.len().ilog2() };
-        let (chunk, tail) = rest.split_at(size);
-        rest = tail;
-        let mut query = sqlx::query(insert_sql(size));
-        for r in chunk {
-            query = query.bind(r.tenant).bind(r.event_id).bind(r.body).bind(now).bind(now);
-        }
-        let done = query.execute(&mut *conn).await?;
-        let affected = usize::try_from(done.rows_affected()).unwrap_or(usize::MAX);
-        if affected == chunk.len() {
-            inserted.extend(chunk.iter().map(|r| (r.tenant.to_owned(), r.event_id.to_owned())));
-        } else if affected > 0 {
-            let last = done.last_insert_rowid();
-            let new = sqlx::query("SELECT tenant, event_id FROM events WHERE seq > ?1 AND seq <= ?2")
-                .bind(last.saturating_sub(i64::try_from(affected).unwrap_or(i64::MAX)))
-                .bind(last)
-                .fetch_all(&mut *conn)
-                .await?;
-            if new.len() != affected {
-                return Err(StoreError::corrupt("seq", format!("{affected} rows inserted, {} found", new.len())));
-            }
-            for row in new {
-                inserted.insert((row.try_get(0)?, row.try_get(1)?));
-            }
-        }
-    }
-    Ok(inserted)
-}
-
-/// `INSERT ... VALUES` for `rows` rows (a power of two up to [`INSERT_CHUNK`]): (tenant,
-/// event_id, body, time, time) per row. Built once per size.
-///
-/// The placeholders are anonymous (`?`), never numbered (`?N`): sqlx looks up each bound
-/// parameter's name, and SQLite finds a numbered parameter's name by walking the list of all
-/// of them, so numbered placeholders cost time quadratic in their number (768 of them made
-/// `sqlite3_bind_parameter_name` the writer's top symbol in a profile of enqueue).
-fn insert_sql(rows: usize) -> &'static str {
-    static SQL: OnceLock<Vec<String>> = OnceLock::new();
-    let all = SQL.get_or_init(|| {
-        (0..=INSERT_CHUNK.ilog2())
-            .map(|p| {
-                let values = vec!["(?, ?, ?, 0, ?, ?)"; 1usize << p];
-                format!(
-                    "INSERT INTO events (tenant, event_id, body, state, enqueued_at, due_at) VALUES {} \
-                     ON CONFLICT (tenant, event_id) DO NOTHING",
-                    values.join(", ")
-                )
-            })
-            .collect()
-    });
-    all.get(rows.ilog2() as usize).map_or("", String::as_str)
-}
-
-async fn exec_one(conn: &mut SqliteConnection, op: &Op, now: i64) -> Result<Out, StoreError> {
-    match op {
-        Op::Enqueue { .. } => Err(StoreError::corrupt("operation", "enqueue outside a run")),
-        Op::Lease { tenant, max, lease_ms } => lease(conn, tenant, *max, *lease_ms, now).await.map(Out::Leased),
-        Op::Ack { tenant, lease, ids } => {
-            let ids_len = ids.len();
-            let ids = serde_json::to_string(ids).map_err(|e| StoreError::corrupt("event_id", e))?;
-            // By `seq`, through the lease's own row: the rows are found by their primary key,
-            // not by 500 lookups scattered over the (tenant, event_id) index, which grow
-            // slower with the backlog.
-            let done = sqlx::query(
-                "UPDATE events SET state = 2, delivered_at = ?2 \
-                 WHERE seq IN (SELECT j.value FROM leases AS l, json_each(l.seqs) AS j WHERE l.lease_id = ?4) \
-                 AND state = 0 AND +tenant = ?1 AND +event_id IN (SELECT value FROM json_each(?3))",
-            )
-            .bind(tenant)
-            .bind(now)
-            .bind(&ids)
-            .bind(lease)
-            .execute(&mut *conn)
-            .await?;
-            // Events the lease no longer holds (it lapsed and another took them) by their ids.
-            if usize::try_from(done.rows_affected()).unwrap_or(usize::MAX) < ids_len {
-                sqlx::query(
-                    "UPDATE events SET state = 2, delivered_at = ?2 \
-                     WHERE tenant = ?1 AND state = 0 AND event_id IN (SELECT value FROM json_each(?3))",
-                )
-                .bind(tenant)
-                .bind(now)
-                .bind(ids)
-                .execute(&mut *conn)
-                .await?;
-            }
-            prune_lease(conn, lease, done.rows_affected()).await?;
-            Ok(Out::Done)
-        }
-        Op::Nack { tenant, lease, retry_at } => {
-            // Only while the lease still exists: once it lapsed and another lease took its
-            // events, that one (not this nack) decides their fate. `+tenant` keeps SQLite on
-            // the seqs (primary key): through the tenant's pending index it would scan the
-            // whole backlog.
-            sqlx::query(
-                "UPDATE events SET attempts = attempts + 1, due_at = ?3 WHERE seq IN \
-                 (SELECT j.value FROM leases AS l, json_each(l.seqs) AS j WHERE l.lease_id = ?2 AND l.tenant = ?1) \
-                 AND state = 0 AND +tenant = ?1",
-            )
-            .bind(tenant)
-            .bind(lease)
-            .bind(retry_at)
-            .execute(&mut *conn)
-            .await?;
-            sqlx::query("DELETE FROM leases WHERE lease_id = ?1").bind(lease).execute(&mut *conn).await?;
-            Ok(Out::Done)
-        }
-        Op::DeadLetter { tenant, lease, items } => {
-            for item in items {
-                sqlx::query(
-                    "UPDATE events SET state = 3, attempts = attempts + 1, dead_code = ?3, dead_message = ?4, \
-                     dead_at = ?5 WHERE tenant = ?1 AND event_id = ?2 AND state = 0",
-                )
-                .bind(tenant)
-                .bind(item.event_id.as_str())
-                .bind(&item.code)
-                .bind(&item.message)
-                .bind(now)
-                .execute(&mut *conn)
-                .await?;
-            }
-            // The items were found by id, not through the lease: how many it held is unknown.
-            prune_lease(conn, lease, 0).await?;
-            Ok(Out::Done)
-        }
-        Op::Requeue { tenant, ids } => {
-            let done = match ids {
-                None => {
-                    sqlx::query(
-                        "UPDATE events SET state = 0, due_at = ?2, dead_code = NULL, dead_message = NULL, \
-                         dead_at = NULL WHERE tenant = ?1 AND state = 3",
-                    )
-                    .bind(tenant)
-                    .bind(now)
-                    .execute(&mut *conn)
-                    .await?
-                }
-                Some(ids) => {
-                    let ids = serde_json::to_string(ids).map_err(|e| StoreError::corrupt("event_id", e))?;
-                    sqlx::query(
-                        "UPDATE events SET state = 0, due_at = ?2, dead_code = NULL, dead_message = NULL, \
-                         dead_at = NULL WHERE tenant = ?1 AND state = 3 \
-                         AND event_id IN (SELECT value FROM json_each(?3))",
-                    )
-                    .bind(tenant)
-                    .bind(now)
-                    .bind(ids)
-                    .execute(&mut *conn)
-                    .await?
-                }
-            };
-            Ok(Out::Count(done.rows_affected()))
-        }
-        Op::CompactChunk { before } => {
-            let done = sqlx::query(
-                "DELETE FROM events WHERE seq IN \
-                 (SELECT seq FROM events WHERE state = 2 AND delivered_at < ?1 LIMIT ?2)",
-            )
-            .bind(before)
-            .bind(COMPACT_CHUNK)
-            .execute(&mut *conn)
-            .await?;
-            Ok(Out::Count(done.rows_affected()))
-        }
-        Op::Claim { tenant, agent } => {
-            // The lock was free: whoever leased before is gone, and its leases with it.
-            sqlx::query("DELETE FROM leases WHERE tenant = ?1").bind(tenant).execute(&mut *conn).await?;
-            let generation: i64 = sqlx::query_scalar(
-                "INSERT INTO tenant_claims (tenant, holder, expires_at, generation) VALUES (?1, ?2, ?3, 1) \
-                 ON CONFLICT (tenant) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at, \
-                 generation = tenant_claims.generation + 1 \
-                 RETURNING generation",
-            )
-            .bind(tenant)
-            .bind(agent)
-            .bind(now)
-            .fetch_one(&mut *conn)
-            .await?;
-            Ok(Out::Claimed(u64::try_from(generation).unwrap_or(0)))
-        }
-        Op::Release { tenant, agent } => {
-            // The row stays (it counts the generations); the lock file is what is released.
-            sqlx::query("UPDATE tenant_claims SET expires_at = 0 WHERE tenant = ?1 AND holder = ?2")
-                .bind(tenant)
-                .bind(agent)
-                .execute(&mut *conn)
-                .await?;
-            Ok(Out::Done)
-        }
-        Op::SaveState { tenant, state } => {
-            sqlx::query(
-                "INSERT INTO tenant_state (tenant, state, updated_at) VALUES (?1, ?2, ?3) \
-                 ON CONFLICT (tenant) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
-            )
-            .bind(tenant)
-            .bind(state)
-            .bind(now)
-            .execute(&mut *conn)
-            .await?;
-            Ok(Out::Done)
-        }
-    }
-}
-
-/// Shrinks a lease to the events it still holds (those still pending), and drops it once it
-/// holds none. A dead-lettered event thus leaves its lease at once, so that a requeue makes it
-/// leasable again while the rest of its lease is still out.
-///
-/// `settled` is how many of the lease's own events the caller has just taken out of pending
-/// (found through the lease, so never more than it holds). When that is all of them, which is
-/// what an ack of a whole batch does, the lease is deleted in one statement without looking at
-/// its events.
-async fn prune_lease(conn: &mut SqliteConnection, lease: &str, settled: u64) -> Result<(), StoreError> {
-    let whole = sqlx::query("DELETE FROM leases WHERE lease_id = ?1 AND json_array_length(seqs) = ?2")
-        .bind(lease)
-        .bind(i64::try_from(settled).unwrap_or(i64::MAX))
-        .execute(&mut *conn)
-        .await?;
-    if whole.rows_affected() > 0 {
-        return Ok(());
-    }
-    sqlx::query(
-        "UPDATE leases SET seqs = (SELECT json_group_array(j.value) FROM json_each(leases.seqs) AS j \
-                                   JOIN events AS e ON e.seq = j.value WHERE e.state = 0) \
-         WHERE lease_id = ?1",
-    )
-    .bind(lease)
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query("DELETE FROM leases WHERE lease_id = ?1 AND json_array_length(seqs) = 0")
-        .bind(lease)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
-}
-
-/// Field and record separators of the lease query's one-row answer: ASCII control characters,
-/// which JSON text (the bodies) never holds unescaped and event ids never hold at all.
-const FIELD_SEP: char = '\u{1f}';
-const RECORD_SEP: char = '\u{1e}';
-
-async fn lease(
-    conn: &mut SqliteConnection,
-    tenant: &TenantName,
-    max: i64,
-    lease_ms: i64,
-    now: i64,
-) -> Result<Option<Lease>, StoreError> {
-    // Lapsed leases hold nothing any more; their events are pending in their old place.
-    sqlx::query("DELETE FROM leases WHERE tenant = ?1 AND expires_at <= ?2")
-        .bind(tenant.as_str())
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
-    // The first `max` due pending events no live lease holds, as one row: sqlx moves rows
-    // from its SQLite thread one message at a time, and 500 messages cost more than the query.
-    let all: Option<String> = sqlx::query_scalar(
-        "SELECT group_concat(seq || char(31) || due_at || char(31) || event_id || char(31) || body, char(30)) \
-         FROM (SELECT seq, due_at, event_id, body FROM events \
-               WHERE tenant = ?1 AND state = 0 AND due_at <= ?2 \
-               AND seq NOT IN (SELECT j.value FROM leases AS l, json_each(l.seqs) AS j WHERE l.tenant = ?1) \
-               ORDER BY due_at, seq LIMIT ?3)",
-    )
-    .bind(tenant.as_str())
-    .bind(now)
-    .bind(max)
-    .fetch_one(&mut *conn)
-    .await?;
-    let Some(all) = all else { return Ok(None) };
-    let rows = all.split(RECORD_SEP).map(split_leased).collect::<Result<Vec<_>, _>>()?;
-    let seqs = serde_json::to_string(&rows.iter().map(|r| r.0).collect::<Vec<_>>())
-        .map_err(|e| StoreError::corrupt("seq", e))?;
-    let id = uuid::Uuid::now_v7().to_string();
-    let expires_at = now.saturating_add(lease_ms);
-    sqlx::query("INSERT INTO leases (lease_id, tenant, expires_at, seqs) VALUES (?1, ?2, ?3, ?4)")
-        .bind(&id)
-        .bind(tenant.as_str())
-        .bind(expires_at)
-        .bind(seqs)
-        .execute(&mut *conn)
-        .await?;
-    leased(tenant, id, expires_at, rows, |r| Ok(r.clone()))
-}
-
-/// One leased event out of the lease query's answer: `seq`, `due_at`, `event_id`, `body`.
-fn split_leased(record: &str) -> Result<(i64, i64, String, String), StoreError> {
-    let mut fields = record.splitn(4, FIELD_SEP);
-    let mut next =
-        |name: &'static str| fields.next().ok_or_else(|| StoreError::corrupt(name, "missing in a lease row"));
-    let seq = next("seq")?.parse().map_err(|e| StoreError::corrupt("seq", e))?;
-    let due = next("due_at")?.parse().map_err(|e| StoreError::corrupt("due_at", e))?;
-    let event_id = next("event_id")?.to_owned();
-    let body = next("body")?.to_owned();
-    Ok((seq, due, event_id, body))
 }
 
 fn unexpected(out: Out) -> OutboxError {

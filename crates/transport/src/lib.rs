@@ -10,61 +10,26 @@
 //! # Example
 //!
 //! ```
-//! use std::time::Duration;
-//! use billsync_transport::{HttpBillingApi, TransportOptions};
+//! use billsync_http::HttpSettings;
+//! use billsync_transport::HttpBillingApi;
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let api = HttpBillingApi::new("https://iot.example.com", TransportOptions::default())?;
+//! let api = HttpBillingApi::new("https://iot.example.com", &HttpSettings::default())?;
 //! assert_eq!(api.endpoint(), "https://iot.example.com/iot/api/v2/billing/events");
 //! # Ok(())
 //! # }
 //! ```
 #![deny(missing_docs)]
 
-use std::path::PathBuf;
-use std::time::Duration;
-
 use async_trait::async_trait;
 use billsync_domain::{
     BatchBody, BillingApi, BillingReply, BillingRequestHeaders, HttpAnswer, MAX_RESPONSE_BODY, RateLimitStatus,
     TransportError, classify,
 };
+use billsync_http::{HttpSettings, HttpSetupError};
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE};
 
 /// The path of the billing events endpoint below the platform's base URL.
 pub const BILLING_EVENTS_PATH: &str = "/iot/api/v2/billing/events";
-
-/// How to reach the platform.
-#[derive(Debug, Clone)]
-pub struct TransportOptions {
-    /// Per-request timeout (default 30 s).
-    pub timeout: Duration,
-    /// Connect timeout (default 10 s).
-    pub connect_timeout: Duration,
-    /// An extra PEM CA bundle to trust besides the system roots.
-    pub ca_file: Option<PathBuf>,
-}
-
-impl Default for TransportOptions {
-    fn default() -> Self {
-        Self { timeout: Duration::from_secs(30), connect_timeout: Duration::from_secs(10), ca_file: None }
-    }
-}
-
-/// Why the transport could not be built.
-#[derive(Debug, thiserror::Error)]
-pub enum TransportSetupError {
-    /// The CA file could not be read or parsed.
-    #[error("ca_file {path}: {reason}")]
-    CaFile {
-        /// The file.
-        path: PathBuf,
-        /// What went wrong.
-        reason: String,
-    },
-    /// reqwest could not build a client.
-    #[error("could not build the HTTP client: {0}")]
-    Client(String),
-}
 
 /// Posts billing batches over HTTPS (or HTTP on loopback, which the configuration enforces).
 #[derive(Debug, Clone)]
@@ -74,28 +39,13 @@ pub struct HttpBillingApi {
 }
 
 impl HttpBillingApi {
-    /// A transport for the platform at `base_url`.
+    /// A transport for the platform at `base_url`, connecting as `http` says (shared with the
+    /// token client).
     ///
     /// # Errors
-    /// [`TransportSetupError`] when the CA file is unreadable or the client cannot be built.
-    pub fn new(base_url: &str, options: TransportOptions) -> Result<Self, TransportSetupError> {
-        let mut builder = reqwest::Client::builder()
-            .use_rustls_tls()
-            .timeout(options.timeout)
-            .connect_timeout(options.connect_timeout)
-            .pool_max_idle_per_host(16)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("billsync/", env!("CARGO_PKG_VERSION")));
-        if let Some(path) = &options.ca_file {
-            let pem = std::fs::read(path)
-                .map_err(|e| TransportSetupError::CaFile { path: path.clone(), reason: e.to_string() })?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| TransportSetupError::CaFile { path: path.clone(), reason: e.to_string() })?;
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
-        let client = builder.build().map_err(|e| TransportSetupError::Client(e.to_string()))?;
+    /// [`HttpSetupError`] when the client cannot be built.
+    pub fn new(base_url: &str, http: &HttpSettings) -> Result<Self, HttpSetupError> {
+        let client = http.client(concat!("billsync/", env!("CARGO_PKG_VERSION")))?;
         Ok(Self { client, endpoint: format!("{}{BILLING_EVENTS_PATH}", base_url.trim_end_matches('/')) })
     }
 
@@ -113,15 +63,7 @@ fn describe(e: &reqwest::Error) -> TransportError {
     if e.is_timeout() {
         return TransportError::Timeout;
     }
-    // The error chain names the cause (refused, reset, TLS) and never the request headers.
-    let mut msg = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    TransportError::Connection(msg)
+    TransportError::Connection(billsync_http::describe(&e.to_string(), e))
 }
 
 #[async_trait]

@@ -9,7 +9,8 @@ use billsync_domain::{
     AccessToken, AccessTokenClaims, ApplicationId, BatchBody, BillingApi, BillingPolicy, BillingResponse, EncodedEvent,
     EventId, RateLimitStatus, TenantId, TransportError,
 };
-use billsync_transport::{HttpBillingApi, TransportOptions};
+use billsync_http::HttpSettings;
+use billsync_transport::HttpBillingApi;
 
 type Seen = Arc<Mutex<Vec<HeaderMap>>>;
 
@@ -74,7 +75,7 @@ async fn sends_all_four_headers_and_the_idempotency_key() {
         r#"{"accepted": 1, "duplicates": [], "rejected": []}"#,
     )
     .await;
-    let api = HttpBillingApi::new(&url, TransportOptions::default()).unwrap();
+    let api = HttpBillingApi::new(&url, &HttpSettings::default()).unwrap();
 
     let reply = api.post_events(&headers(), &body()).await.unwrap();
 
@@ -99,7 +100,7 @@ async fn a_401_challenge_is_classified() {
         r#"{"error":"insufficient_claims","error_description":"insufficient claims"}"#,
     )
     .await;
-    let api = HttpBillingApi::new(&url, TransportOptions::default()).unwrap();
+    let api = HttpBillingApi::new(&url, &HttpSettings::default()).unwrap();
     let reply = api.post_events(&headers(), &body()).await.unwrap();
     assert_eq!(reply.response, BillingResponse::InsufficientClaims);
 }
@@ -109,7 +110,7 @@ async fn no_server_is_a_connection_error_that_does_not_leak_the_token() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     drop(listener);
-    let api = HttpBillingApi::new(&url, TransportOptions::default()).unwrap();
+    let api = HttpBillingApi::new(&url, &HttpSettings::default()).unwrap();
     let err = api.post_events(&headers(), &body()).await.unwrap_err();
     assert!(matches!(err, TransportError::Connection(_)), "{err:?}");
     assert!(!err.to_string().contains("tok-123"));
@@ -135,7 +136,7 @@ async fn a_redirect_is_not_followed_and_names_its_target() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    let api = HttpBillingApi::new(&url, TransportOptions::default()).unwrap();
+    let api = HttpBillingApi::new(&url, &HttpSettings::default()).unwrap();
 
     let reply = api.post_events(&headers(), &body()).await.unwrap();
 
@@ -156,7 +157,7 @@ async fn a_body_over_one_mebibyte_is_not_read_and_settles_nothing() {
             .into_boxed_str(),
     );
     let (url, _) = serve(StatusCode::ACCEPTED, &[], padded).await;
-    let api = HttpBillingApi::new(&url, TransportOptions::default()).unwrap();
+    let api = HttpBillingApi::new(&url, &HttpSettings::default()).unwrap();
     let reply = api.post_events(&headers(), &body()).await.unwrap();
     assert!(
         matches!(reply.response, BillingResponse::Unexpected { status: 202, ref detail } if detail.contains("longer than 1048576")),

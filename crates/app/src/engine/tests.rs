@@ -9,13 +9,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use billsync_domain::{
     AccessToken, AccessTokenClaims, ApplicationId, BatchBody, Batcher, BillingApi, BillingEvent, BillingPolicy,
-    BillingReply, BillingRequestHeaders, BillingResponse, ClientId, Clock, EncodedEvent, Outbox, RatePolicy, Receipt,
-    Rejection, Tenant, TenantId, TenantName, TokenError, TokenSource, TransportError,
+    BillingReply, BillingRequestHeaders, BillingResponse, ClaimOutcome, ClientId, Clock, EncodedEvent, Outbox,
+    RatePolicy, Receipt, Rejection, Tenant, TenantId, TenantName, TokenError, TokenSource, TransportError,
 };
+use billsync_testkit::MemoryOutbox;
 use chrono::{DateTime, Utc};
 
 use super::*;
-use crate::memory::MemoryOutbox;
 
 /// A clock that follows tokio's (paused) time.
 #[derive(Debug)]
@@ -227,9 +227,9 @@ async fn a_poison_event_is_isolated_by_splitting_and_dead_lettered_alone() {
     assert_eq!(states.get("delivered"), Some(&19));
     assert_eq!(states.get("dead:invalid_request"), Some(&1));
     assert_eq!((r[0].accepted, r[0].dead_lettered), (19, 1), "the summary counts what happened");
-    let rows = w.outbox.rows.lock().unwrap();
-    let dead = rows.iter().find(|r| matches!(r.state, crate::memory::State::Dead { .. })).unwrap();
-    assert_eq!(dead.event.event_id().as_str(), "acme-00006");
+    let dead = w.outbox.dead_letters(None).await.unwrap();
+    let dead: Vec<(&str, &str)> = dead.iter().map(|d| (d.event_id.as_str(), d.code.as_str())).collect();
+    assert_eq!(dead, [("acme-00006", "invalid_request")]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -347,7 +347,7 @@ async fn server_errors_and_dropped_connections_back_off_and_deliver_in_the_end()
     assert_eq!(w.outbox.states("acme").get("delivered"), Some(&7));
     assert_eq!(w.api.sent.lock().unwrap().len(), 4);
     assert!(r[0].last_error.as_deref().unwrap().contains("did not answer in time"));
-    let attempts: Vec<u32> = w.outbox.rows.lock().unwrap().iter().map(|r| r.attempts).collect();
+    let attempts: Vec<u32> = w.outbox.rows().iter().map(|r| r.attempts).collect();
     assert!(attempts.iter().all(|&a| a == 3), "{attempts:?}");
 }
 
@@ -559,29 +559,53 @@ async fn a_worker_that_panics_is_down_until_it_is_restarted() {
 
 #[tokio::test(start_paused = true)]
 async fn a_worker_whose_claim_is_lost_stops_at_once_and_says_so() {
-    // One request every 60 s; the heartbeat renews every 10 s (claim_ttl 30 s) and finds the
-    // tenant taken at its second renewal, long before the backlog is done.
+    // One request every 60 s; the heartbeat renews every 10 s (claim_ttl 30 s). At 15 s another
+    // agent takes the tenant over, as one would once this agent stalled past its claim; the
+    // renewal at 20 s finds the tenant taken, long before the backlog is done.
     let mut s = settings(10, 1);
     s.claim_ttl = Duration::from_secs(30);
     let w = world(&["acme"], 100, s, vec![], accept_all(), None).await;
-    w.outbox.claims.lock().unwrap().1 = Some(2);
+    let acme = TenantName::parse("acme").unwrap();
+    let (outbox, t) = (w.outbox.clone(), acme.clone());
+    let thief = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        outbox.steal(&t, "thief-1-2", Duration::from_secs(30))
+    });
 
     let r = w.engine.sync_once().await;
 
+    let stolen = thief.await.unwrap();
     let sent = w.api.sent.lock().unwrap().len();
     assert_eq!(sent, 1, "a request after the claim was lost at 20 s");
     assert!(r[0].last_error.as_deref().unwrap_or_default().contains("claim was lost"), "{:?}", r[0]);
     assert!(w.outbox.states("acme").get("pending").copied().unwrap_or(0) >= 80);
+    // The worker neither took the tenant back nor released the other agent's claim.
+    assert_eq!(w.outbox.generation(&acme), Some(stolen.generation));
+    let now = w.outbox.claim_tenant(&acme, "someone-1-3", Duration::from_secs(30)).await.unwrap();
+    assert!(matches!(&now, ClaimOutcome::HeldBy(h) if h.agent == "thief-1-2"), "{now:?}");
 }
 
 #[tokio::test(start_paused = true)]
 async fn sync_leaves_a_tenant_held_by_a_live_agent_and_says_who() {
     let w = world(&["acme"], 5, settings(10, 100), vec![], accept_all(), None).await;
     // Another agent holds the tenant from the start and keeps renewing (its heartbeat moves).
-    w.outbox.claims.lock().unwrap().1 = Some(0);
+    let ttl = SyncSettings::default().claim_ttl;
+    let acme = TenantName::parse("acme").unwrap();
+    let first = w.outbox.claim_tenant(&acme, "thief-1-2", ttl).await.unwrap();
+    assert!(matches!(first, ClaimOutcome::Claimed(_)), "{first:?}");
+    let outbox = w.outbox.clone();
+    let other = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(ttl / 3).await;
+            let renewed = outbox.claim_tenant(&acme, "thief-1-2", ttl).await.unwrap();
+            assert!(matches!(renewed, ClaimOutcome::Claimed(_)), "the live agent lost its claim: {renewed:?}");
+        }
+    });
 
     let r = w.engine.sync_once().await;
 
+    other.abort();
+    assert!(other.await.unwrap_err().is_cancelled(), "the other agent kept its claim throughout");
     assert_eq!(w.api.sent.lock().unwrap().len(), 0);
     assert_eq!(r[0].state(), (TenantState::Held, Some("held by agent thief-1-2 on thief, alive".into())));
     assert!(r[0].holder_alive);

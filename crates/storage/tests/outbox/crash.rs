@@ -17,10 +17,9 @@ use std::time::{Duration, Instant};
 
 use billsync_domain::{Clock, EventId, ManualClock, Outbox, SystemClock};
 use billsync_storage::SqliteOutbox;
+use billsync_testkit::{TestResult, event, tenant};
 use rand::Rng;
 use sqlx::{Connection, SqliteConnection};
-
-use crate::helpers::{TestResult, event, tenant};
 
 /// Where the child works; its presence selects child mode.
 const CHILD_DB: &str = "BILLSYNC_CRASH_CHILD_DB";

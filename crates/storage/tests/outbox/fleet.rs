@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use billsync_domain::{Claim, ClaimOutcome, DeadLetter, ManualClock, Outbox, OutboxError};
 use billsync_storage::PostgresOutbox;
+use billsync_testkit::{TestResult, events, ids_of, t0, tenant};
 
-use crate::helpers::{TestDb, TestResult, events, ids_of, t0, tenant};
+use crate::helpers::TestDb;
 
 const TTL: Duration = Duration::from_secs(15);
 

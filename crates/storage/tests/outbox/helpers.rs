@@ -1,71 +1,30 @@
-//! Fixtures: events, tenants, a manual clock, and throwaway databases.
+//! The adapters' fixtures (an outbox in a temporary file, or in a throwaway PostgreSQL
+//! database); events, tenants and the clock's start come from `billsync_testkit`.
 
-use std::any::Any;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use billsync_domain::{BillingEvent, EncodedEvent, EventId, ManualClock, Outbox, TenantName};
+use billsync_domain::ManualClock;
 use billsync_storage::{PostgresOutbox, SqliteOutbox};
-use chrono::{DateTime, Utc};
+use billsync_testkit::{Fixture, TestResult, t0};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection};
 
-pub type TestResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
-
 /// The default test server (PostgreSQL with trust auth on this machine).
 pub const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-
-/// The test clock's start: 2026-11-23T10:00:00Z.
-pub fn t0() -> DateTime<Utc> {
-    DateTime::from_timestamp(1_795_428_000, 0).unwrap_or_default()
-}
-
-pub fn tenant(name: &str) -> TenantName {
-    TenantName::parse(name).expect("valid tenant name")
-}
-
-pub fn id(s: &str) -> EventId {
-    EventId::parse(s).expect("valid event id")
-}
-
-/// A valid billing event occurring at [`t0`].
-pub fn event(event_id: &str) -> EncodedEvent {
-    let json = format!(
-        r#"{{"event_id": "{event_id}", "device_id": "meter-0042", "meter": "energy.active",
-            "quantity": "12.500", "unit": "kWh", "occurred_at": "{}"}}"#,
-        t0().to_rfc3339()
-    );
-    BillingEvent::parse(&json, t0()).expect("valid event").encode()
-}
-
-/// Events `{prefix}-0` .. `{prefix}-{n-1}`.
-pub fn events(prefix: &str, n: usize) -> Vec<EncodedEvent> {
-    (0..n).map(|i| event(&format!("{prefix}-{i}"))).collect()
-}
-
-pub fn ids_of(events: &[EncodedEvent]) -> Vec<String> {
-    events.iter().map(|e| e.event_id().as_str().to_owned()).collect()
-}
-
-/// An outbox under test with its clock, and whatever keeps its database alive.
-pub struct Fixture {
-    pub outbox: Arc<dyn Outbox>,
-    pub clock: Arc<ManualClock>,
-    _keep: Box<dyn Any + Send>,
-}
 
 pub async fn sqlite_fixture() -> TestResult<Fixture> {
     let dir = tempfile::tempdir()?;
     let clock = Arc::new(ManualClock::new(t0()));
     let outbox = SqliteOutbox::open(&dir.path().join("outbox.db"), clock.clone()).await?;
-    Ok(Fixture { outbox: Arc::new(outbox), clock, _keep: Box::new(dir) })
+    Ok(Fixture::new(Arc::new(outbox), clock).keeping(dir))
 }
 
 pub async fn postgres_fixture() -> TestResult<Fixture> {
     let db = TestDb::create().await?;
     let clock = Arc::new(ManualClock::new(t0()));
     let outbox = PostgresOutbox::connect(db.url(), clock.clone()).await?;
-    Ok(Fixture { outbox: Arc::new(outbox), clock, _keep: Box::new(db) })
+    Ok(Fixture::new(Arc::new(outbox), clock).keeping(db))
 }
 
 /// The server the PostgreSQL tests use: `BILLSYNC_TEST_DATABASE_URL` or [`DEFAULT_PG_URL`].

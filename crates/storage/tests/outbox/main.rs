@@ -1,9 +1,8 @@
-//! The outbox's integration tests: one conformance suite run against each adapter, plus
-//! what only one adapter can show (a full disk, crash safety, a fleet on one database).
+//! The outbox's integration tests: the conformance suite of `billsync_testkit` run against each
+//! adapter, plus what only one adapter can show (a full disk, crash safety, a fleet on one
+//! database).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)] // test, bench and example code: a panic is a failure
 
-#[macro_use]
-mod conformance;
 mod crash;
 mod fleet;
 mod helpers;

@@ -4,11 +4,12 @@ use std::sync::Arc;
 
 use billsync_domain::{ManualClock, Outbox, OutboxError};
 use billsync_storage::PostgresOutbox;
+use billsync_testkit::{TestResult, events, t0, tenant};
 use sqlx::{Connection, PgConnection};
 
-use crate::helpers::{TestDb, TestResult, events, postgres_fixture, t0, tenant};
+use crate::helpers::{TestDb, postgres_fixture};
 
-all_conformance_tests!(postgres_fixture);
+billsync_testkit::outbox_conformance!(postgres_fixture);
 
 #[tokio::test]
 async fn a_newer_schema_is_refused_and_left_untouched() -> TestResult {

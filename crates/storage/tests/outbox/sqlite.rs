@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use billsync_domain::{ClaimOutcome, ManualClock, Outbox, OutboxError};
 use billsync_storage::{SqliteOptions, SqliteOutbox};
+use billsync_testkit::{TestResult, event, events, ids_of, t0, tenant};
 use sqlx::{Connection, SqliteConnection};
 
-use crate::helpers::{TestResult, event, events, ids_of, sqlite_fixture, t0, tenant};
+use crate::helpers::sqlite_fixture;
 
-all_conformance_tests!(sqlite_fixture);
+billsync_testkit::outbox_conformance!(sqlite_fixture);
 
 async fn raw(path: &std::path::Path) -> TestResult<SqliteConnection> {
     Ok(SqliteConnection::connect(&format!("sqlite://{}", path.display())).await?)

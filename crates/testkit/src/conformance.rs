@@ -1,5 +1,9 @@
-//! The contract of `billsync_domain::Outbox`, as one suite that every adapter must pass.
-//! Each check takes the outbox under test and the manual clock that drives it.
+//! The contract of [`billsync_domain::Outbox`], as one suite that every implementation must
+//! pass: each check takes the outbox under test and the manual clock that drives it, and fails
+//! (an `Err` or a panic) where the outbox breaks the contract.
+//!
+//! [`outbox_conformance!`](crate::outbox_conformance) runs every check as its own test; a new
+//! check is a `pub async fn` here and a name in that macro's list.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -8,48 +12,7 @@ use std::time::Duration;
 use billsync_domain::{Claim, ClaimOutcome, DeadLetter, Holder, ManualClock, Outbox, OutboxError, TenantCounts};
 use chrono::Utc;
 
-use crate::helpers::{TestResult, event, events, id, ids_of, t0, tenant};
-
-/// Runs every named check against the adapter built by `$fixture`, one test each.
-macro_rules! conformance_tests {
-    ($fixture:path => $($name:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() -> $crate::helpers::TestResult {
-                let f = $fixture().await?;
-                $crate::conformance::$name(f.outbox.clone(), f.clock.clone()).await
-            }
-        )*
-    };
-}
-
-/// Every check of the suite, for the adapters' instantiations.
-macro_rules! all_conformance_tests {
-    ($fixture:path) => {
-        conformance_tests!($fixture =>
-            enqueue_deduplicates_against_stored_events,
-            enqueue_deduplicates_within_one_call,
-            enqueue_of_nothing_stores_nothing,
-            enqueue_is_all_or_nothing_to_observers,
-            concurrent_enqueues_each_get_their_own_report,
-            lease_returns_oldest_first_up_to_max,
-            leased_events_are_invisible_to_other_leases,
-            a_partly_settled_lease_still_holds_the_rest,
-            expired_lease_makes_events_leasable_again_in_place,
-            concurrent_leasers_never_share_an_event,
-            ack_marks_delivered_even_after_the_lease_lapsed,
-            nack_counts_attempts_and_waits_for_retry_at,
-            nack_of_a_lapsed_lease_leaves_the_new_lease_alone,
-            dead_letter_lists_and_requeue_returns_to_pending,
-            counts_report_every_state,
-            compact_deletes_only_delivered_before_the_cutoff,
-            claim_is_exclusive_while_its_holder_holds_it,
-            a_new_holder_gets_a_new_generation_and_the_leases_of_the_old_one,
-            tenants_are_isolated,
-            tenant_state_is_saved_per_tenant_and_the_last_writer_wins,
-        );
-    };
-}
+use crate::fixtures::{TestResult, event, events, id, ids_of, tenant};
 
 const LEASE: Duration = Duration::from_secs(30);
 
@@ -57,6 +20,8 @@ fn lease_ids(lease: &billsync_domain::Lease) -> Vec<String> {
     ids_of(&lease.events)
 }
 
+/// An enqueue stores only new events: those already stored, in any state (pending, leased,
+/// delivered, dead-lettered), are reported as duplicates.
 pub async fn enqueue_deduplicates_against_stored_events(outbox: Arc<dyn Outbox>, _: Arc<ManualClock>) -> TestResult {
     let t = tenant("acme");
     let first = outbox.enqueue(&t, &events("e", 3)).await?;
@@ -72,6 +37,7 @@ pub async fn enqueue_deduplicates_against_stored_events(outbox: Arc<dyn Outbox>,
     Ok(())
 }
 
+/// An event repeated within one call is stored once and reported as a duplicate once.
 pub async fn enqueue_deduplicates_within_one_call(outbox: Arc<dyn Outbox>, _: Arc<ManualClock>) -> TestResult {
     let t = tenant("acme");
     let report = outbox.enqueue(&t, &[event("a"), event("b"), event("a"), event("a")]).await?;
@@ -82,6 +48,7 @@ pub async fn enqueue_deduplicates_within_one_call(outbox: Arc<dyn Outbox>, _: Ar
     Ok(())
 }
 
+/// Enqueueing nothing stores nothing, and a lease of at most 0 events leases nothing.
 pub async fn enqueue_of_nothing_stores_nothing(outbox: Arc<dyn Outbox>, _: Arc<ManualClock>) -> TestResult {
     let t = tenant("acme");
     assert_eq!(outbox.enqueue(&t, &[]).await?, Default::default());
@@ -145,6 +112,8 @@ pub async fn concurrent_enqueues_each_get_their_own_report(outbox: Arc<dyn Outbo
     Ok(())
 }
 
+/// A lease takes at most `max` events, oldest first, for `lease_for` from now, with their
+/// bodies exactly as stored.
 pub async fn lease_returns_oldest_first_up_to_max(outbox: Arc<dyn Outbox>, clock: Arc<ManualClock>) -> TestResult {
     let t = tenant("acme");
     for i in 0..5 {
@@ -164,6 +133,7 @@ pub async fn lease_returns_oldest_first_up_to_max(outbox: Arc<dyn Outbox>, clock
     Ok(())
 }
 
+/// Events in an unexpired lease are in no other lease, up to its last millisecond.
 pub async fn leased_events_are_invisible_to_other_leases(
     outbox: Arc<dyn Outbox>,
     clock: Arc<ManualClock>,
@@ -178,6 +148,8 @@ pub async fn leased_events_are_invisible_to_other_leases(
     Ok(())
 }
 
+/// Acking or dead-lettering some of a lease's events leaves the rest held by it until it
+/// lapses, and only those come back.
 pub async fn a_partly_settled_lease_still_holds_the_rest(
     outbox: Arc<dyn Outbox>,
     clock: Arc<ManualClock>,
@@ -197,6 +169,7 @@ pub async fn a_partly_settled_lease_still_holds_the_rest(
     Ok(())
 }
 
+/// A lapsed lease's events count as pending again and are leased again ahead of newer events.
 pub async fn expired_lease_makes_events_leasable_again_in_place(
     outbox: Arc<dyn Outbox>,
     clock: Arc<ManualClock>,
@@ -246,6 +219,8 @@ pub async fn concurrent_leasers_never_share_an_event(outbox: Arc<dyn Outbox>, _:
     Ok(())
 }
 
+/// An ack marks events delivered even after its lease lapsed, even once another lease holds
+/// them: the platform has them either way.
 pub async fn ack_marks_delivered_even_after_the_lease_lapsed(
     outbox: Arc<dyn Outbox>,
     clock: Arc<ManualClock>,
@@ -269,6 +244,8 @@ pub async fn ack_marks_delivered_even_after_the_lease_lapsed(
     Ok(())
 }
 
+/// A nack returns the lease's events to pending with one more attempt counted, not leasable
+/// before `retry_at`; the count survives to the dead letter.
 pub async fn nack_counts_attempts_and_waits_for_retry_at(
     outbox: Arc<dyn Outbox>,
     clock: Arc<ManualClock>,
@@ -302,6 +279,7 @@ pub async fn nack_counts_attempts_and_waits_for_retry_at(
     Ok(())
 }
 
+/// A nack of a lapsed lease whose events another lease holds now changes nothing.
 pub async fn nack_of_a_lapsed_lease_leaves_the_new_lease_alone(
     outbox: Arc<dyn Outbox>,
     clock: Arc<ManualClock>,
@@ -319,6 +297,8 @@ pub async fn nack_of_a_lapsed_lease_leaves_the_new_lease_alone(
     Ok(())
 }
 
+/// Dead letters are listed with their code, message, attempts and time, oldest first, per
+/// tenant or all; a requeue returns them (and only them) to pending.
 pub async fn dead_letter_lists_and_requeue_returns_to_pending(
     outbox: Arc<dyn Outbox>,
     clock: Arc<ManualClock>,
@@ -356,6 +336,8 @@ pub async fn dead_letter_lists_and_requeue_returns_to_pending(
     Ok(())
 }
 
+/// Counts report pending, in flight, delivered and dead-lettered events, the oldest pending
+/// enqueue time and the next retry time.
 pub async fn counts_report_every_state(outbox: Arc<dyn Outbox>, clock: Arc<ManualClock>) -> TestResult {
     let t = tenant("acme");
     assert_eq!(outbox.counts(&t).await?, TenantCounts::default());
@@ -385,6 +367,7 @@ pub async fn counts_report_every_state(outbox: Arc<dyn Outbox>, clock: Arc<Manua
     Ok(())
 }
 
+/// A compaction deletes delivered events delivered before the cutoff, and nothing else.
 pub async fn compact_deletes_only_delivered_before_the_cutoff(
     outbox: Arc<dyn Outbox>,
     clock: Arc<ManualClock>,
@@ -426,6 +409,8 @@ fn holder(outcome: ClaimOutcome) -> Result<Holder, String> {
     }
 }
 
+/// A claimed tenant is held by its holder alone; claims are per tenant, and a renewal keeps
+/// the generation.
 pub async fn claim_is_exclusive_while_its_holder_holds_it(outbox: Arc<dyn Outbox>, _: Arc<ManualClock>) -> TestResult {
     let t = tenant("acme");
     let ttl = Duration::from_secs(15);
@@ -438,6 +423,8 @@ pub async fn claim_is_exclusive_while_its_holder_holds_it(outbox: Arc<dyn Outbox
     Ok(())
 }
 
+/// Only the holder can release a claim; the next holder gets a higher generation, and the
+/// earlier holder's leases are void at once.
 pub async fn a_new_holder_gets_a_new_generation_and_the_leases_of_the_old_one(
     outbox: Arc<dyn Outbox>,
     _: Arc<ManualClock>,
@@ -460,6 +447,8 @@ pub async fn a_new_holder_gets_a_new_generation_and_the_leases_of_the_old_one(
     Ok(())
 }
 
+/// The same event ids are distinct events for two tenants, and an ack never touches another
+/// tenant's events.
 pub async fn tenants_are_isolated(outbox: Arc<dyn Outbox>, _: Arc<ManualClock>) -> TestResult {
     let (a, b) = (tenant("acme"), tenant("bolt"));
     outbox.enqueue(&a, &events("e", 2)).await?;
@@ -475,6 +464,7 @@ pub async fn tenants_are_isolated(outbox: Arc<dyn Outbox>, _: Arc<ManualClock>) 
     Ok(())
 }
 
+/// A tenant's state document is kept per tenant, and the last save wins.
 pub async fn tenant_state_is_saved_per_tenant_and_the_last_writer_wins(
     outbox: Arc<dyn Outbox>,
     _: Arc<ManualClock>,
@@ -498,9 +488,4 @@ impl NowUtc for ManualClock {
     fn now_utc(&self) -> chrono::DateTime<Utc> {
         billsync_domain::Clock::now(self)
     }
-}
-
-#[test]
-fn the_test_clock_starts_at_t0() {
-    assert_eq!(ManualClock::new(t0()).now_utc(), t0());
 }
