@@ -14,11 +14,14 @@ use axum::routing::{get, post};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use billsync_auth::{AuthConfig, RetryPolicy, TenantAuth};
-use billsync_domain::{BASE_AUDIENCE, BILLING_AUDIENCE, BILLING_WRITE_SCOPE, ClientSecret, DEVICE_WRITE_SCOPE, Tenant};
+use billsync_domain::{
+    BASE_AUDIENCE, BILLING_AUDIENCE, BILLING_WRITE_SCOPE, ClientSecret, Clock, DEVICE_WRITE_SCOPE, SystemClock, Tenant,
+};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use rsa::pkcs1::{EncodeRsaPrivateKey, EncodeRsaPublicKey};
 use rsa::traits::PublicKeyParts;
 use serde_json::{Value, json};
+use tokio::sync::watch;
 
 pub const SECRET: &str = "s3cr3t: p@ss+word/é";
 pub const KID: &str = "stub-key-1";
@@ -131,9 +134,15 @@ pub struct StubState {
     script: Mutex<VecDeque<Reply>>,
     default: Mutex<Reply>,
     recorded: Mutex<Vec<Recorded>>,
+    /// The stub's clock (before `clock_offset_s`): the system clock, or a test's manual clock.
+    clock: Arc<dyn Clock>,
     clock_offset_s: AtomicI64,
     delay_ms: AtomicU64,
     issued: AtomicU64,
+    /// Token requests that have arrived (the same count as `token_requests`, to wait on).
+    arrived: watch::Sender<usize>,
+    /// Whether token requests are answered; `false` holds them at the stub.
+    open: watch::Sender<bool>,
 }
 
 pub struct Stub {
@@ -142,16 +151,25 @@ pub struct Stub {
 }
 
 impl Stub {
+    /// A stub whose tokens and `Date` headers follow the system clock.
     pub async fn start(default: Reply) -> Stub {
+        Self::with_clock(default, Arc::new(SystemClock)).await
+    }
+    /// A stub whose tokens (`iat`, `exp`) and `Date` headers follow `clock`: give it the clock
+    /// the code under test reads, and a test moves both by moving that clock.
+    pub async fn with_clock(default: Reply, clock: Arc<dyn Clock>) -> Stub {
         let state = Arc::new(StubState {
             token_requests: AtomicUsize::new(0),
             jwks_requests: AtomicUsize::new(0),
             script: Mutex::new(VecDeque::new()),
             default: Mutex::new(default),
             recorded: Mutex::new(Vec::new()),
+            clock,
             clock_offset_s: AtomicI64::new(0),
             delay_ms: AtomicU64::new(0),
             issued: AtomicU64::new(0),
+            arrived: watch::Sender::new(0),
+            open: watch::Sender::new(true),
         });
         let app = Router::new()
             .route("/oauth2/v1/token", post(token))
@@ -190,6 +208,19 @@ impl Stub {
     pub fn set_delay(&self, d: Duration) {
         self.state.delay_ms.store(d.as_millis() as u64, Ordering::SeqCst);
     }
+    /// Token requests that arrive from now on wait at the stub, unanswered, until [`Stub::release`].
+    pub fn hold(&self) {
+        self.state.open.send_replace(false);
+    }
+    /// Answers the held token requests, and answers the next ones at once.
+    pub fn release(&self) {
+        self.state.open.send_replace(true);
+    }
+    /// Waits (without a timer) until `n` token requests in all have arrived at the stub.
+    pub async fn arrived(&self, n: usize) {
+        let mut rx = self.state.arrived.subscribe();
+        rx.wait_for(|&seen| seen >= n).await.expect("the stub's state outlives the stub");
+    }
 }
 
 pub fn tenant() -> Tenant {
@@ -214,7 +245,7 @@ pub fn config(stub: &Stub) -> AuthConfig {
 }
 
 fn server_now(state: &StubState) -> chrono::DateTime<chrono::Utc> {
-    chrono::Utc::now() + chrono::Duration::seconds(state.clock_offset_s.load(Ordering::SeqCst))
+    state.clock.now() + chrono::Duration::seconds(state.clock_offset_s.load(Ordering::SeqCst))
 }
 
 pub fn sign(claims: &Value, signing: &Signing) -> String {
@@ -276,6 +307,8 @@ async fn token(
         authorization: headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned),
         form,
     });
+    state.arrived.send_modify(|n| *n += 1);
+    let _ = state.open.subscribe().wait_for(|&open| open).await;
     let delay = state.delay_ms.load(Ordering::SeqCst);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
