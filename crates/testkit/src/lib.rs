@@ -4,6 +4,9 @@
 //!   [`outbox_conformance!`], which runs every check as its own `#[tokio::test]` against an
 //!   outbox built by a fixture function. Each implementation's tests instantiate it in one
 //!   line: the SQLite and PostgreSQL adapters in `billsync-storage`, [`MemoryOutbox`] here.
+//! - [`tokens`]: the contract of [`billsync_domain::TokenSource`], run by
+//!   [`token_source_conformance!`], and [`FakeTokens`], a token source that keeps it without a
+//!   token endpoint.
 //! - [`MemoryOutbox`]: a complete in-memory outbox (the whole contract, claims and
 //!   generations included), for tests that need no disk, such as the engine's in paused time.
 //! - The fixtures the suite and the adapters' own tests share: [`event`], [`events`],
@@ -68,9 +71,11 @@
 pub mod conformance;
 mod fixtures;
 mod memory;
+pub mod tokens;
 
 pub use fixtures::{Fixture, TestResult, event, events, id, ids_of, t0, tenant};
 pub use memory::{MemoryOutbox, RowView};
+pub use tokens::{FakeTokens, TokenFixture, token_tenant};
 
 /// Runs every check of the [`conformance`] suite against the outbox built by `$fixture` (an
 /// `async fn() -> TestResult<Fixture>`), each as its own `#[tokio::test]` named after the

@@ -10,9 +10,9 @@ use async_trait::async_trait;
 use billsync_domain::{
     AccessToken, AccessTokenClaims, ApplicationId, BatchBody, Batcher, BillingApi, BillingEvent, BillingPolicy,
     BillingReply, BillingRequestHeaders, BillingResponse, ClaimOutcome, ClientId, Clock, EncodedEvent, Outbox,
-    RatePolicy, Receipt, Rejection, Tenant, TenantId, TenantName, TokenError, TokenSource, TransportError,
+    RatePolicy, Receipt, Rejection, Tenant, TenantId, TenantName, TokenError, TransportError,
 };
-use billsync_testkit::MemoryOutbox;
+use billsync_testkit::{FakeTokens, MemoryOutbox};
 use chrono::{DateTime, Utc};
 
 use super::*;
@@ -37,40 +37,6 @@ fn tenant(name: &str) -> Tenant {
         ApplicationId::parse(format!("app-{name}")).unwrap(),
         ClientId::parse(format!("app-{name}")).unwrap(),
     )
-}
-
-/// Issues tokens whose claims a test can spoil; counts requests.
-struct FakeTokens {
-    clock: Arc<dyn Clock>,
-    spoil: Option<fn(&mut AccessTokenClaims)>,
-    issued: Mutex<u32>,
-    invalidated: Mutex<u32>,
-}
-
-#[async_trait]
-impl TokenSource for FakeTokens {
-    async fn headers(&self, t: &Tenant) -> Result<BillingRequestHeaders, TokenError> {
-        let now = self.clock.now();
-        let mut claims = AccessTokenClaims {
-            scope: vec![billsync_domain::BILLING_WRITE_SCOPE.into()],
-            aud: vec![billsync_domain::BILLING_AUDIENCE.into()],
-            tenant_id: Some(t.tenant_id().to_string()),
-            client_id: Some(t.client_id().to_string()),
-            iat: Some(now.timestamp()),
-            exp: Some(now.timestamp() + 900),
-            ..Default::default()
-        };
-        if let Some(f) = self.spoil {
-            f(&mut claims);
-        }
-        *self.issued.lock().unwrap() += 1;
-        BillingPolicy::default()
-            .authorize(AccessToken::new(format!("tok-{}", t.name())), claims, t.tenant_id(), t.application_id(), now)
-            .map_err(TokenError::Policy)
-    }
-    async fn invalidate(&self, _: &Tenant, _: &BillingRequestHeaders) {
-        *self.invalidated.lock().unwrap() += 1;
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -149,8 +115,7 @@ async fn world(
         outbox.enqueue(&TenantName::parse(*t).unwrap(), &events).await.unwrap();
     }
     let api = Arc::new(FakeApi { origin, script: Mutex::new(script.into()), responder, sent: Mutex::default() });
-    let tokens =
-        Arc::new(FakeTokens { clock: clock.clone(), spoil, issued: Mutex::new(0), invalidated: Mutex::new(0) });
+    let tokens = Arc::new(FakeTokens::new(clock.clone(), spoil));
     let engine = Engine::new(
         Ports { outbox: outbox.clone(), tokens: tokens.clone(), api: api.clone(), clock },
         settings,
@@ -253,7 +218,7 @@ async fn an_invalid_token_gets_one_new_token_and_the_same_batch_again() {
 
     w.engine.sync_once().await;
 
-    assert_eq!(*w.tokens.invalidated.lock().unwrap(), 1);
+    assert_eq!(w.tokens.invalidated(), 1);
     let sent = w.api.sent.lock().unwrap();
     assert_eq!(sent.len(), 2);
     assert_eq!(sent[0].ids, sent[1].ids);
