@@ -146,8 +146,10 @@ impl Metrics {
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = encode(&mut out, &self.inner.registry);
+        if let Err(e) = encode(&mut out, &self.inner.registry) {
+            // Writing into a String fails only if a metric's own encoding does.
+            tracing::error!(error = %e, "cannot encode the metrics");
+        }
         out
     }
 }

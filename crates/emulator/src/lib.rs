@@ -197,8 +197,14 @@ impl Emulator {
     /// Stops accepting, lets open requests finish (at most 5 s), and returns when the server
     /// has stopped.
     pub async fn shutdown(self) {
-        let _ = self.shutdown.send(true);
-        let _ = self.task.await;
+        // The server task holds the receiver until it ends: a send that finds none means it
+        // has stopped already.
+        if self.shutdown.send(true).is_err() {
+            tracing::debug!("the emulator had stopped already");
+        }
+        if let Err(e) = self.task.await {
+            tracing::error!(error = %e, "the emulator's server task ended abnormally");
+        }
     }
 
     /// A banner for the command line: the base URL, the endpoints and the registered clients

@@ -38,7 +38,10 @@ pub(crate) async fn run(listener: TcpListener, router: Router, mut shutdown: wat
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
+                    if let Err(e) = stream.set_nodelay(true) {
+                        // Only latency is at stake: small answers may wait for Nagle.
+                        tracing::debug!(error = %e, %peer, "cannot set TCP_NODELAY");
+                    }
                     conns.spawn(connection(stream, peer, router.clone(), shutdown.clone()));
                 }
                 Err(e) => {
