@@ -279,7 +279,7 @@ impl Agent {
         for r in self.engine.reports().into_iter().filter(TenantReport::touched) {
             let (Ok(name), Ok(json)) = (TenantName::parse(r.name.clone()), serde_json::to_string(&r)) else { continue };
             if let Err(e) = self.outbox.save_tenant_state(&name, &json).await {
-                tracing::warn!(tenant = %name, error = %e, "could not save the tenant's state");
+                tracing::warn!(tenant = %name, error = %crate::error_chain(&e), "could not save the tenant's state");
             }
         }
     }
@@ -296,7 +296,7 @@ impl Agent {
                 tokio::select! {
                     _ = compact.tick() => {
                         if let Err(e) = self.compact().await {
-                            tracing::warn!(error = %e, "compaction failed");
+                            tracing::warn!(error = %crate::error_chain(&e), "compaction failed");
                         }
                     }
                     _ = save.tick() => self.save_state().await,

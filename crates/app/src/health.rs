@@ -6,7 +6,7 @@
 //! use billsync::health::{Health, HealthStatus};
 //! let blocked = TenantReport {
 //!     name: "acme".into(),
-//!     blocked: Some(billsync::engine::Blocked { codes: vec!["missing_scope".into()], hints: vec!["...".into()] }),
+//!     blocked: Some(billsync::engine::Blocked::one("missing_scope", "...")),
 //!     ..TenantReport::default()
 //! };
 //! let health = Health::of(&[blocked]);

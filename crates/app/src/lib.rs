@@ -67,3 +67,28 @@ pub mod metrics;
 
 pub use agent::{Agent, AgentBuilder, AgentError, TenantStatus};
 pub use billsync_auth::{Diagnosis, InspectError, Inspection, inspect as inspect_token};
+
+/// An error and each of its causes, joined with `: ` (the form logs and reports show, as
+/// `anyhow`'s `{:#}` does): every adapter keeps its driver's error as a source.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_error_chain_shows_each_cause_once() {
+        let driver = std::io::Error::other("disk I/O error");
+        let e = billsync_domain::OutboxError::Storage(
+            billsync_domain::StorageFailure::new("ack of 500 events of tenant acme").with_source(driver),
+        );
+        assert_eq!(super::error_chain(&e), "outbox storage failed: ack of 500 events of tenant acme: disk I/O error");
+    }
+}

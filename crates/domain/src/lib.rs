@@ -49,7 +49,8 @@ pub use ids::{
 pub use policy::{BillingPolicy, BillingRequestHeaders, Violation, ViolationCode, Violations};
 pub use ports::{
     BillingApi, BillingReply, Claim, ClaimOutcome, Clock, DeadLetter, DeadLetterRecord, EnqueueReport, Holder, Lease,
-    LeaseId, ManualClock, Outbox, OutboxError, SystemClock, TenantCounts, TokenError, TokenSource, TransportError,
+    LeaseId, ManualClock, Outbox, OutboxError, StorageFailure, SystemClock, TenantCounts, TokenError, TokenSource,
+    TransportError,
 };
 pub use rate::{RatePolicy, SlidingWindow};
 pub use refresh::{InvalidRefreshFraction, RefreshPolicy};

@@ -3,7 +3,7 @@
 //! `Arc<dyn Outbox>` and friends. Each method's contract is in its docs; adapters MUST keep it.
 
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -301,10 +301,81 @@ pub enum OutboxError {
         /// The generation this agent held.
         generation: u64,
     },
-    /// Any other storage failure, with the driver's message.
-    #[error("outbox storage failed: {0}")]
-    Storage(String),
+    /// Any other storage failure: what failed (the operation, the file or the server), with
+    /// the driver's error as its [`source`](std::error::Error::source). Its `Display` does not
+    /// repeat the source's text: print the chain (`{:#}` with `anyhow`, or walk `source()`) to
+    /// see why.
+    #[error(transparent)]
+    Storage(StorageFailure),
 }
+
+/// What failed in the outbox's storage, and why: the driver's (or the operating system's)
+/// error, kept as the [`source`](std::error::Error::source) so that the chain is not lost.
+///
+/// `Display` is `outbox storage failed: <what>`, without the source's text, so that a chain
+/// printer shows each cause once. Cheap to clone (the source is shared). Two failures are
+/// equal when they say the same `what`, whatever their sources.
+///
+/// ```
+/// use std::error::Error as _;
+///
+/// use billsync_domain::{OutboxError, StorageFailure};
+///
+/// let io = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "permission denied");
+/// let e = OutboxError::Storage(StorageFailure::new("opening /var/lib/billsync/outbox.db").with_source(io));
+/// assert_eq!(e.to_string(), "outbox storage failed: opening /var/lib/billsync/outbox.db");
+/// assert_eq!(e.source().map(ToString::to_string).as_deref(), Some("permission denied"));
+/// ```
+#[derive(Debug, Clone)]
+pub struct StorageFailure {
+    what: String,
+    source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl StorageFailure {
+    /// A failure with no underlying error: `what` says it all.
+    pub fn new(what: impl Into<String>) -> Self {
+        Self { what: what.into(), source: None }
+    }
+
+    /// The same failure, caused by `source`.
+    #[must_use]
+    pub fn with_source(self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.with_shared_source(Arc::new(source))
+    }
+
+    /// The same failure, caused by an error already boxed or shared (a
+    /// `Box<dyn Error + Send + Sync>` converts with `Arc::from`).
+    #[must_use]
+    pub fn with_shared_source(self, source: Arc<dyn std::error::Error + Send + Sync + 'static>) -> Self {
+        Self { source: Some(source), ..self }
+    }
+
+    /// What failed: the operation, the file or the server.
+    pub fn what(&self) -> &str {
+        &self.what
+    }
+}
+
+impl fmt::Display for StorageFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "outbox storage failed: {}", self.what)
+    }
+}
+
+impl std::error::Error for StorageFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl PartialEq for StorageFailure {
+    fn eq(&self, other: &Self) -> bool {
+        self.what == other.what
+    }
+}
+
+impl Eq for StorageFailure {}
 
 /// The durable outbox. Every event whose enqueue returned `Ok` is kept until the platform
 /// has it (acked) or refused it for good (dead-lettered).
@@ -331,9 +402,10 @@ pub trait Outbox: Send + Sync {
     async fn lease(&self, tenant: &TenantName, max: usize, lease_for: Duration) -> Result<Option<Lease>, OutboxError>;
 
     /// Leases as [`Outbox::lease`], under a claim: the lease carries the claim's generation,
-    /// and an outbox shared by a fleet refuses it ([`OutboxError::ClaimLost`]) when another
-    /// agent holds the tenant now. The default stamps the generation on a plain lease (right
-    /// where the outbox itself decides who holds a tenant, such as an OS lock).
+    /// and it is refused ([`OutboxError::ClaimLost`]) when the tenant's generation is no
+    /// longer the claim's. Every adapter here fences it (SQLite, PostgreSQL and the test kit's
+    /// in-memory outbox). The default only stamps the generation on a plain lease: an outbox
+    /// that keeps no generations cannot fence, and must not be shared.
     ///
     /// # Errors
     /// [`OutboxError::ClaimLost`], [`OutboxError::Storage`].
@@ -351,6 +423,7 @@ pub trait Outbox: Send + Sync {
     /// has them either way), unless the lease's generation is stale.
     ///
     /// # Errors
+    /// [`OutboxError::ClaimLost`] when the lease's generation is no longer the tenant's;
     /// [`OutboxError::Storage`].
     async fn ack(&self, lease: &Lease, delivered: &[EventId]) -> Result<(), OutboxError>;
 
@@ -358,12 +431,14 @@ pub trait Outbox: Send + Sync {
     /// and no new attempt before `retry_at`.
     ///
     /// # Errors
+    /// [`OutboxError::ClaimLost`] when the lease's generation is no longer the tenant's;
     /// [`OutboxError::Storage`].
     async fn nack(&self, lease: &Lease, retry_at: DateTime<Utc>) -> Result<(), OutboxError>;
 
     /// Dead-letters events of the lease's tenant with the platform's code and message.
     ///
     /// # Errors
+    /// [`OutboxError::ClaimLost`] when the lease's generation is no longer the tenant's;
     /// [`OutboxError::Storage`].
     async fn dead_letter(&self, lease: &Lease, items: &[DeadLetter]) -> Result<(), OutboxError>;
 

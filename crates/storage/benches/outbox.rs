@@ -7,6 +7,9 @@
 //! - `lease_ack_500`: lease 500 + ack 500 from 10,000 pending (target >= 50,000 events/s).
 //! - `lease_ack_backlog`: the same from 10,000 and from 1,000,000 pending (target: per-event
 //!   cost within 30%).
+//! - `lease_ack_claimed`: under a tenant claim (leases and settles fenced by its generation),
+//!   from 10,000 pending: lease 500 + ack 500 in one call, and lease 500 + 500 concurrent
+//!   one-event acks (the writer groups them; the per-operation cost of a settle).
 //! - `postgres_enqueue_batch_1000`: PostgreSQL, against a raw insert loop in one transaction
 //!   (skipped with a message when no server answers at `BILLSYNC_TEST_DATABASE_URL`).
 //!
@@ -19,7 +22,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use billsync_domain::{BillingEvent, Clock, EncodedEvent, EventId, Outbox, SystemClock, TenantName};
+use billsync_domain::{
+    BillingEvent, Claim, ClaimOutcome, Clock, EncodedEvent, EventId, Outbox, SystemClock, TenantName,
+};
 use billsync_storage::{PostgresOutbox, SqliteOutbox};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use sqlx::postgres::PgConnectOptions;
@@ -254,6 +259,63 @@ fn lease_ack(c: &mut Criterion) {
     g.finish();
 }
 
+/// Time for `iters` rounds of a lease of 500 under `claim`, then its acks: one ack of 500
+/// (`singles == false`) or 500 concurrent acks of one event each. Each round then enqueues 500
+/// fresh events (unmeasured) so that the backlog keeps its size.
+async fn claimed_rounds(outbox: &Arc<SqliteOutbox>, claim: &Claim, iters: u64, singles: bool) -> Duration {
+    let mut spent = Duration::ZERO;
+    for _ in 0..iters {
+        let start = Instant::now();
+        let lease = outbox.lease_claimed(claim, 500, Duration::from_secs(60)).await.expect("lease").expect("a backlog");
+        let ids: Vec<EventId> = lease.events.iter().map(|e| e.event_id().clone()).collect();
+        if singles {
+            let lease = Arc::new(lease);
+            let tasks: Vec<_> = ids
+                .iter()
+                .map(|id| {
+                    let (outbox, lease, id) = (Arc::clone(outbox), Arc::clone(&lease), id.clone());
+                    tokio::spawn(async move { outbox.ack(&lease, &[id]).await.expect("ack") })
+                })
+                .collect();
+            for task in tasks {
+                task.await.expect("acker");
+            }
+        } else {
+            outbox.ack(&lease, &ids).await.expect("ack");
+        }
+        spent += start.elapsed();
+        assert_eq!(ids.len(), 500);
+        outbox.enqueue(&claim.tenant, &fresh_events(500)).await.expect("refill");
+    }
+    spent
+}
+
+fn lease_ack_claimed(c: &mut Criterion) {
+    let rt = runtime();
+    let dir = bench_dir();
+    let path = dir.path().join("claimed.db");
+    let (outbox, claim) = rt.block_on(async {
+        drop(SqliteOutbox::open(&path, Arc::new(SystemClock)).await.expect("migrate"));
+        prefill(&path, 10_000).await;
+        let outbox = Arc::new(SqliteOutbox::open(&path, Arc::new(SystemClock)).await.expect("outbox opens"));
+        let ClaimOutcome::Claimed(claim) =
+            outbox.claim_tenant(&tenant(), "bench-1-a", Duration::from_secs(30)).await.expect("claim")
+        else {
+            panic!("a fresh outbox's tenant is free");
+        };
+        (outbox, claim)
+    });
+    let mut g = c.benchmark_group("lease_ack_claimed");
+    g.throughput(Throughput::Elements(500));
+    g.bench_function("lease_500_ack_500/10000", |b| {
+        b.iter_custom(|iters| rt.block_on(claimed_rounds(&outbox, &claim, iters, false)))
+    });
+    g.bench_function("lease_500_ack_1x500_concurrent/10000", |b| {
+        b.iter_custom(|iters| rt.block_on(claimed_rounds(&outbox, &claim, iters, true)))
+    });
+    g.finish();
+}
+
 fn postgres_enqueue(c: &mut Criterion) {
     let rt = runtime();
     let admin_url = std::env::var("BILLSYNC_TEST_DATABASE_URL")
@@ -344,6 +406,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = enqueue_batch, enqueue_single, lease_ack, postgres_enqueue
+    targets = enqueue_batch, enqueue_single, lease_ack, lease_ack_claimed, postgres_enqueue
 }
 criterion_main!(benches);

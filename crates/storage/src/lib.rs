@@ -6,7 +6,8 @@
 //! - [`SqliteOutbox`], the embedded default: one file in WAL mode, one writer task that
 //!   commits whatever callers have queued in one transaction (group commit), so that
 //!   thousands of small enqueues share one fsync. A tenant is held through an OS lock on a
-//!   file beside the outbox, which the kernel releases when its holder dies.
+//!   file beside the outbox, which the kernel releases when its holder dies; leases and
+//!   settles under a claim are fenced by its generation, as in PostgreSQL.
 //! - [`PostgresOutbox`], for a fleet of agents sharing one database: leases with
 //!   `FOR UPDATE SKIP LOCKED`, tenant claims dated by the database's clock so that one agent
 //!   drains a tenant at a time, and leases and settles fenced by the claim's generation.
@@ -133,12 +134,8 @@ impl Location {
     /// The errors of [`SqliteOutbox::open`] and [`PostgresOutbox::connect`].
     pub async fn open(&self, clock: Arc<dyn Clock>) -> Result<Arc<dyn Outbox>, OutboxError> {
         match self {
-            Self::Sqlite { path } => match SqliteOutbox::open(path, clock).await {
-                Ok(outbox) => Ok(Arc::new(outbox)),
-                // Name the file: "unable to open database file" alone does not say which.
-                Err(OutboxError::Storage(why)) => Err(OutboxError::Storage(format!("{}: {why}", path.display()))),
-                Err(e) => Err(e),
-            },
+            // The error names the file: "unable to open database file" alone does not say which.
+            Self::Sqlite { path } => Ok(Arc::new(SqliteOutbox::open(path, clock).await?)),
             Self::Postgres { url } => Ok(Arc::new(PostgresOutbox::connect(url, clock).await?)),
         }
     }
@@ -176,7 +173,8 @@ mod tests {
     #[tokio::test]
     async fn open_names_an_unsupported_scheme() {
         let err = open("mysql://root:pw@db/x", Arc::new(SystemClock)).await.err();
-        let Some(OutboxError::Storage(msg)) = err else { panic!("expected a storage error, got {err:?}") };
+        let Some(OutboxError::Storage(failure)) = err else { panic!("expected a storage error, got {err:?}") };
+        let msg = failure.what();
         assert!(msg.contains("`mysql`"), "{msg}");
         assert!(!msg.contains("pw"), "{msg}");
     }
@@ -199,13 +197,33 @@ mod tests {
         Ok(())
     }
 
+    /// The top error names the file; its source is SQLite's own error, kept whole (not its
+    /// text), and each message of the chain appears once.
     #[tokio::test]
-    async fn a_sqlite_outbox_that_cannot_be_opened_names_its_file() {
+    async fn a_sqlite_outbox_that_cannot_be_opened_names_its_file_and_keeps_the_driver_error() {
+        use sqlx::error::DatabaseError as _;
+        use std::error::Error as _;
+
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("no-such-dir").join("outbox.db");
         let err = open(&format!("sqlite://{}", path.display()), Arc::new(SystemClock)).await.err();
-        let Some(OutboxError::Storage(msg)) = err else { panic!("expected a storage error, got {err:?}") };
-        assert!(msg.contains(&path.display().to_string()), "{msg}");
+        let Some(err @ OutboxError::Storage(_)) = err else { panic!("expected a storage error, got {err:?}") };
+        let top = err.to_string();
+        assert!(top.contains(&path.display().to_string()), "{top}");
+        assert!(!top.contains("unable to open"), "the top message repeats its source: {top}");
+
+        let source = err.source().expect("the driver's error is kept as the source");
+        let driver = source.downcast_ref::<sqlx::sqlite::SqliteError>().expect("SQLite's own error");
+        assert_eq!(driver.code().as_deref(), Some("14"), "SQLITE_CANTOPEN: {driver}");
+
+        let chain = billsync_testkit::error_chain(&err);
+        assert_eq!(chain.len(), 2, "{chain:?}");
+        assert!(chain[1].contains("unable to open database file"), "{chain:?}");
+        assert_eq!(chain.iter().filter(|m| m.contains("unable to open")).count(), 1, "{chain:?}");
+        // Clones share the source; equality is by what failed.
+        let copy = err.clone();
+        assert_eq!(copy, err);
+        assert!(copy.source().is_some());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use billsync_domain::{
     Claim, ClaimOutcome, Clock, DeadLetter, DeadLetterRecord, EncodedEvent, EnqueueReport, EventId, Holder, Lease,
-    Outbox, OutboxError, TenantCounts, TenantName,
+    Outbox, OutboxError, StorageFailure, TenantCounts, TenantName,
 };
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
@@ -22,7 +22,7 @@ use sqlx::{Connection, PgConnection, Row as _};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::common::{EnqueuePlan, Row, count, counts_from, event_id, from_ms, leased, limit, span_ms, to_ms};
-use crate::error::{StoreError, redact_url};
+use crate::error::{Chain, During as _, StoreError, redact_url};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -68,7 +68,7 @@ impl PostgresOutbox {
 
     async fn try_connect(url: &str, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
         let options = PgConnectOptions::from_str(url)
-            .map_err(|e| StoreError::InvalidUrl { url: redact_url(url), reason: e.to_string() })?;
+            .map_err(|e| StoreError::UnreadableUrl { url: redact_url(url), source: e })?;
         let target = format!(
             "postgres://{}@{}:{}/{}",
             options.get_username(),
@@ -184,17 +184,25 @@ async fn writer_loop(pool: PgPool, mut rx: mpsc::Receiver<Request>, clock: Arc<d
         let calls: Vec<(&TenantName, &[EncodedEvent])> = group.iter().map(|r| (&r.tenant, &r.events[..])).collect();
         let results = match enqueue_calls(&pool, &calls, now).await {
             Ok(reports) => reports.into_iter().map(Ok).collect(),
-            Err(e) if group.len() == 1 => vec![Err(e.into())],
+            Err(e) if group.len() == 1 => {
+                vec![Err(e.during(format_args!("enqueue of {} events for tenant {}", weight, group[0].tenant)))]
+            }
             Err(e) => {
-                tracing::debug!(error = %e, calls = group.len(), "coalesced enqueue failed; running calls one by one");
+                tracing::debug!(
+                    error = %Chain(&e),
+                    calls = group.len(),
+                    "coalesced enqueue failed; running calls one by one"
+                );
                 let mut results = Vec::with_capacity(calls.len());
                 for call in &calls {
-                    results.push(
-                        enqueue_calls(&pool, std::slice::from_ref(call), now)
-                            .await
-                            .map_err(OutboxError::from)
-                            .and_then(|mut r| r.pop().ok_or_else(|| OutboxError::Storage("no answer".into()))),
-                    );
+                    let what = || format!("enqueue of {} events for tenant {}", call.1.len(), call.0);
+                    results.push(enqueue_calls(&pool, std::slice::from_ref(call), now).await.during(what()).and_then(
+                        |mut r| {
+                            r.pop().ok_or_else(|| {
+                                OutboxError::Storage(StorageFailure::new(format!("{}: no answer", what())))
+                            })
+                        },
+                    ));
                 }
                 results
             }
@@ -219,7 +227,7 @@ async fn enqueue_calls(
         match insert_rows(pool, plan.rows(), now).await {
             Ok(inserted) => return Ok(plan.reports(&inserted)),
             Err(e) if tries < ENQUEUE_TRIES && is_retryable(&e) => {
-                tracing::debug!(error = %e, "enqueue lost a deadlock; trying again");
+                tracing::debug!(error = %Chain(&e), "enqueue lost a deadlock; trying again");
             }
             Err(e) => return Err(e),
         }
@@ -445,7 +453,9 @@ impl Outbox for PostgresOutbox {
         if max == 0 {
             return Ok(None);
         }
-        Ok(self.try_lease(tenant, max, lease_for, None).await?)
+        self.try_lease(tenant, max, lease_for, None)
+            .await
+            .during(format_args!("lease of up to {max} events of tenant {tenant}"))
     }
 
     async fn lease_claimed(
@@ -457,7 +467,9 @@ impl Outbox for PostgresOutbox {
         if max == 0 {
             return Ok(None);
         }
-        Ok(self.try_lease(&claim.tenant, max, lease_for, Some(claim.generation)).await?)
+        self.try_lease(&claim.tenant, max, lease_for, Some(claim.generation))
+            .await
+            .during(format_args!("lease of up to {max} events of tenant {}", claim.tenant))
     }
 
     async fn ack(&self, lease: &Lease, delivered: &[EventId]) -> Result<(), OutboxError> {
@@ -478,7 +490,7 @@ impl Outbox for PostgresOutbox {
         .bind(lease.generation.map(gen_i64))
         .fetch_one(&self.pool)
         .await
-        .map_err(StoreError::from)?;
+        .during(format_args!("ack of {} events of tenant {}", delivered.len(), lease.tenant))?;
         fence_held(lease, fenced)
     }
 
@@ -496,7 +508,7 @@ impl Outbox for PostgresOutbox {
         .bind(lease.generation.map(gen_i64))
         .fetch_one(&self.pool)
         .await
-        .map_err(StoreError::from)?;
+        .during(format_args!("nack of lease {} of tenant {}", lease.id.as_str(), lease.tenant))?;
         fence_held(lease, fenced)
     }
 
@@ -524,7 +536,7 @@ impl Outbox for PostgresOutbox {
         .bind(lease.generation.map(gen_i64))
         .fetch_one(&self.pool)
         .await
-        .map_err(StoreError::from)?;
+        .during(format_args!("dead letter of {} events of tenant {}", items.len(), lease.tenant))?;
         fence_held(lease, fenced)
     }
 
@@ -539,24 +551,24 @@ impl Outbox for PostgresOutbox {
         .bind(ids)
         .execute(&self.pool)
         .await
-        .map_err(StoreError::from)?;
+        .during(format_args!("requeue of dead letters of tenant {tenant}"))?;
         Ok(done.rows_affected())
     }
 
     async fn counts(&self, tenant: &TenantName) -> Result<TenantCounts, OutboxError> {
-        Ok(self.try_counts(tenant).await?)
+        self.try_counts(tenant).await.during(format_args!("counts of tenant {tenant}"))
     }
 
     async fn dead_letters(&self, tenant: Option<TenantName>) -> Result<Vec<DeadLetterRecord>, OutboxError> {
-        Ok(self.try_dead_letters(tenant).await?)
+        self.try_dead_letters(tenant).await.during("listing dead letters")
     }
 
     async fn compact(&self, before: DateTime<Utc>) -> Result<u64, OutboxError> {
-        Ok(self.try_compact(before).await?)
+        self.try_compact(before).await.during("compaction of delivered events")
     }
 
     async fn claim_tenant(&self, tenant: &TenantName, agent: &str, ttl: Duration) -> Result<ClaimOutcome, OutboxError> {
-        Ok(self.try_claim(tenant, agent, ttl).await?)
+        self.try_claim(tenant, agent, ttl).await.during(format_args!("claim of tenant {tenant}"))
     }
 
     async fn save_tenant_state(&self, tenant: &TenantName, state: &str) -> Result<(), OutboxError> {
@@ -569,7 +581,7 @@ impl Outbox for PostgresOutbox {
         .bind(self.now_ms())
         .execute(&self.pool)
         .await
-        .map_err(StoreError::from)?;
+        .during(format_args!("saving the state of tenant {tenant}"))?;
         Ok(())
     }
 
@@ -578,8 +590,8 @@ impl Outbox for PostgresOutbox {
             .bind(tenant.as_str())
             .fetch_optional(&self.pool)
             .await
-            .map_err(StoreError::from)?;
-        Ok(row.map(|r| r.try_get::<String, _>(0)).transpose().map_err(StoreError::from)?)
+            .during(format_args!("reading the state of tenant {tenant}"))?;
+        row.map(|r| r.try_get::<String, _>(0)).transpose().during(format_args!("reading the state of tenant {tenant}"))
     }
 
     async fn release_tenant(&self, tenant: &TenantName, agent: &str) -> Result<(), OutboxError> {
@@ -589,7 +601,7 @@ impl Outbox for PostgresOutbox {
             .bind(agent)
             .execute(&self.pool)
             .await
-            .map_err(StoreError::from)?;
+            .during(format_args!("release of tenant {tenant}"))?;
         Ok(())
     }
 }

@@ -8,6 +8,14 @@
 //! its own, so that a failure (such as a full disk) is reported only to the call it belongs
 //! to, and nothing of that call is stored. Reads (`counts`, `dead_letters`) use a small pool
 //! of read connections, which WAL lets run beside the writer.
+//!
+//! A tenant is held through the kernel's lock on its lock file, and each new holder counts a
+//! generation in `tenant_claims`. A lease or settle taken under a claim first reads that row
+//! in the writer's transaction (once per tenant and group) and is refused
+//! ([`OutboxError::ClaimLost`]: nothing written, the rest of its group committed) once the
+//! generation has moved on. The lock keeps out a dead holder; the generation keeps out a live
+//! one that let the tenant go, or lost it to another agent of its process, and still holds a
+//! claim or a lease.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -18,7 +26,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use billsync_domain::{
     Claim, ClaimOutcome, Clock, DeadLetter, DeadLetterRecord, EncodedEvent, EnqueueReport, EventId, Holder, Lease,
-    Outbox, OutboxError, TenantCounts, TenantName,
+    Outbox, OutboxError, StorageFailure, TenantCounts, TenantName,
 };
 use chrono::{DateTime, Utc};
 use fs4::fs_std::FileExt as _;
@@ -28,11 +36,11 @@ use sqlx::{Connection, Executor as _, Row as _};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::common::{EnqueuePlan, count, counts_from, event_id, from_ms, limit, span_ms, to_ms};
-use crate::error::StoreError;
+use crate::error::{Chain, During as _, StoreError};
 
 mod ops;
 
-use ops::{exec_one, insert_rows};
+use ops::{Fences, exec_one, insert_rows};
 
 /// A boxed `Send` future.
 type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
@@ -125,7 +133,7 @@ impl SqliteOutbox {
     /// # Errors
     /// As [`SqliteOutbox::open`].
     pub async fn open_with(path: &Path, clock: Arc<dyn Clock>, options: SqliteOptions) -> Result<Self, OutboxError> {
-        Ok(Self::try_open(path, clock, options).await?)
+        Self::try_open(path, clock, options).await.during(format_args!("opening {}", path.display()))
     }
 
     /// Opens, trying again while another process is creating the same fresh outbox: sqlx takes
@@ -139,7 +147,11 @@ impl SqliteOutbox {
                 Ok(outbox) => return Ok(outbox),
                 Err(e @ StoreError::SchemaTooNew { .. }) => return Err(e),
                 Err(e) if tries < OPEN_TRIES => {
-                    tracing::debug!(error = %e, tries, "opening the outbox raced with another process; trying again");
+                    tracing::debug!(
+                        error = %Chain(&e),
+                        tries,
+                        "opening the outbox raced with another process; trying again"
+                    );
                     tokio::time::sleep(std::time::Duration::from_millis(50 * tries)).await;
                     tries += 1;
                 }
@@ -193,18 +205,18 @@ impl SqliteOutbox {
     /// they are safe file names.
     fn lock_file(&self, tenant: &TenantName) -> Result<std::fs::File, StoreError> {
         let dir = self.lock_dir();
-        std::fs::create_dir_all(&dir).map_err(|e| self.lock_error(tenant, &e))?;
+        std::fs::create_dir_all(&dir).map_err(|e| self.lock_error(tenant, e))?;
         std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .open(dir.join(format!("{tenant}.lock")))
-            .map_err(|e| self.lock_error(tenant, &e))
+            .map_err(|e| self.lock_error(tenant, e))
     }
 
-    fn lock_error(&self, tenant: &TenantName, e: &std::io::Error) -> StoreError {
-        StoreError::Lock { path: self.lock_dir().join(format!("{tenant}.lock")), reason: e.to_string() }
+    fn lock_error(&self, tenant: &TenantName, e: std::io::Error) -> StoreError {
+        StoreError::Lock { path: self.lock_dir().join(format!("{tenant}.lock")), source: e }
     }
 
     fn now_ms(&self) -> i64 {
@@ -244,25 +256,31 @@ enum Op {
         tenant: TenantName,
         events: Vec<EncodedEvent>,
     },
+    /// `generation`: the claim it is taken under ([`Outbox::lease_claimed`]), if any.
     Lease {
         tenant: TenantName,
         max: i64,
         lease_ms: i64,
+        generation: Option<u64>,
     },
+    /// `generation`, here and in the other settles: the lease's ([`Lease::generation`]).
     Ack {
         tenant: String,
         lease: String,
         ids: Vec<String>,
+        generation: Option<u64>,
     },
     Nack {
         tenant: String,
         lease: String,
         retry_at: i64,
+        generation: Option<u64>,
     },
     DeadLetter {
         tenant: String,
         lease: String,
         items: Vec<DeadLetter>,
+        generation: Option<u64>,
     },
     Requeue {
         tenant: String,
@@ -287,6 +305,26 @@ enum Op {
     },
 }
 
+/// What the operation does, as the `what` of its failures ("ack of 500 events of tenant acme").
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Op::Enqueue { tenant, events } => write!(f, "enqueue of {} events for tenant {tenant}", events.len()),
+            Op::Lease { tenant, max, .. } => write!(f, "lease of up to {max} events of tenant {tenant}"),
+            Op::Ack { tenant, ids, .. } => write!(f, "ack of {} events of tenant {tenant}", ids.len()),
+            Op::Nack { tenant, lease, .. } => write!(f, "nack of lease {lease} of tenant {tenant}"),
+            Op::DeadLetter { tenant, items, .. } => {
+                write!(f, "dead letter of {} events of tenant {tenant}", items.len())
+            }
+            Op::Requeue { tenant, .. } => write!(f, "requeue of dead letters of tenant {tenant}"),
+            Op::CompactChunk { .. } => f.write_str("compaction of delivered events"),
+            Op::Claim { tenant, .. } => write!(f, "claim of tenant {tenant}"),
+            Op::Release { tenant, .. } => write!(f, "release of tenant {tenant}"),
+            Op::SaveState { tenant, .. } => write!(f, "saving the state of tenant {tenant}"),
+        }
+    }
+}
+
 impl Op {
     /// Whether the operation may commit without an fsync of its own (WAL with
     /// `synchronous=NORMAL`: it survives the process being killed, and only a power loss or an
@@ -300,6 +338,19 @@ impl Op {
     /// (docs/platform.md section 3), so re-sending them is at-least-once delivery, as always.
     fn relaxed(&self) -> bool {
         !matches!(self, Op::Enqueue { .. } | Op::Requeue { .. })
+    }
+
+    /// The tenant and claim generation a lease or settle is fenced by: it writes only while
+    /// that generation is the tenant's current one. `None` for every other operation, and for a
+    /// lease or settle without a claim.
+    fn fence(&self) -> Option<(&str, u64)> {
+        match self {
+            Op::Lease { tenant, generation, .. } => generation.map(|g| (tenant.as_str(), g)),
+            Op::Ack { tenant, generation, .. }
+            | Op::Nack { tenant, generation, .. }
+            | Op::DeadLetter { tenant, generation, .. } => generation.map(|g| (tenant.as_str(), g)),
+            _ => None,
+        }
     }
 
     fn weight(&self) -> usize {
@@ -318,6 +369,9 @@ enum Out {
     Count(u64),
     Claimed(u64),
     Done,
+    /// Refused: the lease or settle's generation (this one) is no longer the tenant's. Nothing
+    /// was written, and the rest of the group commits.
+    ClaimLost(u64),
 }
 
 struct Request {
@@ -384,17 +438,22 @@ async fn writer_loop(
 async fn run_group(conn: &mut SqliteConnection, ops: &[&Op], now: i64) -> Vec<Result<Out, OutboxError>> {
     match run_in_transaction(conn, ops, now).await {
         Ok(outs) => outs.into_iter().map(Ok).collect(),
-        Err(e) if ops.len() == 1 => vec![Err(e.into())],
+        Err(e) if ops.len() == 1 => vec![Err(e.during(ops[0]))],
         Err(e) => {
-            tracing::debug!(error = %e, ops = ops.len(), "outbox group failed; running its operations one by one");
+            tracing::debug!(
+                error = %Chain(&e),
+                ops = ops.len(),
+                "outbox group failed; running its operations one by one"
+            );
             let mut results = Vec::with_capacity(ops.len());
             for op in ops {
-                results.push(
-                    run_in_transaction(conn, std::slice::from_ref(op), now)
-                        .await
-                        .map_err(OutboxError::from)
-                        .and_then(|mut outs| outs.pop().ok_or_else(|| OutboxError::Storage("no answer".into()))),
-                );
+                results.push(run_in_transaction(conn, std::slice::from_ref(op), now).await.during(op).and_then(
+                    |mut outs| {
+                        outs.pop().ok_or_else(|| {
+                            OutboxError::Storage(StorageFailure::new(format!("{op}: the outbox writer gave no answer")))
+                        })
+                    },
+                ));
             }
             results
         }
@@ -439,7 +498,7 @@ fn run_in_transaction<'a>(
 }
 
 /// Runs operations in order inside the open transaction; consecutive enqueues share one
-/// insert.
+/// insert, and the leases and settles fenced by a claim share one read of its generation.
 fn exec_all<'a>(
     conn: &'a mut SqliteConnection,
     ops: &'a [&'a Op],
@@ -447,6 +506,7 @@ fn exec_all<'a>(
 ) -> BoxFuture<'a, Result<Vec<Out>, StoreError>> {
     Box::pin(async move {
         let mut outs = Vec::with_capacity(ops.len());
+        let mut fences = Fences::default();
         let mut i = 0;
         while i < ops.len() {
             let run = ops[i..].iter().take_while(|op| matches!(op, Op::Enqueue { .. })).count();
@@ -460,7 +520,7 @@ fn exec_all<'a>(
                 outs.extend(plan.reports(&inserted).into_iter().map(Out::Enqueued));
                 i += run;
             } else {
-                outs.push(exec_one(conn, ops[i], now).await?);
+                outs.push(exec_one(conn, &mut fences, ops[i], now).await?);
                 i += 1;
             }
         }
@@ -469,7 +529,23 @@ fn exec_all<'a>(
 }
 
 fn unexpected(out: Out) -> OutboxError {
-    OutboxError::Storage(format!("the outbox writer gave an unexpected answer: {out:?}"))
+    OutboxError::Storage(StorageFailure::new(format!("the outbox writer gave an unexpected answer: {out:?}")))
+}
+
+/// The answer to a settle: done, or refused because a later holder has the lease's tenant.
+fn settled(lease: &Lease, out: Out) -> Result<(), OutboxError> {
+    match out {
+        Out::Done => Ok(()),
+        other => Err(settle_refused(&lease.tenant, other)),
+    }
+}
+
+/// [`OutboxError::ClaimLost`] for a refused lease or settle; any other answer is unexpected.
+fn settle_refused(tenant: &TenantName, out: Out) -> OutboxError {
+    match out {
+        Out::ClaimLost(generation) => OutboxError::ClaimLost { tenant: tenant.clone(), generation },
+        other => unexpected(other),
+    }
 }
 
 fn dead_letter_record(row: &SqliteRow) -> Result<DeadLetterRecord, StoreError> {
@@ -501,10 +577,34 @@ impl Outbox for SqliteOutbox {
         if max == 0 {
             return Ok(None);
         }
-        let op = Op::Lease { tenant: tenant.clone(), max: limit(max), lease_ms: span_ms(lease_for) };
+        let op = Op::Lease { tenant: tenant.clone(), max: limit(max), lease_ms: span_ms(lease_for), generation: None };
         match self.call(op).await? {
             Out::Leased(lease) => Ok(lease),
             other => Err(unexpected(other)),
+        }
+    }
+
+    /// Refused with [`OutboxError::ClaimLost`] once another holder has the tenant (a later
+    /// generation), as every settle of the lease then is: the kernel lock keeps out a dead
+    /// holder, the generation a live one that let the tenant go and still holds its claim.
+    async fn lease_claimed(
+        &self,
+        claim: &Claim,
+        max: usize,
+        lease_for: Duration,
+    ) -> Result<Option<Lease>, OutboxError> {
+        if max == 0 {
+            return Ok(None);
+        }
+        let op = Op::Lease {
+            tenant: claim.tenant.clone(),
+            max: limit(max),
+            lease_ms: span_ms(lease_for),
+            generation: Some(claim.generation),
+        };
+        match self.call(op).await? {
+            Out::Leased(lease) => Ok(lease.map(|l| Lease { generation: Some(claim.generation), ..l })),
+            other => Err(settle_refused(&claim.tenant, other)),
         }
     }
 
@@ -513,9 +613,13 @@ impl Outbox for SqliteOutbox {
             return Ok(());
         }
         let ids = delivered.iter().map(|id| id.as_str().to_owned()).collect();
-        self.call(Op::Ack { tenant: lease.tenant.as_str().to_owned(), lease: lease.id.as_str().to_owned(), ids })
-            .await
-            .map(drop)
+        let op = Op::Ack {
+            tenant: lease.tenant.as_str().to_owned(),
+            lease: lease.id.as_str().to_owned(),
+            ids,
+            generation: lease.generation,
+        };
+        settled(lease, self.call(op).await?)
     }
 
     async fn nack(&self, lease: &Lease, retry_at: DateTime<Utc>) -> Result<(), OutboxError> {
@@ -523,8 +627,9 @@ impl Outbox for SqliteOutbox {
             tenant: lease.tenant.as_str().to_owned(),
             lease: lease.id.as_str().to_owned(),
             retry_at: to_ms(retry_at),
+            generation: lease.generation,
         };
-        self.call(op).await.map(drop)
+        settled(lease, self.call(op).await?)
     }
 
     async fn dead_letter(&self, lease: &Lease, items: &[DeadLetter]) -> Result<(), OutboxError> {
@@ -535,8 +640,9 @@ impl Outbox for SqliteOutbox {
             tenant: lease.tenant.as_str().to_owned(),
             lease: lease.id.as_str().to_owned(),
             items: items.to_vec(),
+            generation: lease.generation,
         };
-        self.call(op).await.map(drop)
+        settled(lease, self.call(op).await?)
     }
 
     async fn requeue(&self, tenant: &TenantName, ids: Option<Vec<EventId>>) -> Result<u64, OutboxError> {
@@ -566,8 +672,8 @@ impl Outbox for SqliteOutbox {
         .bind(now)
         .fetch_one(&self.reader)
         .await
-        .map_err(StoreError::from)?;
-        counts_from(|i| row.try_get::<Option<i64>, _>(i)).map_err(OutboxError::from)
+        .during(format_args!("counts of tenant {tenant}"))?;
+        counts_from(|i| row.try_get::<Option<i64>, _>(i)).during(format_args!("counts of tenant {tenant}"))
     }
 
     async fn dead_letters(&self, tenant: Option<TenantName>) -> Result<Vec<DeadLetterRecord>, OutboxError> {
@@ -583,8 +689,8 @@ impl Outbox for SqliteOutbox {
                 sqlx::query(&format!("{COLUMNS} WHERE state = 3 ORDER BY dead_at, seq")).fetch_all(&self.reader).await
             }
         }
-        .map_err(StoreError::from)?;
-        Ok(rows.iter().map(dead_letter_record).collect::<Result<_, _>>()?)
+        .during("listing dead letters")?;
+        rows.iter().map(dead_letter_record).collect::<Result<_, _>>().during("listing dead letters")
     }
 
     async fn compact(&self, before: DateTime<Utc>) -> Result<u64, OutboxError> {
@@ -619,13 +725,14 @@ impl Outbox for SqliteOutbox {
                 ClaimOutcome::HeldBy(Holder { agent: mine.agent.clone(), heartbeat: None })
             });
         }
-        let lock = self.lock_file(tenant)?;
-        if !lock.try_lock_exclusive().map_err(|e| self.lock_error(tenant, &e))? {
+        let lock = self.lock_file(tenant).during(format_args!("claim of tenant {tenant}"))?;
+        let locked = lock.try_lock_exclusive().map_err(|e| self.lock_error(tenant, e));
+        if !locked.during(format_args!("claim of tenant {tenant}"))? {
             let holder: Option<String> = sqlx::query_scalar("SELECT holder FROM tenant_claims WHERE tenant = ?1")
                 .bind(tenant.as_str())
                 .fetch_optional(&self.reader)
                 .await
-                .map_err(StoreError::from)?;
+                .during(format_args!("reading the holder of tenant {tenant}"))?;
             return Ok(ClaimOutcome::HeldBy(Holder {
                 agent: holder.unwrap_or_else(|| "another process".into()),
                 heartbeat: None,
@@ -649,8 +756,8 @@ impl Outbox for SqliteOutbox {
             .bind(tenant.as_str())
             .fetch_optional(&self.reader)
             .await
-            .map_err(StoreError::from)?;
-        Ok(row.map(|r| r.try_get::<String, _>(0)).transpose().map_err(StoreError::from)?)
+            .during(format_args!("reading the state of tenant {tenant}"))?;
+        row.map(|r| r.try_get::<String, _>(0)).transpose().during(format_args!("reading the state of tenant {tenant}"))
     }
 
     async fn release_tenant(&self, tenant: &TenantName, agent: &str) -> Result<(), OutboxError> {
@@ -678,6 +785,56 @@ mod tests {
         let mode: String = sqlx::query_scalar("PRAGMA journal_mode").fetch_one(&outbox.reader).await?;
         let sync: i64 = sqlx::query_scalar("PRAGMA synchronous").fetch_one(&outbox.reader).await?;
         assert_eq!((mode.as_str(), sync), ("wal", 2), "WAL with synchronous=FULL");
+        Ok(())
+    }
+
+    /// In one group, a claim moves the generation for the operations after it: the fence is
+    /// read once per tenant and group, and read again after a claim.
+    #[tokio::test]
+    async fn a_claim_in_a_group_fences_the_settles_after_it() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("o.db");
+        let clock = Arc::new(ManualClock::new(Utc::now()));
+        let outbox = SqliteOutbox::open(&path, clock.clone()).await?;
+        let t = TenantName::parse("acme")?;
+        let events: Vec<_> = ["e-0", "e-1", "e-2"]
+            .iter()
+            .map(|id| Ok(EncodedEvent::from_stored(EventId::parse(*id)?, format!(r#"{{"event_id":"{id}"}}"#))))
+            .collect::<Result<_, billsync_domain::InvalidId>>()?;
+        outbox.enqueue(&t, &events).await?;
+        let ClaimOutcome::Claimed(claim) = outbox.claim_tenant(&t, "agent-a", Duration::from_secs(15)).await? else {
+            return Err("a free tenant could not be claimed".into());
+        };
+        let lease = outbox.lease_claimed(&claim, 3, Duration::from_secs(60)).await?.ok_or("nothing leased")?;
+        let ack = |id: &str, generation: u64| Op::Ack {
+            tenant: "acme".into(),
+            lease: lease.id.as_str().to_owned(),
+            ids: vec![id.to_owned()],
+            generation: Some(generation),
+        };
+        let g = claim.generation;
+        let ops = [
+            ack("e-0", g),
+            Op::Claim { tenant: "acme".into(), agent: "agent-b".into() },
+            ack("e-1", g),
+            ack("e-2", g + 1),
+        ];
+        let mut conn = SqliteConnection::connect_with(&SqliteConnectOptions::new().filename(&path)).await?;
+        let refs: Vec<&Op> = ops.iter().collect();
+        let outs = run_group(&mut conn, &refs, to_ms(clock.now())).await;
+        let outs: Vec<String> = outs.into_iter().map(|o| format!("{:?}", o.map_err(|e| e.to_string()))).collect();
+        assert_eq!(
+            outs,
+            [
+                "Ok(Done)".to_owned(),
+                format!("Ok(Claimed({}))", g + 1),
+                format!("Ok(ClaimLost({g}))"),
+                "Ok(Done)".to_owned()
+            ]
+        );
+        let counts = outbox.counts(&t).await?;
+        assert_eq!((counts.delivered, counts.pending), (2, 1), "e-1's stale ack wrote nothing");
+        conn.close().await?;
         Ok(())
     }
 }

@@ -447,6 +447,75 @@ pub async fn a_new_holder_gets_a_new_generation_and_the_leases_of_the_old_one(
     Ok(())
 }
 
+/// A holder that lost the tenant (it let go, and another agent took it in a later generation)
+/// can neither lease nor settle under its old generation: each is refused with
+/// [`OutboxError::ClaimLost`] and changes nothing. The new holder gets every event at once.
+pub async fn an_agent_that_lost_its_claim_can_neither_lease_nor_settle(
+    outbox: Arc<dyn Outbox>,
+    _: Arc<ManualClock>,
+) -> TestResult {
+    let t = tenant("acme");
+    let (ttl, lease_for) = (Duration::from_secs(15), Duration::from_secs(120));
+    outbox.enqueue(&t, &events("e", 6)).await?;
+    let old = claimed(outbox.claim_tenant(&t, "agent-a", ttl).await?)?;
+    let leased = outbox.lease_claimed(&old, 3, lease_for).await?.ok_or("nothing leased")?;
+    assert_eq!(leased.generation, Some(old.generation));
+
+    // agent-a lets go (its lock or its claim), and agent-b takes the tenant over.
+    outbox.release_tenant(&t, "agent-a").await?;
+    let new = claimed(outbox.claim_tenant(&t, "agent-b", ttl).await?)?;
+    assert!(new.generation > old.generation, "{} then {}", old.generation, new.generation);
+
+    let lost = |r: Result<(), OutboxError>| match r {
+        Err(OutboxError::ClaimLost { tenant, generation }) => tenant == t && generation == old.generation,
+        _ => false,
+    };
+    let ids: Vec<_> = leased.events.iter().map(|e| e.event_id().clone()).collect();
+    let acked = outbox.ack(&leased, &ids).await;
+    assert!(lost(acked.clone()), "a stale ack was taken: {acked:?}");
+    let nacked = outbox.nack(&leased, Utc::now()).await;
+    assert!(lost(nacked.clone()), "a stale nack was taken: {nacked:?}");
+    let dead = [DeadLetter { event_id: ids[0].clone(), code: "c".into(), message: "m".into() }];
+    let buried = outbox.dead_letter(&leased, &dead).await;
+    assert!(lost(buried.clone()), "a stale dead letter was taken: {buried:?}");
+    let again = outbox.lease_claimed(&old, 3, lease_for).await;
+    assert!(matches!(again, Err(OutboxError::ClaimLost { .. })), "a stale lease was taken: {again:?}");
+    let c = outbox.counts(&t).await?;
+    assert_eq!((c.pending, c.in_flight, c.delivered, c.dead_lettered), (6, 0, 0, 0), "a refused write changed {c:?}");
+
+    let mine = outbox.lease_claimed(&new, 10, lease_for).await?.ok_or("nothing for the new holder")?;
+    assert_eq!(mine.events.len(), 6, "the old holder's lease is void");
+    let mut ids: Vec<_> = mine.events.iter().map(|e| e.event_id().clone()).collect();
+    let first = ids.remove(0);
+    outbox.dead_letter(&mine, &[DeadLetter { event_id: first, code: "c".into(), message: "m".into() }]).await?;
+    outbox.ack(&mine, &ids).await?;
+    let c = outbox.counts(&t).await?;
+    assert_eq!((c.pending, c.delivered, c.dead_lettered), (0, 5, 1));
+    assert_eq!(outbox.dead_letters(Some(t)).await?[0].attempts, 1, "a refused nack counted an attempt");
+    Ok(())
+}
+
+/// A lease taken without a claim is not fenced: its settles are taken whoever holds the
+/// tenant, in whatever generation.
+pub async fn a_lease_without_a_claim_settles_whoever_holds_the_tenant(
+    outbox: Arc<dyn Outbox>,
+    _: Arc<ManualClock>,
+) -> TestResult {
+    let t = tenant("acme");
+    let ttl = Duration::from_secs(15);
+    outbox.enqueue(&t, &events("e", 2)).await?;
+    let plain = outbox.lease(&t, 2, LEASE).await?.ok_or("nothing leased")?;
+    assert_eq!(plain.generation, None);
+    claimed(outbox.claim_tenant(&t, "agent-a", ttl).await?)?;
+    outbox.release_tenant(&t, "agent-a").await?;
+    claimed(outbox.claim_tenant(&t, "agent-b", ttl).await?)?;
+    outbox.ack(&plain, &[id("e-0")]).await?;
+    outbox.dead_letter(&plain, &[DeadLetter { event_id: id("e-1"), code: "c".into(), message: "m".into() }]).await?;
+    let c = outbox.counts(&t).await?;
+    assert_eq!((c.delivered, c.dead_lettered), (1, 1));
+    Ok(())
+}
+
 /// The same event ids are distinct events for two tenants, and an ack never touches another
 /// tenant's events.
 pub async fn tenants_are_isolated(outbox: Arc<dyn Outbox>, _: Arc<ManualClock>) -> TestResult {

@@ -11,6 +11,13 @@ use chrono::{DateTime, Utc};
 /// What a test returns: `Err` fails it with the error's message.
 pub type TestResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
+/// An error and each of its sources, outermost first: the messages a chain printer (`{:#}`
+/// with `anyhow`) joins with `: `. A test that checks the driver's words looks here, since an
+/// error's own message does not repeat its source's.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> Vec<String> {
+    std::iter::successors(Some(e), |e| e.source()).map(ToString::to_string).collect()
+}
+
 /// The test clock's start: 2026-11-23T10:00:00Z.
 pub fn t0() -> DateTime<Utc> {
     DateTime::from_timestamp(1_795_428_000, 0).unwrap_or_default()

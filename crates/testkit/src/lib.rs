@@ -10,7 +10,8 @@
 //! - [`MemoryOutbox`]: a complete in-memory outbox (the whole contract, claims and
 //!   generations included), for tests that need no disk, such as the engine's in paused time.
 //! - The fixtures the suite and the adapters' own tests share: [`event`], [`events`],
-//!   [`tenant`], [`id`], [`ids_of`], [`t0`], [`TestResult`] and [`Fixture`].
+//!   [`tenant`], [`id`], [`ids_of`], [`t0`], [`TestResult`], [`Fixture`], and [`error_chain`] (an
+//!   error's messages with its sources', for tests that look for a driver's words).
 //!
 //! It depends on the domain only, never on an adapter or on the library, so that both can
 //! use it in their tests.
@@ -73,7 +74,7 @@ mod fixtures;
 mod memory;
 pub mod tokens;
 
-pub use fixtures::{Fixture, TestResult, event, events, id, ids_of, t0, tenant};
+pub use fixtures::{Fixture, TestResult, error_chain, event, events, id, ids_of, t0, tenant};
 pub use memory::{MemoryOutbox, RowView};
 pub use tokens::{FakeTokens, TokenFixture, token_tenant};
 
@@ -104,6 +105,8 @@ macro_rules! outbox_conformance {
             compact_deletes_only_delivered_before_the_cutoff,
             claim_is_exclusive_while_its_holder_holds_it,
             a_new_holder_gets_a_new_generation_and_the_leases_of_the_old_one,
+            an_agent_that_lost_its_claim_can_neither_lease_nor_settle,
+            a_lease_without_a_claim_settles_whoever_holds_the_tenant,
             tenants_are_isolated,
             tenant_state_is_saved_per_tenant_and_the_last_writer_wins,
         );

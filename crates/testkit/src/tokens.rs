@@ -1,4 +1,4 @@
-//! The contract of [`TokenSource`] as one suite of checks ([`token_source_conformance!`]), and
+//! The contract of [`TokenSource`] as one suite of checks ([`crate::token_source_conformance!`]), and
 //! [`FakeTokens`], a token source that keeps it, for tests that need no token endpoint.
 
 use std::collections::HashMap;

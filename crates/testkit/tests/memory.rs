@@ -74,56 +74,6 @@ async fn a_lapsed_claim_nobody_took_is_renewed_in_the_same_generation() -> TestR
     Ok(())
 }
 
-/// A holder that lost the tenant can neither lease nor settle under its old generation, and
-/// its refused writes change nothing; the new holder gets every event at once.
-#[tokio::test]
-async fn an_agent_that_lost_its_claim_can_neither_lease_nor_settle() -> TestResult {
-    let (clock, outbox) = memory();
-    let t = tenant("acme");
-    outbox.enqueue(&t, &events("e", 6)).await?;
-    let old = claimed(outbox.claim_tenant(&t, "agent-a", TTL).await?)?;
-    let leased = outbox.lease_claimed(&old, 3, LEASE).await?.ok_or("nothing leased")?;
-    assert_eq!(leased.generation, Some(old.generation));
-
-    clock.advance(TTL);
-    let new = claimed(outbox.claim_tenant(&t, "agent-b", TTL).await?)?;
-    assert_eq!(new.generation, old.generation + 1);
-
-    let lost = |r: Result<(), OutboxError>| matches!(r, Err(OutboxError::ClaimLost { generation, .. }) if generation == old.generation);
-    let ids: Vec<_> = leased.events.iter().map(|e| e.event_id().clone()).collect();
-    assert!(lost(outbox.ack(&leased, &ids).await), "a stale ack was taken");
-    assert!(lost(outbox.nack(&leased, t0()).await), "a stale nack was taken");
-    let dead = [DeadLetter { event_id: ids[0].clone(), code: "c".into(), message: "m".into() }];
-    assert!(lost(outbox.dead_letter(&leased, &dead).await), "a stale dead letter was taken");
-    assert!(
-        matches!(outbox.lease_claimed(&old, 3, LEASE).await, Err(OutboxError::ClaimLost { .. })),
-        "a stale lease was taken"
-    );
-    let c = outbox.counts(&t).await?;
-    assert_eq!((c.pending, c.in_flight, c.delivered, c.dead_lettered), (6, 0, 0, 0));
-    assert!(outbox.rows().iter().all(|r| r.attempts == 0), "a refused nack counted an attempt");
-
-    let mine = outbox.lease_claimed(&new, 10, LEASE).await?.ok_or("nothing for the new holder")?;
-    assert_eq!(mine.events.len(), 6);
-    outbox.ack(&mine, &mine.events.iter().map(|e| e.event_id().clone()).collect::<Vec<_>>()).await?;
-    assert_eq!(outbox.counts(&t).await?.delivered, 6);
-    Ok(())
-}
-
-/// A lease taken without a claim is not fenced: it settles whoever holds the tenant.
-#[tokio::test]
-async fn a_lease_without_a_claim_settles_whoever_holds_the_tenant() -> TestResult {
-    let (_, outbox) = memory();
-    let t = tenant("acme");
-    outbox.enqueue(&t, &events("e", 2)).await?;
-    let plain = outbox.lease(&t, 1, LEASE).await?.ok_or("nothing leased")?;
-    assert_eq!(plain.generation, None);
-    claimed(outbox.claim_tenant(&t, "agent-a", TTL).await?)?;
-    outbox.ack(&plain, &[id("e-0")]).await?;
-    assert_eq!(outbox.counts(&t).await?.delivered, 1);
-    Ok(())
-}
-
 /// `steal` is a second agent taking the tenant over: the holder's renewal finds it held, and
 /// its leases are void.
 #[tokio::test]

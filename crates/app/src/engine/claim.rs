@@ -141,7 +141,9 @@ impl Engine {
                     return;
                 }
                 // A failed renewal is tried again; the claim may still hold.
-                Err(e) => tracing::warn!(tenant = %tenant.name(), error = %e, "renewing the tenant's claim failed"),
+                Err(e) => {
+                    tracing::warn!(tenant = %tenant.name(), error = %crate::error_chain(&e), "renewing the tenant's claim failed")
+                }
             }
         }
     }

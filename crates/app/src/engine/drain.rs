@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
-use billsync_domain::{Claim, EncodedEvent, Lease, OutboxError, Settlement, Tenant};
+use billsync_domain::{Claim, EncodedEvent, Lease, OutboxError, Settlement, StorageFailure, Tenant};
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
@@ -241,7 +241,8 @@ impl Engine {
     }
 
     pub(super) fn note_error(&self, tenant: &Tenant, e: &OutboxError) {
-        tracing::error!(tenant = %tenant.name(), error = %e, "outbox error");
+        let said = crate::error_chain(e);
+        tracing::error!(tenant = %tenant.name(), error = %said, "outbox error");
         self.update(tenant.name(), |r| {
             if let OutboxError::ClaimLost { .. } = e {
                 // Another agent took the tenant over: its events are that agent's work now.
@@ -249,7 +250,7 @@ impl Engine {
                 r.held_by = Some(e.to_string());
                 r.holder_alive = true;
             }
-            r.last_error = Some(e.to_string());
+            r.last_error = Some(said);
         });
     }
 
@@ -373,7 +374,7 @@ impl Engine {
     /// at its expiry and its events are pending again then: nothing is lost, only delayed.
     async fn nack(&self, lease: &Lease, at: DateTime<Utc>) {
         if let Err(e) = self.inner.outbox.nack(lease, at).await {
-            tracing::warn!(tenant = %lease.tenant, error = %e, "returning a lease failed; its events come back when it lapses");
+            tracing::warn!(tenant = %lease.tenant, error = %crate::error_chain(&e), "returning a lease failed; its events come back when it lapses");
         }
     }
 }
@@ -382,6 +383,8 @@ impl Engine {
 async fn finish_ack(acking: &mut Option<AckTask>) -> Result<(), OutboxError> {
     match acking.take() {
         None => Ok(()),
-        Some(task) => task.await.unwrap_or_else(|e| Err(OutboxError::Storage(format!("the ack task failed: {e}")))),
+        Some(task) => task
+            .await
+            .unwrap_or_else(|e| Err(OutboxError::Storage(StorageFailure::new("the ack task failed").with_source(e)))),
     }
 }

@@ -285,7 +285,7 @@ impl Engine {
     /// fails, the claim lapses at its expiry instead.
     async fn release(&self, tenant: &Tenant) {
         if let Err(e) = self.inner.outbox.release_tenant(tenant.name(), &self.inner.agent_id).await {
-            tracing::warn!(tenant = %tenant.name(), error = %e, "releasing the tenant's claim failed; it lapses");
+            tracing::warn!(tenant = %tenant.name(), error = %crate::error_chain(&e), "releasing the tenant's claim failed; it lapses");
         }
     }
 

@@ -1,7 +1,7 @@
 //! The writer's operations as SQL: each [`Op`] run inside the writer's open transaction, and
 //! the multi-row insert that serves a run of enqueues.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 
 use billsync_domain::{DeadLetter, Lease, TenantName};
@@ -83,18 +83,68 @@ fn insert_sql(rows: usize) -> &'static str {
 }
 
 /// Runs one operation other than an enqueue (enqueues run together, in `exec_all`).
-pub(super) async fn exec_one(conn: &mut SqliteConnection, op: &Op, now: i64) -> Result<Out, StoreError> {
+///
+/// A lease or settle under a claim ([`Op::fence`]) runs only while its generation is the
+/// tenant's current one; otherwise it writes nothing and answers [`Out::ClaimLost`].
+pub(super) async fn exec_one(
+    conn: &mut SqliteConnection,
+    fences: &mut Fences,
+    op: &Op,
+    now: i64,
+) -> Result<Out, StoreError> {
+    if let Some((tenant, generation)) = op.fence() {
+        if !fences.hold(conn, tenant, generation).await? {
+            return Ok(Out::ClaimLost(generation));
+        }
+    }
+    if let Op::Claim { tenant, .. } = op {
+        fences.forget(tenant);
+    }
     match op {
         Op::Enqueue { .. } => Err(StoreError::corrupt("operation", "enqueue outside a run")),
-        Op::Lease { tenant, max, lease_ms } => lease(conn, tenant, *max, *lease_ms, now).await.map(Out::Leased),
-        Op::Ack { tenant, lease, ids } => exec_ack(conn, tenant, lease, ids, now).await,
-        Op::Nack { tenant, lease, retry_at } => exec_nack(conn, tenant, lease, *retry_at).await,
-        Op::DeadLetter { tenant, lease, items } => exec_dead_letter(conn, tenant, lease, items, now).await,
+        Op::Lease { tenant, max, lease_ms, .. } => lease(conn, tenant, *max, *lease_ms, now).await.map(Out::Leased),
+        Op::Ack { tenant, lease, ids, .. } => exec_ack(conn, tenant, lease, ids, now).await,
+        Op::Nack { tenant, lease, retry_at, .. } => exec_nack(conn, tenant, lease, *retry_at).await,
+        Op::DeadLetter { tenant, lease, items, .. } => exec_dead_letter(conn, tenant, lease, items, now).await,
         Op::Requeue { tenant, ids } => exec_requeue(conn, tenant, ids.as_deref(), now).await,
         Op::CompactChunk { before } => exec_compact_chunk(conn, *before).await,
         Op::Claim { tenant, agent } => exec_claim(conn, tenant, agent, now).await,
         Op::Release { tenant, agent } => exec_release(conn, tenant, agent).await,
         Op::SaveState { tenant, state } => exec_save_state(conn, tenant, state, now).await,
+    }
+}
+
+/// The tenants' claim generations as read in the writer's open transaction: each tenant's
+/// claim row is read once per transaction (one lookup by its primary key), however many leases
+/// and settles of the group it fences.
+///
+/// The transaction (`BEGIN IMMEDIATE`) holds the database's write lock, so no other process
+/// can claim a tenant until it commits, and no claim slips in between a check and the write
+/// it guards; a claim in the same group is forgotten here, so that what follows it reads the
+/// new generation.
+#[derive(Debug, Default)]
+pub(super) struct Fences(HashMap<String, Option<i64>>);
+
+impl Fences {
+    /// Whether `generation` is the tenant's claim generation.
+    async fn hold(&mut self, conn: &mut SqliteConnection, tenant: &str, generation: u64) -> Result<bool, StoreError> {
+        let current = match self.0.get(tenant) {
+            Some(current) => *current,
+            None => {
+                let current: Option<i64> = sqlx::query_scalar("SELECT generation FROM tenant_claims WHERE tenant = ?1")
+                    .bind(tenant)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                self.0.insert(tenant.to_owned(), current);
+                current
+            }
+        };
+        Ok(current.is_some_and(|g| u64::try_from(g).is_ok_and(|g| g == generation)))
+    }
+
+    /// The tenant is being claimed: its generation is read again when next needed.
+    fn forget(&mut self, tenant: &str) {
+        self.0.remove(tenant);
     }
 }
 

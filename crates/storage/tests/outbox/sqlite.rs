@@ -258,3 +258,90 @@ async fn the_os_lock_decides_who_holds_a_tenant_and_its_release_is_instant() -> 
     assert!(second.lock_dir().join("acme.lock").exists());
     Ok(())
 }
+
+/// Two outboxes on one file (two processes): the first agent leases under its claim and lets
+/// the tenant go, the second takes it. The first one's ack, nack, dead letter and lease under
+/// its old generation are refused by the file itself, though its writer never saw the claim.
+#[tokio::test]
+async fn a_holder_that_let_go_cannot_settle_after_another_process_took_the_tenant() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("outbox.db");
+    let clock = Arc::new(ManualClock::new(t0()));
+    let first = SqliteOutbox::open(&path, clock.clone()).await?;
+    let second = SqliteOutbox::open(&path, clock.clone()).await?;
+    let (t, ttl, lease_for) = (tenant("acme"), Duration::from_secs(15), Duration::from_secs(120));
+    first.enqueue(&t, &events("e", 4)).await?;
+    let ClaimOutcome::Claimed(a) = first.claim_tenant(&t, "host-1-agent-a", ttl).await? else {
+        return Err("a free tenant could not be claimed".into());
+    };
+    let stale = first.lease_claimed(&a, 4, lease_for).await?.ok_or("nothing leased")?;
+    first.release_tenant(&t, "host-1-agent-a").await?;
+    let ClaimOutcome::Claimed(b) = second.claim_tenant(&t, "host-2-agent-b", ttl).await? else {
+        return Err("a released tenant could not be claimed".into());
+    };
+    assert_eq!(b.generation, a.generation + 1);
+
+    let lost = |r: &Result<(), OutboxError>| match r {
+        Err(OutboxError::ClaimLost { generation, .. }) => *generation == a.generation,
+        _ => false,
+    };
+    let ids: Vec<_> = stale.events.iter().map(|e| e.event_id().clone()).collect();
+    let acked = first.ack(&stale, &ids[..2]).await;
+    assert!(lost(&acked), "{acked:?}");
+    let dead = [billsync_domain::DeadLetter { event_id: ids[2].clone(), code: "c".into(), message: "m".into() }];
+    let buried = first.dead_letter(&stale, &dead).await;
+    assert!(lost(&buried), "{buried:?}");
+    let nacked = first.nack(&stale, t0()).await;
+    assert!(lost(&nacked), "{nacked:?}");
+    assert!(matches!(first.lease_claimed(&a, 4, lease_for).await, Err(OutboxError::ClaimLost { .. })));
+
+    let mine = second.lease_claimed(&b, 10, lease_for).await?.ok_or("nothing for the new holder")?;
+    assert_eq!(mine.events.len(), 4, "the refused writes changed nothing");
+    second.ack(&mine, &ids).await?;
+    assert_eq!(second.counts(&t).await?.delivered, 4);
+    Ok(())
+}
+
+/// A settle refused for its stale generation writes nothing, and the operations the writer
+/// groups with it are committed all the same.
+#[tokio::test]
+async fn a_refused_settle_leaves_the_rest_of_its_group_alone() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let clock = Arc::new(ManualClock::new(t0()));
+    let outbox = Arc::new(SqliteOutbox::open(&dir.path().join("outbox.db"), clock).await?);
+    let (acme, bolt, ttl) = (tenant("acme"), tenant("bolt"), Duration::from_secs(15));
+    outbox.enqueue(&acme, &events("a", 3)).await?;
+    outbox.enqueue(&bolt, &events("b", 64)).await?;
+    let ClaimOutcome::Claimed(old) = outbox.claim_tenant(&acme, "agent-a", ttl).await? else {
+        return Err("a free tenant could not be claimed".into());
+    };
+    let stale = Arc::new(outbox.lease_claimed(&old, 3, Duration::from_secs(120)).await?.ok_or("nothing leased")?);
+    outbox.release_tenant(&acme, "agent-a").await?;
+    assert!(matches!(outbox.claim_tenant(&acme, "agent-b", ttl).await?, ClaimOutcome::Claimed(_)));
+    let theirs = Arc::new(outbox.lease(&bolt, 64, Duration::from_secs(120)).await?.ok_or("nothing leased")?);
+
+    // The stale ack amid 64 one-event acks of another tenant, all in flight at once.
+    let mut tasks = Vec::new();
+    for (i, e) in theirs.events.iter().enumerate() {
+        let (acker, lease, id) = (outbox.clone(), theirs.clone(), e.event_id().clone());
+        tasks.push(tokio::spawn(async move { acker.ack(&lease, &[id]).await }));
+        if i == 32 {
+            let (acker, lease) = (outbox.clone(), stale.clone());
+            let ids: Vec<_> = stale.events.iter().map(|e| e.event_id().clone()).collect();
+            tasks.push(tokio::spawn(async move { acker.ack(&lease, &ids).await }));
+        }
+    }
+    let mut refused = 0;
+    for task in tasks {
+        match task.await? {
+            Ok(()) => {}
+            Err(OutboxError::ClaimLost { tenant, .. }) if tenant == acme => refused += 1,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    assert_eq!(refused, 1);
+    assert_eq!(outbox.counts(&bolt).await?.delivered, 64);
+    let c = outbox.counts(&acme).await?;
+    assert_eq!((c.pending, c.delivered), (3, 0));
+    Ok(())
+}
