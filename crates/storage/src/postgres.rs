@@ -209,6 +209,7 @@ async fn writer_loop(pool: PgPool, mut rx: mpsc::Receiver<Request>, clock: Arc<d
         };
         drop(calls);
         for (request, result) in group.into_iter().zip(results) {
+            // A caller that stopped waiting no longer needs the answer.
             let _ = request.reply.send(result);
         }
     }

@@ -176,7 +176,10 @@ impl SqliteOutbox {
         let writer_options = connect.clone().pragma("wal_autocheckpoint", WRITER_AUTOCHECKPOINT.to_string());
         let mut conn = SqliteConnection::connect_with(&writer_options).await?;
         if let Err(e) = migrate(&mut conn).await {
-            let _ = conn.close().await;
+            if let Err(close) = conn.close().await {
+                // The migration's failure is the one to report; the connection goes either way.
+                tracing::debug!(error = %close, "closing the outbox after a failed migration failed");
+            }
             return Err(e);
         }
         let reader =
