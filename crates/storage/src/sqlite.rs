@@ -119,6 +119,25 @@ impl fmt::Debug for SqliteOutbox {
 }
 
 impl SqliteOutbox {
+    /// Leases up to `max` events of `tenant`, fenced by `generation` when it is given (a lease
+    /// taken under a claim carries it, and is refused once the tenant's generation moved on).
+    async fn lease_under(
+        &self,
+        tenant: &TenantName,
+        max: usize,
+        lease_for: Duration,
+        generation: Option<u64>,
+    ) -> Result<Option<Lease>, OutboxError> {
+        if max == 0 {
+            return Ok(None);
+        }
+        let op = Op::Lease { tenant: tenant.clone(), max: limit(max), lease_ms: span_ms(lease_for), generation };
+        match self.call(op).await? {
+            Out::Leased(lease) => Ok(lease.map(|l| Lease { generation, ..l })),
+            other => Err(settle_refused(tenant, other)),
+        }
+    }
+
     /// Opens the outbox at `path`, creating the file if missing and bringing its schema up
     /// to date.
     ///
@@ -298,14 +317,7 @@ impl Outbox for SqliteOutbox {
     }
 
     async fn lease(&self, tenant: &TenantName, max: usize, lease_for: Duration) -> Result<Option<Lease>, OutboxError> {
-        if max == 0 {
-            return Ok(None);
-        }
-        let op = Op::Lease { tenant: tenant.clone(), max: limit(max), lease_ms: span_ms(lease_for), generation: None };
-        match self.call(op).await? {
-            Out::Leased(lease) => Ok(lease),
-            other => Err(unexpected(other)),
-        }
+        self.lease_under(tenant, max, lease_for, None).await
     }
 
     /// Refused with [`OutboxError::ClaimLost`] once another holder has the tenant (a later
@@ -317,19 +329,7 @@ impl Outbox for SqliteOutbox {
         max: usize,
         lease_for: Duration,
     ) -> Result<Option<Lease>, OutboxError> {
-        if max == 0 {
-            return Ok(None);
-        }
-        let op = Op::Lease {
-            tenant: claim.tenant.clone(),
-            max: limit(max),
-            lease_ms: span_ms(lease_for),
-            generation: Some(claim.generation),
-        };
-        match self.call(op).await? {
-            Out::Leased(lease) => Ok(lease.map(|l| Lease { generation: Some(claim.generation), ..l })),
-            other => Err(settle_refused(&claim.tenant, other)),
-        }
+        self.lease_under(&claim.tenant, max, lease_for, Some(claim.generation)).await
     }
 
     async fn ack(&self, lease: &Lease, delivered: &[EventId]) -> Result<(), OutboxError> {
