@@ -289,11 +289,14 @@ impl Agent {
     /// and what the agent knows of each tenant is saved every 5 seconds (for `status` in
     /// another process), and once more at the end.
     pub async fn run_until(&self, shutdown: impl std::future::Future<Output = ()>) {
+        let stop = tokio_util::sync::CancellationToken::new();
+        // Housekeeping stops between its steps, never in the middle of one.
         let housekeeping = async {
             let mut compact = tokio::time::interval(Duration::from_secs(3600));
             let mut save = tokio::time::interval(Duration::from_secs(5));
             loop {
                 tokio::select! {
+                    () = stop.cancelled() => break,
                     _ = compact.tick() => {
                         if let Err(e) = self.compact().await {
                             tracing::warn!(error = %crate::error_chain(&e), "compaction failed");
@@ -303,10 +306,11 @@ impl Agent {
                 }
             }
         };
-        tokio::select! {
-            () = self.engine.run_until(shutdown) => {}
-            () = housekeeping => {}
-        }
+        let engine = async {
+            self.engine.run_until(shutdown).await;
+            stop.cancel();
+        };
+        tokio::join!(engine, housekeeping);
         self.save_state().await;
     }
 

@@ -125,6 +125,20 @@ macro_rules! fence {
     };
 }
 
+/// Opens a transaction on the pool, even when the caller stops waiting (a `select!`, a timeout,
+/// an aborted task) while the `BEGIN` is on the wire.
+///
+/// sqlx 0.8 (and 0.9.0) counts a connection as inside a transaction only once `BEGIN` has
+/// answered; a future dropped before then returns the connection to the pool with the
+/// transaction open (transact-rs/sqlx#4393), and the next borrower's writes run inside it,
+/// uncommitted, holding their locks. On its own task, the `BEGIN` always finishes: a caller
+/// that gave up drops the finished transaction, which rolls it back.
+async fn begin(pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    let pool = pool.clone();
+    // The task ends only by finishing, or with the runtime (then nothing waits for it).
+    tokio::spawn(async move { pool.begin().await }).await.map_err(|e| sqlx::Error::Io(std::io::Error::other(e)))?
+}
+
 /// A generation as PostgreSQL stores it.
 fn gen_i64(generation: u64) -> i64 {
     i64::try_from(generation).unwrap_or(i64::MAX)
@@ -288,7 +302,7 @@ impl PostgresOutbox {
         generation: Option<u64>,
     ) -> Result<Option<Lease>, StoreError> {
         let now = self.now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = begin(&self.pool).await?;
         if let Some(generation) = generation {
             // The claim row is held shared until commit: a takeover (FOR UPDATE) waits for this
             // lease, and a lease after a takeover sees the new generation.
@@ -337,7 +351,7 @@ impl PostgresOutbox {
     /// Takes, renews or is refused a tenant's claim, judged on the database's clock. A new
     /// holder gets the next generation and returns every lease of the tenant to pending.
     async fn try_claim(&self, tenant: &TenantName, agent: &str, ttl: Duration) -> Result<ClaimOutcome, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = begin(&self.pool).await?;
         // The row exists before it is locked, so that two first claims queue on it.
         sqlx::query(
             "INSERT INTO tenant_claims (tenant, holder, expires_at, generation) VALUES ($1, '', 0, 0) \

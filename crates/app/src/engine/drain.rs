@@ -85,7 +85,11 @@ impl Engine {
             self.note_error(tenant, &e);
         }
         self.give_back(&mut w.ahead, self.now()).await;
-        heartbeat.abort();
+        // Stopped, not aborted: a renewal in flight finishes rather than being cut mid-call.
+        w.stop.cancel();
+        if let Err(e) = heartbeat.await {
+            tracing::error!(tenant = %tenant.name(), error = %e, "the claim's heartbeat ended unexpectedly");
+        }
         drained
     }
 

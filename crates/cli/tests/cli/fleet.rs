@@ -48,6 +48,20 @@ fn agent(config: &std::path::Path) -> Child {
         .unwrap()
 }
 
+/// Sends SIGTERM and waits for the agent to stop: an agent that does not stop within 30 s
+/// (say, deadlocked on its own database session) fails the test rather than hanging it.
+fn terminate(child: &mut Child, who: &str) {
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{who} did not stop within 30 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn held(platform: &Emulator) -> (usize, usize, bool) {
     let mut twice = false;
     let mut n = [0; 2];
@@ -128,8 +142,7 @@ async fn when_one_agent_of_a_fleet_dies_the_other_finishes_every_tenant() {
     a.wait().unwrap();
     let killed_at = held(&platform);
     wait_until(&platform, 60, "the survivor did not finish", |x, y| x + y >= 400).await;
-    let _ = Command::new("kill").args(["-TERM", &b.id().to_string()]).status();
-    let _ = b.wait();
+    terminate(&mut b, "the survivor");
 
     // Assert
     let (acme, globex, twice) = held(&platform);
@@ -191,8 +204,7 @@ async fn a_sync_beside_a_live_agent_reports_its_tenants_and_succeeds() {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{text}");
     assert!(text.contains("acme is held by agent") && text.contains(", alive"), "{text}");
-    let _ = Command::new("kill").args(["-TERM", &run.id().to_string()]).status();
-    let _ = run.wait();
+    terminate(&mut run, "the live agent");
     platform.shutdown().await;
     db.drop_it().await;
 }
@@ -222,14 +234,18 @@ async fn an_agent_resumed_after_its_claim_lapsed_cannot_lease_or_settle() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(Command::new("kill").args(["-CONT", &a.id().to_string()]).status().unwrap().success());
     wait_until(&platform, 60, "not finished", |x, y| x + y >= 400).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    for child in [&mut a, &mut b] {
-        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-        let _ = child.wait();
+    // A says so as soon as it runs again; on a loaded machine that may take a while.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let noticed = |said: &str| said.contains("was lost to another agent");
+    let mut said = std::fs::read_to_string(&log).unwrap_or_default();
+    while !noticed(&said) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        said = std::fs::read_to_string(&log).unwrap_or_default();
     }
+    terminate(&mut a, "the resumed agent");
+    terminate(&mut b, "the agent that took over");
 
-    let said = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(said.contains("was lost to another agent"), "A never noticed:\n{said}");
+    assert!(noticed(&said), "A never noticed:\n{said}");
     assert_eq!(held(&platform), (200, 200, false));
     platform.shutdown().await;
     db.drop_it().await;
