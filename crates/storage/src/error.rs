@@ -49,6 +49,9 @@ pub(crate) enum StoreError {
     /// A tenant's lock file could not be created or locked.
     #[error("tenant lock file {}", path.display())]
     Lock { path: std::path::PathBuf, source: std::io::Error },
+    /// The PostgreSQL URL's `sslrootcert` cannot be used.
+    #[error("sslrootcert {}", path.display())]
+    RootCert { path: std::path::PathBuf, source: std::io::Error },
     /// The writer task is gone (the runtime is shutting down).
     #[error("the outbox writer task has stopped")]
     WriterGone,
@@ -111,7 +114,7 @@ impl StoreError {
             Self::Migrate(sqlx::migrate::MigrateError::Execute(e))
             | Self::Migrate(sqlx::migrate::MigrateError::ExecuteMigration(e, _)) => Some(driver_source(e)),
             Self::Migrate(e) => Some(Arc::new(e)),
-            Self::Lock { source, .. } => Some(Arc::new(source)),
+            Self::Lock { source, .. } | Self::RootCert { source, .. } => Some(Arc::new(source)),
             Self::SchemaTooNew { .. }
             | Self::Corrupt { .. }
             | Self::UnsupportedScheme { .. }

@@ -24,6 +24,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::common::{EnqueuePlan, Row, count, counts_from, event_id, from_ms, leased, limit, span_ms, to_ms};
 use crate::error::{Chain, During as _, StoreError, redact_url};
 
+mod tls;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// Most enqueue calls coalesced into one statement.
@@ -69,6 +71,7 @@ impl PostgresOutbox {
     async fn try_connect(url: &str, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
         let options = PgConnectOptions::from_str(url)
             .map_err(|e| StoreError::UnreadableUrl { url: redact_url(url), source: e })?;
+        let (options, warning) = tls::secure(options, url, |key| std::env::var(key).ok())?;
         let target = format!(
             "postgres://{}@{}:{}/{}",
             options.get_username(),
@@ -76,6 +79,9 @@ impl PostgresOutbox {
             options.get_port(),
             options.get_database().unwrap_or_default()
         );
+        if let Some(warning) = warning {
+            tracing::warn!("{warning}");
+        }
         // One connection first, so that an unreachable server fails at once and clearly
         // rather than after the pool's retries.
         let probe = PgConnection::connect_with(&options)

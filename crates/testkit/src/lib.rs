@@ -12,6 +12,8 @@
 //! - The fixtures the suite and the adapters' own tests share: [`event`], [`events`],
 //!   [`tenant`], [`id`], [`ids_of`], [`t0`], [`TestResult`], [`Fixture`], and [`error_chain`] (an
 //!   error's messages with its sources', for tests that look for a driver's words).
+//! - [`in_child_with_env`]: runs a test again in a child process with variables set (the
+//!   operating system's trust store, say), as a test process cannot change its own environment.
 //!
 //! It depends on the domain only, never on an adapter or on the library, so that both can
 //! use it in their tests.
@@ -72,10 +74,12 @@
 pub mod conformance;
 mod fixtures;
 mod memory;
+mod rerun;
 pub mod tokens;
 
 pub use fixtures::{Fixture, TestResult, error_chain, event, events, id, ids_of, t0, tenant};
 pub use memory::{MemoryOutbox, RowView};
+pub use rerun::in_child_with_env;
 pub use tokens::{FakeTokens, TokenFixture, token_tenant};
 
 /// Runs every check of the [`conformance`] suite against the outbox built by `$fixture` (an

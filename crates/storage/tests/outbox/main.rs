@@ -9,3 +9,4 @@ mod fleet;
 mod helpers;
 mod postgres;
 mod sqlite;
+mod tls;
