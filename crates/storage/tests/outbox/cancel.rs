@@ -13,7 +13,7 @@ use billsync_storage::PostgresOutbox;
 use billsync_testkit::{TestResult, t0, tenant};
 use std::str::FromStr;
 
-use sqlx::postgres::PgConnectOptions;
+use sqlx::postgres::{PgConnectOptions, PgSslMode};
 use sqlx::{ConnectOptions, Connection, PgConnection};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -65,7 +65,8 @@ async fn a_claim_abandoned_while_its_transaction_begins_leaves_no_transaction_op
     let direct = PgConnectOptions::from_str(db.url())?;
     let slow = Arc::new(AtomicBool::new(false));
     let proxy = slow_begin_proxy(format!("{}:{}", direct.get_host(), direct.get_port()), Arc::clone(&slow)).await?;
-    let proxied = direct.clone().port(proxy).to_url_lossy();
+    // In clear text, so that the proxy can see the answers (loopback only).
+    let proxied = direct.clone().port(proxy).ssl_mode(PgSslMode::Disable).to_url_lossy();
     let outbox = PostgresOutbox::connect(proxied.as_str(), Arc::new(ManualClock::new(t0()))).await?;
     let acme = tenant("acme");
     outbox.claim_tenant(&acme, "agent-a", Duration::from_secs(30)).await?;
