@@ -15,15 +15,17 @@ use tokio_rustls::rustls;
 
 /// A one-route HTTPS server on 127.0.0.1 answering every request with a `202` receipt.
 async fn https_server(cert: &rcgen::CertifiedKey) -> (String, tokio::task::JoinHandle<()>) {
+    https_server_der(cert.cert.der().to_vec(), cert.key_pair.serialize_der()).await
+}
+
+/// [`https_server`] from the certificate's and the key's DER.
+async fn https_server_der(cert: Vec<u8>, key: Vec<u8>) -> (String, tokio::task::JoinHandle<()>) {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()
-        .with_single_cert(
-            vec![cert.cert.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(cert.key_pair.serialize_der().into()),
-        )
+        .with_single_cert(vec![cert.into()], rustls::pki_types::PrivateKeyDer::Pkcs8(key.into()))
         .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -118,6 +120,71 @@ async fn a_self_signed_server_is_refused_unless_its_ca_is_given() {
     let reply = api.post_events(&headers(), &body()).await.expect("trusted through ca_file");
     assert!(matches!(reply.response, BillingResponse::Accepted(ref r) if r.accepted == 1), "{reply:?}");
     server.abort();
+}
+
+/// The files a child process needs: a server's certificate (PEM, DER) and key (DER), and a
+/// directory standing for the OS store's directory (empty).
+fn server_files(dir: &std::path::Path) -> Vec<(&'static str, std::ffi::OsString)> {
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+    std::fs::write(dir.join("server.pem"), cert.cert.pem()).unwrap();
+    std::fs::write(dir.join("server.der"), cert.cert.der()).unwrap();
+    std::fs::write(dir.join("server.key"), cert.key_pair.serialize_der()).unwrap();
+    std::fs::write(dir.join("empty.pem"), "").unwrap();
+    std::fs::create_dir(dir.join("store")).unwrap();
+    vec![("SSL_CERT_DIR", dir.join("store").into()), ("BILLSYNC_TEST_FILES", dir.into())]
+}
+
+/// The server of [`server_files`], in the child.
+async fn child_server() -> (String, tokio::task::JoinHandle<()>, std::path::PathBuf) {
+    let dir = std::path::PathBuf::from(std::env::var_os("BILLSYNC_TEST_FILES").unwrap());
+    let (cert, key) = (std::fs::read(dir.join("server.der")).unwrap(), std::fs::read(dir.join("server.key")).unwrap());
+    let (url, task) = https_server_der(cert, key).await;
+    (url, task, dir)
+}
+
+/// The OS store is trusted: with the server's CA in `SSL_CERT_FILE` (and no `ca_file`), the
+/// billing endpoint is reached.
+#[test]
+fn a_server_the_os_store_trusts_is_reached_without_ca_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = server_files(dir.path());
+    env.push(("SSL_CERT_FILE", dir.path().join("server.pem").into()));
+    let env: Vec<(&str, &std::ffi::OsStr)> = env.iter().map(|(k, v)| (*k, v.as_os_str())).collect();
+    if !billsync_testkit::in_child_with_env("tls::a_server_the_os_store_trusts_is_reached_without_ca_file", &env) {
+        return;
+    }
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        assert_eq!(billsync_http::trust_store(), billsync_http::TrustStore::Os { certificates: 1 });
+        let (url, server, _) = child_server().await;
+        let api = HttpBillingApi::new(&url, &HttpSettings::default()).unwrap();
+        let reply = api.post_events(&headers(), &body()).await.expect("trusted through the OS store");
+        assert!(matches!(reply.response, BillingResponse::Accepted(ref r) if r.accepted == 1), "{reply:?}");
+        server.abort();
+    });
+}
+
+/// Where the OS store is empty, the bundled roots stand in (and still trust no self-signed
+/// server), and `ca_file` adds to them.
+#[test]
+fn with_an_empty_os_store_the_bundled_roots_stand_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = server_files(dir.path());
+    env.push(("SSL_CERT_FILE", dir.path().join("empty.pem").into()));
+    let env: Vec<(&str, &std::ffi::OsStr)> = env.iter().map(|(k, v)| (*k, v.as_os_str())).collect();
+    if !billsync_testkit::in_child_with_env("tls::with_an_empty_os_store_the_bundled_roots_stand_in", &env) {
+        return;
+    }
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        assert_eq!(billsync_http::trust_store(), billsync_http::TrustStore::Bundled);
+        let (url, server, dir) = child_server().await;
+        let api = HttpBillingApi::new(&url, &HttpSettings::default()).unwrap();
+        let refused = api.post_events(&headers(), &body()).await;
+        assert!(format!("{refused:?}").contains("UnknownIssuer"), "{refused:?}");
+        let settings = HttpSettings::default().with_ca_file(&dir.join("server.pem")).unwrap();
+        let api = HttpBillingApi::new(&url, &settings).unwrap();
+        api.post_events(&headers(), &body()).await.expect("trusted through ca_file");
+        server.abort();
+    });
 }
 
 #[test]

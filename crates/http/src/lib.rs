@@ -3,6 +3,11 @@
 //! roots, read the CA bundle once, never follow a redirect, and describe a failed request the
 //! same way. It is adapter support, not an adapter: it knows nothing of the domain.
 //!
+//! Servers are trusted through the operating system's store (as `rustls-native-certs` reads
+//! it: `SSL_CERT_FILE` and `SSL_CERT_DIR` when set), plus the CA bundle given with
+//! [`HttpSettings::with_ca_file`]. Where the OS store holds no certificate (a bare container),
+//! the Mozilla roots compiled into billsync stand in for it: see [`trust_store`].
+//!
 //! # Example
 //!
 //! ```
@@ -51,6 +56,37 @@ pub enum HttpSetupError {
     /// reqwest could not build a client.
     #[error("cannot build the HTTP client")]
     Client(#[source] reqwest::Error),
+}
+
+/// Where the roots that HTTPS servers are checked against come from, besides a CA bundle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrustStore {
+    /// The operating system's store, holding this many certificates.
+    Os {
+        /// How many certificates it holds.
+        certificates: usize,
+    },
+    /// The Mozilla roots compiled into billsync, because the OS store is empty or unreadable.
+    Bundled,
+}
+
+impl std::fmt::Display for TrustStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Os { certificates } => write!(f, "the operating system's store ({certificates} certificates)"),
+            Self::Bundled => f.write_str("the bundled Mozilla roots (the operating system's store is empty)"),
+        }
+    }
+}
+
+/// The trust store of this process's HTTPS clients, read once (a change to the OS store is
+/// seen after a restart).
+pub fn trust_store() -> TrustStore {
+    static STORE: std::sync::OnceLock<TrustStore> = std::sync::OnceLock::new();
+    *STORE.get_or_init(|| match rustls_native_certs::load_native_certs().certs.len() {
+        0 => TrustStore::Bundled,
+        certificates => TrustStore::Os { certificates },
+    })
 }
 
 /// A CA bundle, parsed once.
@@ -105,7 +141,7 @@ impl HttpSettings {
         self.timeout
     }
 
-    /// Trusts the certificates of a PEM bundle file besides the built-in roots.
+    /// Trusts the certificates of a PEM bundle file besides the [`trust_store`].
     ///
     /// # Errors
     /// [`HttpSetupError`] naming the file when it cannot be read, is not PEM, or is empty.
@@ -114,7 +150,7 @@ impl HttpSettings {
         self.with_ca_pem(&pem, &path.display().to_string())
     }
 
-    /// Trusts the certificates of a PEM bundle besides the built-in roots; `origin` names it
+    /// Trusts the certificates of a PEM bundle besides the [`trust_store`]; `origin` names it
     /// in errors.
     ///
     /// # Errors
@@ -135,8 +171,11 @@ impl HttpSettings {
     /// # Errors
     /// [`HttpSetupError::Client`].
     pub fn client(&self, user_agent: &str) -> Result<reqwest::Client, HttpSetupError> {
+        let os = matches!(trust_store(), TrustStore::Os { .. });
         let mut builder = reqwest::Client::builder()
             .use_rustls_tls()
+            .tls_built_in_native_certs(os)
+            .tls_built_in_webpki_certs(!os)
             .timeout(self.timeout)
             .connect_timeout(self.connect_timeout)
             .pool_max_idle_per_host(16)
