@@ -26,7 +26,7 @@ use billsync_domain::{
     TransportError, classify,
 };
 use billsync_http::{HttpSettings, HttpSetupError};
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE};
 
 /// The path of the billing events endpoint below the platform's base URL.
 pub const BILLING_EVENTS_PATH: &str = "/iot/api/v2/billing/events";
@@ -66,6 +66,21 @@ fn describe(e: &reqwest::Error) -> TransportError {
     TransportError::Connection(billsync_http::describe(&e.to_string(), e))
 }
 
+impl HttpBillingApi {
+    /// The POST of one batch with its four headers; the `Authorization` value is marked
+    /// sensitive (`bearer_auth` does), so HTTP tooling never prints it and HTTP/2 never indexes it.
+    fn request(&self, headers: &BillingRequestHeaders, body: &BatchBody) -> reqwest::RequestBuilder {
+        self.client
+            .post(&self.endpoint)
+            .bearer_auth(headers.bearer_token())
+            .header("X-Tenant-ID", headers.tenant_id().as_str())
+            .header("X-Application-ID", headers.application_id().as_str())
+            .header(CONTENT_TYPE, "application/json")
+            .header("Idempotency-Key", body.idempotency_key())
+            .body(body.as_str().to_owned())
+    }
+}
+
 #[async_trait]
 impl BillingApi for HttpBillingApi {
     async fn post_events(
@@ -73,18 +88,7 @@ impl BillingApi for HttpBillingApi {
         headers: &BillingRequestHeaders,
         body: &BatchBody,
     ) -> Result<BillingReply, TransportError> {
-        let mut response = self
-            .client
-            .post(&self.endpoint)
-            .header(AUTHORIZATION, format!("Bearer {}", headers.bearer_token()))
-            .header("X-Tenant-ID", headers.tenant_id().as_str())
-            .header("X-Application-ID", headers.application_id().as_str())
-            .header(CONTENT_TYPE, "application/json")
-            .header("Idempotency-Key", body.idempotency_key())
-            .body(body.as_str().to_owned())
-            .send()
-            .await
-            .map_err(|e| describe(&e))?;
+        let mut response = self.request(headers, body).send().await.map_err(|e| describe(&e))?;
         let status = response.status().as_u16();
         let h = response.headers().clone();
         // A body that breaks off (connection dropped after the platform stored the events)
@@ -116,5 +120,40 @@ impl BillingApi for HttpBillingApi {
         };
         tracing::debug!(status, events = body.events(), tenant = %headers.tenant_id(), "billing request answered");
         Ok(reply)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use billsync_domain::{AccessToken, AccessTokenClaims, ApplicationId, BillingEvent, BillingPolicy, TenantId};
+    use billsync_http::HttpSettings;
+    use reqwest::header::AUTHORIZATION;
+
+    use super::*;
+
+    #[test]
+    fn the_authorization_header_is_marked_sensitive() {
+        let now = chrono::Utc::now();
+        let claims = AccessTokenClaims {
+            scope: vec![billsync_domain::BILLING_WRITE_SCOPE.into()],
+            aud: vec![billsync_domain::BILLING_AUDIENCE.into()],
+            tenant_id: Some("acme-prod-001".into()),
+            client_id: Some("app-acme".into()),
+            iat: Some(now.timestamp()),
+            exp: Some(now.timestamp() + 900),
+            ..Default::default()
+        };
+        let (tenant, app) = (TenantId::parse("acme-prod-001").unwrap(), ApplicationId::parse("app-acme").unwrap());
+        let headers =
+            BillingPolicy::default().authorize(AccessToken::new("t0ken"), claims, &tenant, &app, now).unwrap();
+        let json = serde_json::json!({"event_id": "e1", "device_id": "d", "meter": "m", "quantity": "1",
+            "unit": "kWh", "occurred_at": now.to_rfc3339()});
+        let body = BatchBody::new(&[BillingEvent::parse(&json.to_string(), now).unwrap().encode()]);
+        let api = HttpBillingApi::new("https://iot.example.com", &HttpSettings::default()).unwrap();
+
+        let request = api.request(&headers, &body).build().unwrap();
+        let value = &request.headers()[AUTHORIZATION];
+        assert_eq!(value.to_str().unwrap(), "Bearer t0ken");
+        assert!(value.is_sensitive(), "tooling that prints headers would show the token");
     }
 }
