@@ -140,11 +140,14 @@ fn token_cache(config: &Config, http: &HttpSettings, clock: Arc<dyn Clock>) -> R
         platform.billing_audience.clone(),
         std::time::Duration::from_secs(1),
     );
-    let auth_config = AuthConfig::new(platform.token_url.as_str())?
+    let mut auth_config = AuthConfig::new(platform.token_url.as_str())?
         .with_jwks_url(platform.jwks_url.as_str())?
         .with_policy(policy)
         .with_refresh(config.sync.refresh)
         .with_http(http.clone());
+    if let Some(issuer) = &platform.token_issuer {
+        auth_config = auth_config.with_token_issuer(issuer.as_str());
+    }
     let mut auths = Vec::new();
     for t in &config.tenants {
         let mut a = TenantAuth::new(t.tenant.clone(), billsync_domain::ClientSecret::new(t.secret.secret()))
@@ -424,5 +427,19 @@ impl Agent {
             });
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod token_issuer_tests {
+    use super::*;
+
+    #[test]
+    fn platform_token_issuer_reaches_the_token_cache() {
+        let text = "[platform]\nbase_url = \"https://iot.example.com\"\ntoken_issuer = \"https://idcs.example.com\"\n";
+        let config = Config::parse(text, Path::new("billsync.toml")).unwrap();
+        let clock: Arc<dyn Clock> = Arc::new(billsync_domain::SystemClock);
+        let cache = token_cache(&config, &HttpSettings::default(), clock).unwrap();
+        assert_eq!(cache.client().config().token_issuer(), Some("https://idcs.example.com"));
     }
 }

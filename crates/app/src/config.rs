@@ -2,6 +2,10 @@
 //! Unknown keys are errors naming the key and line; plain `http://` is refused for anything
 //! but loopback; a file readable by others that holds an inline secret gets a warning.
 
+mod secret_file;
+mod syntax;
+
+use secrecy::{ExposeSecret as _, SecretString};
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -26,12 +30,13 @@ pub enum ConfigError {
         /// Why.
         source: std::io::Error,
     },
-    /// The TOML is malformed or has unknown or mistyped keys (the message names line and key).
+    /// The TOML is malformed or has unknown or mistyped keys (the message names the line and
+    /// column, never the text there, which may hold a secret).
     #[error("{path}: {message}")]
     Syntax {
         /// The file.
         path: PathBuf,
-        /// toml's message, with line, column and key.
+        /// Line, column and toml's message (or, on a line that may hold a secret, the key only).
         message: String,
     },
     /// A value breaks a rule.
@@ -67,6 +72,7 @@ struct RawPlatform {
     billing_scope: Option<String>,
     billing_audience: Option<String>,
     ca_file: Option<PathBuf>,
+    token_issuer: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -95,7 +101,8 @@ struct RawTenant {
     tenant_id: String,
     application_id: String,
     client_id: Option<String>,
-    client_secret: Option<String>,
+    /// Zeroized when the raw configuration is dropped.
+    client_secret: Option<SecretString>,
     client_secret_env: Option<String>,
     client_secret_file: Option<PathBuf>,
     auth_method: Option<AuthMethod>,
@@ -103,6 +110,8 @@ struct RawTenant {
     extra_token_params: BTreeMap<String, String>,
     #[serde(default)]
     verify_jwks: bool,
+    #[serde(default)]
+    allow_insecure_key_permissions: bool,
 }
 
 /// The platform's endpoints and what billing needs.
@@ -120,6 +129,8 @@ pub struct PlatformConfig {
     pub billing_audience: Audience,
     /// Extra CA bundle.
     pub ca_file: Option<PathBuf>,
+    /// The `iss` every access token must carry, exactly; `None`: not checked.
+    pub token_issuer: Option<String>,
 }
 
 /// Where the outbox lives.
@@ -212,23 +223,24 @@ impl Config {
     /// # Errors
     /// [`ConfigError`] naming the key or tenant at fault.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let raw: RawConfig =
-            toml::from_str(text).map_err(|e| ConfigError::Syntax { path: path.into(), message: e.to_string() })?;
+        let raw: RawConfig = toml::from_str(text)
+            .map_err(|e| ConfigError::Syntax { path: path.into(), message: syntax::describe(text, &e) })?;
         let at = At(path);
         let platform = raw.platform.validate(at)?;
         let storage = raw.storage.validate(at)?;
         let sync = raw.sync.validate(at)?;
         let mut tenants = Vec::new();
         let mut names = HashSet::new();
+        let mut warnings = Vec::new();
         for (i, t) in raw.tenants.into_iter().enumerate() {
-            let tenant = t.validate(i, at)?;
+            let tenant = t.validate(i, at, &mut warnings)?;
             if !names.insert(tenant.tenant.name().clone()) {
                 let key = format!("tenants[{}].name", tenant.tenant.name());
                 return Err(at.invalid(&key, "appears twice; tenant names must be unique".into()));
             }
             tenants.push(tenant);
         }
-        Ok(Self { platform, storage, sync, tenants, warnings: Vec::new() })
+        Ok(Self { platform, storage, sync, tenants, warnings })
     }
 
     /// The tenant with this local name.
@@ -279,6 +291,14 @@ impl RawPlatform {
                 None => Audience::billing(),
             },
             ca_file: self.ca_file.map(|p| relative_to(at.0, &p)),
+            token_issuer: match self.token_issuer {
+                Some(i) if i.trim().is_empty() => {
+                    return Err(
+                        at.invalid("platform.token_issuer", "must not be empty; leave it out to not check iss".into())
+                    );
+                }
+                other => other,
+            },
         })
     }
 }
@@ -331,7 +351,7 @@ impl RawSync {
 }
 
 impl RawTenant {
-    fn validate(self, i: usize, at: At<'_>) -> Result<TenantConfig, ConfigError> {
+    fn validate(self, i: usize, at: At<'_>, warnings: &mut Vec<String>) -> Result<TenantConfig, ConfigError> {
         let key = |field: &str| {
             format!("tenants[{}].{field}", if self.name.is_empty() { i.to_string() } else { self.name.clone() })
         };
@@ -341,7 +361,7 @@ impl RawTenant {
             .map_err(|e| at.invalid(&key("application_id"), e.reason))?;
         let client_id = ClientId::parse(self.client_id.clone().unwrap_or_else(|| self.application_id.clone()))
             .map_err(|e| at.invalid(&key("client_id"), e.reason))?;
-        let secret = self.secret(at, &key)?;
+        let secret = self.secret(at, &key, warnings)?;
         Ok(TenantConfig {
             tenant: Tenant::new(name, tenant_id, application_id, client_id),
             secret,
@@ -352,17 +372,23 @@ impl RawTenant {
     }
 
     /// The client secret, from exactly one of its three sources.
-    fn secret(&self, at: At<'_>, key: &dyn Fn(&str) -> String) -> Result<ClientSecret, ConfigError> {
+    fn secret(
+        &self,
+        at: At<'_>,
+        key: &dyn Fn(&str) -> String,
+        warnings: &mut Vec<String>,
+    ) -> Result<ClientSecret, ConfigError> {
         match (&self.client_secret, &self.client_secret_env, &self.client_secret_file) {
-            (Some(s), None, None) => Ok(ClientSecret::new(s.clone())),
+            (Some(s), None, None) => Ok(ClientSecret::new(s.expose_secret())),
             (None, Some(var), None) => std::env::var(var).map(ClientSecret::new).map_err(|_| {
                 at.invalid(&key("client_secret_env"), format!("the environment variable {var} is not set"))
             }),
             (None, None, Some(file)) => {
-                let file = relative_to(at.0, file);
-                let s = std::fs::read_to_string(&file)
-                    .map_err(|e| at.invalid(&key("client_secret_file"), format!("{}: {e}", file.display())))?;
-                Ok(ClientSecret::new(s.trim_end_matches(['\n', '\r']).to_owned()))
+                let key = key("client_secret_file");
+                let read = secret_file::read(&relative_to(at.0, file), &key, self.allow_insecure_key_permissions)
+                    .map_err(|reason| at.invalid(&key, reason))?;
+                warnings.extend(read.warning);
+                Ok(ClientSecret::new(read.text))
             }
             (None, None, None) => Err(at.invalid(
                 &key("client_secret"),
@@ -400,7 +426,16 @@ fn relative_to(config: &Path, p: &Path) -> PathBuf {
 /// # Errors
 /// A reason in plain words.
 pub fn check_url(u: &str) -> Result<Url, String> {
-    let url = Url::parse(u).map_err(|e| format!("\"{u}\" is not a URL: {e}"))?;
+    // Quoted in messages without its password, if it has one.
+    let shown = syntax::without_password(u);
+    let url = Url::parse(u).map_err(|e| format!("\"{shown}\" is not a URL: {e}"))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        // Nor could they leak through a Debug of the configuration.
+        return Err(format!(
+            "\"{shown}\" holds credentials (user:password@); billsync authenticates with each tenant's client \
+             credentials, so the URL must carry none"
+        ));
+    }
     match url.scheme() {
         "https" => Ok(url),
         "http" => {
@@ -414,11 +449,11 @@ pub fn check_url(u: &str) -> Result<Url, String> {
                 Ok(url)
             } else {
                 Err(format!(
-                    "\"{u}\" uses plain http to a non-loopback host; use https (tokens and secrets travel on it)"
+                    "\"{shown}\" uses plain http to a non-loopback host; use https (tokens and secrets travel on it)"
                 ))
             }
         }
-        other => Err(format!("\"{u}\" has scheme {other}; use https")),
+        other => Err(format!("\"{shown}\" has scheme {other}; use https")),
     }
 }
 
@@ -456,6 +491,17 @@ extra_token_params = { audience = "https://iot.oraclecloud.com/billing" }
         assert!(!debug.contains("pg-s3cret") && !debug.contains("s3cret\""), "{debug}");
         let e = parse(&with("[storage]\nurl = \"mysql://db/x\"")).unwrap_err();
         assert!(e.contains("storage.url") && e.contains("mysql"), "{e}");
+    }
+
+    #[test]
+    fn token_issuer_is_optional_and_never_empty() {
+        // Still inside [platform]: the line before [[tenants]].
+        let with = |line: &str| GOOD.replace("[[tenants]]", &format!("{line}\n[[tenants]]"));
+        assert_eq!(parse(GOOD).unwrap().platform.token_issuer, None);
+        let c = parse(&with("token_issuer = \"https://idcs.example.com\"")).unwrap();
+        assert_eq!(c.platform.token_issuer.as_deref(), Some("https://idcs.example.com"));
+        let e = parse(&with("token_issuer = \" \"")).unwrap_err();
+        assert!(e.contains("platform.token_issuer"), "{e}");
     }
 
     #[test]
@@ -518,8 +564,14 @@ extra_token_params = { audience = "https://iot.oraclecloud.com/billing" }
     #[test]
     fn secrets_from_env_and_file() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("secret.txt"), "from-file\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let file = dir.path().join("secret.txt");
+        std::fs::write(&file, "from-file\n").unwrap();
         let text = GOOD.replace("client_secret = \"s3cret\"", "client_secret_file = \"secret.txt\"");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let refused = Config::parse(&text, &dir.path().join("billsync.toml")).unwrap_err().to_string();
+        assert!(refused.contains("tenants[acme].client_secret_file") && refused.contains("chmod 600"), "{refused}");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
         let c = Config::parse(&text, &dir.path().join("billsync.toml")).unwrap();
         assert_eq!(c.tenants[0].secret.secret(), "from-file");
         let e = parse(&GOOD.replace("client_secret = \"s3cret\"", "client_secret_env = \"BILLSYNC_TEST_UNSET_VAR\""))

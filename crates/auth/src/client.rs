@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use reqwest::header::{ACCEPT, AUTHORIZATION, DATE};
 use serde::Deserialize;
 use tracing::Instrument;
+use zeroize::Zeroizing;
 
 use crate::config::{AuthConfig, AuthMethod, ConfigError, TenantAuth};
 use crate::jwks::JwksCache;
@@ -238,12 +239,8 @@ impl OAuthClient {
                 form.push(("client_secret", auth.secret().secret()));
             }
             AuthMethod::ClientSecretBasic => {
-                let creds = format!(
-                    "{}:{}",
-                    form_urlencode(tenant.client_id().as_str()),
-                    form_urlencode(auth.secret().secret())
-                );
-                req = req.header(AUTHORIZATION, format!("Basic {}", STANDARD.encode(creds)));
+                req =
+                    req.header(AUTHORIZATION, basic_authorization(tenant.client_id().as_str(), auth.secret().secret()));
             }
         }
         for (k, v) in auth.extra_params() {
@@ -439,9 +436,39 @@ fn printable(s: &str, max: usize) -> String {
     out
 }
 
+/// `Basic base64(urlencode(id):urlencode(secret))` (RFC 6749 section 2.3.1), marked sensitive so
+/// that HTTP tooling never prints it; the intermediate copies of the secret are zeroized.
+fn basic_authorization(client_id: &str, secret: &str) -> reqwest::header::HeaderValue {
+    let creds = Zeroizing::new(format!("{}:{}", form_urlencode(client_id), *Zeroizing::new(form_urlencode(secret))));
+    let value = Zeroizing::new(format!("Basic {}", STANDARD.encode(creds.as_bytes())));
+    // Base64 and "Basic " are visible ASCII, always a valid header value.
+    let mut header = reqwest::header::HeaderValue::from_str(&value)
+        .unwrap_or_else(|_| reqwest::header::HeaderValue::from_static("Basic"));
+    header.set_sensitive(true);
+    header
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_basic_authorization_header_is_marked_sensitive() {
+        use billsync_domain::{ApplicationId, ClientId, ClientSecret, Tenant, TenantId, TenantName};
+        let tenant = Tenant::new(
+            TenantName::parse("acme").unwrap(),
+            TenantId::parse("acme-prod-001").unwrap(),
+            ApplicationId::parse("app-acme").unwrap(),
+            ClientId::parse("app-acme").unwrap(),
+        );
+        let auth = TenantAuth::new(tenant, ClientSecret::new("s3cret")).with_auth_method(AuthMethod::ClientSecretBasic);
+        let client = OAuthClient::new(AuthConfig::new("https://idcs.example.com/oauth2/v1/token").unwrap()).unwrap();
+
+        let request = client.token_request(&auth).build().unwrap();
+        let value = &request.headers()[AUTHORIZATION];
+        assert_eq!(value.to_str().unwrap(), format!("Basic {}", STANDARD.encode("app-acme:s3cret")));
+        assert!(value.is_sensitive(), "tooling that prints headers would show the client secret");
+    }
 
     #[test]
     fn form_urlencoding_follows_rfc6749_appendix_b() {

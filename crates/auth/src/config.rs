@@ -243,6 +243,7 @@ pub struct AuthConfig {
     http: HttpSettings,
     retry: RetryPolicy,
     opaque_lifetime: Duration,
+    token_issuer: Option<String>,
 }
 
 impl AuthConfig {
@@ -265,6 +266,7 @@ impl AuthConfig {
             http: HttpSettings::default().with_timeout(TIMEOUT).with_connect_timeout(TIMEOUT),
             retry: RetryPolicy::default(),
             opaque_lifetime: Duration::from_secs(900),
+            token_issuer: None,
         })
     }
 
@@ -311,6 +313,15 @@ impl AuthConfig {
         self
     }
 
+    /// Requires every access token's `iss` claim to be exactly `issuer` (RFC 8725 §3.8); a
+    /// token with another or no `iss` is refused with `wrong_issuer`. Unset (the default), `iss`
+    /// is not checked. An empty `issuer` unsets it.
+    pub fn with_token_issuer(mut self, issuer: impl Into<String>) -> Self {
+        let issuer = issuer.into();
+        self.token_issuer = (!issuer.is_empty()).then_some(issuer);
+        self
+    }
+
     /// The token endpoint.
     pub fn token_url(&self) -> &str {
         self.token_url.as_str()
@@ -338,6 +349,10 @@ impl AuthConfig {
     /// The lifetime assumed for opaque tokens without `expires_in`.
     pub fn opaque_lifetime(&self) -> Duration {
         self.opaque_lifetime
+    }
+    /// The issuer every token's `iss` must equal, when one is configured.
+    pub fn token_issuer(&self) -> Option<&str> {
+        self.token_issuer.as_deref()
     }
     pub(crate) fn http(&self) -> &HttpSettings {
         &self.http

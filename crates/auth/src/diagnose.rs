@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::client::{OAuthClient, SKEW_TOLERANCE};
 use crate::config::{AuthMethod, TenantAuth};
+use crate::jwks::SignatureError;
 use crate::preflight::{Authorized, Preflight, SignatureStatus};
 
 /// One line of a diagnosis.
@@ -243,6 +244,7 @@ impl OAuthClient {
         d.checks.push(self.signature_check(&p.signature));
         if let Some(claims) = &p.claims {
             claim_checks(d, claims, p.violations.as_ref(), p.opaque);
+            self.rfc8725_checks(d, p);
         }
         d.checks.push(clock_skew_check(p.measured_skew));
         self.record_outcome(d, &p.outcome);
@@ -277,6 +279,31 @@ impl OAuthClient {
             }
             SignatureStatus::Failed(e) => Check::fail("signature", e.code(), e.to_string()),
         }
+    }
+
+    /// `claim.iss` against the configured token issuer, and `claim.nbf` (after `claim.iat`),
+    /// failing as the preflight found; nothing for an opaque token.
+    fn rfc8725_checks(&self, d: &mut Diagnosis, p: &Preflight) {
+        if p.opaque {
+            return;
+        }
+        let issuer = self.config().token_issuer();
+        let iss = match (&p.claim_refusal, issuer) {
+            (Some(e @ SignatureError::WrongIssuer { .. }), _) => {
+                Some(Check::fail("claim.iss", e.code(), e.to_string()))
+            }
+            (_, Some(i)) => Some(Check::pass("claim.iss", Some(format!("{i} (= the configured token_issuer)")))),
+            (_, None) => None,
+        };
+        let nbf = match &p.claim_refusal {
+            Some(e @ SignatureError::NotYetValid(_)) => Check::fail("claim.nbf", e.code(), e.to_string()),
+            _ => Check::pass("claim.nbf", Some(nbf_found(p.nbf.as_ref()))),
+        };
+        if let (Some(iss), Some(slot)) = (iss, d.checks.iter_mut().find(|c| c.check == "claim.iss")) {
+            *slot = iss;
+        }
+        let at = d.checks.iter().position(|c| c.check == "claim.iat").map_or(d.checks.len(), |i| i + 1);
+        d.checks.insert(at, nbf);
     }
 
     /// The token's lifetime, expiry and planned refresh, from now.
@@ -360,6 +387,17 @@ fn clock_skew_check(measured: Option<chrono::Duration>) -> Check {
             ),
         }),
     )
+}
+
+/// What the token's `nbf` says, for a passing `claim.nbf`.
+fn nbf_found(nbf: Option<&serde_json::Value>) -> String {
+    match nbf {
+        None => "(absent)".to_owned(),
+        Some(v) => match v.as_i64().and_then(|s| DateTime::from_timestamp(s, 0)) {
+            Some(t) => t.to_rfc3339(),
+            None => v.to_string(),
+        },
+    }
 }
 
 fn round_seconds(d: chrono::Duration) -> i64 {

@@ -51,6 +51,7 @@
 #![deny(missing_docs)]
 
 mod cache;
+mod claims;
 mod client;
 mod config;
 mod diagnose;

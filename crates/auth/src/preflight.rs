@@ -1,9 +1,11 @@
 //! Preflight: everything checked about a freshly issued token before any billing request is
-//! sent with it: signature (optional), claims against the billing policy, granted scope.
+//! sent with it: signature (optional), `iss` and `nbf` (RFC 8725), claims against the billing
+//! policy, granted scope.
 
 use billsync_domain::{AccessToken, AccessTokenClaims, BillingPolicy, BillingRequestHeaders, TokenError, Violations};
 use chrono::{DateTime, Utc};
 
+use crate::claims::check_claims;
 use crate::client::{OAuthClient, TokenGrant, shift};
 use crate::config::TenantAuth;
 use crate::jwks::SignatureError;
@@ -52,6 +54,10 @@ pub(crate) struct Preflight {
     pub alg: Option<String>,
     pub kid: Option<String>,
     pub signature: SignatureStatus,
+    /// Why `iss` or `nbf` refused the token, if they did.
+    pub claim_refusal: Option<SignatureError>,
+    /// The JWT's `nbf` claim as sent, if it has one.
+    pub nbf: Option<serde_json::Value>,
     pub claims: Option<AccessTokenClaims>,
     pub violations: Option<Violations>,
     pub granted_scope: Option<Vec<String>>,
@@ -68,6 +74,8 @@ impl Preflight {
             alg: None,
             kid: None,
             signature: SignatureStatus::NotRequested,
+            claim_refusal: None,
+            nbf: None,
             claims: None,
             violations: None,
             granted_scope: grant.granted_scope.clone(),
@@ -104,16 +112,36 @@ impl OAuthClient {
         if let Some(d) = &decoded {
             p.alg = d.header_str("alg").map(str::to_owned);
             p.kid = d.header_str("kid").map(str::to_owned);
+            p.nbf = d.payload.get("nbf").cloned();
         }
         p.opaque = decoded.is_none();
         let signature_error = self.check_signature(auth, &grant, decoded.as_ref(), &mut p).await;
+        let claim_error = self.check_rfc8725_claims(auth, &grant, decoded.as_ref(), &mut p);
         let claims = match decoded {
             Some(d) => d.claims,
             None => opaque_claims(&self.inner.config, auth, &grant, grant.server_received_at()),
         };
         p.claims = Some(claims.clone());
-        self.authorize(auth, &grant, claims, signature_error, &mut p);
+        // The signature first, then iss and nbf, then the policy.
+        self.authorize(auth, &grant, claims, signature_error.or(claim_error), &mut p);
         p
+    }
+
+    /// Checks a JWT's `iss` and `nbf` (see [`crate::claims`]), recording how they fared;
+    /// returns the error that refuses the token if they fail.
+    fn check_rfc8725_claims(
+        &self,
+        auth: &TenantAuth,
+        grant: &TokenGrant,
+        decoded: Option<&DecodedJwt>,
+        p: &mut Preflight,
+    ) -> Option<TokenError> {
+        let issuer = self.inner.config.token_issuer();
+        let e = check_claims(decoded?, issuer, grant.server_received_at()).err()?;
+        tracing::warn!(tenant = %auth.tenant().name(), reason = %e, "token claims refused");
+        let error = refused(&e);
+        p.claim_refusal = Some(e);
+        Some(error)
     }
 
     /// Verifies the signature against the JWKS when the tenant asks for it, recording how it
@@ -130,7 +158,10 @@ impl OAuthClient {
         }
         let verified = match decoded {
             None => Err(SignatureError::NotAJwt),
-            Some(d) => self.inner.jwks.verify(&self.inner.http, grant.access_token.secret(), d).await,
+            Some(d) => {
+                let now = self.inner.clock.now();
+                self.inner.jwks.verify(&self.inner.http, grant.access_token.secret(), d, now).await
+            }
         };
         match verified {
             Ok(kid) => {
@@ -141,6 +172,11 @@ impl OAuthClient {
                 tracing::warn!(tenant = %auth.tenant().name(), reason = %e, "token signature refused");
                 let error = match &e {
                     SignatureError::JwksUnavailable(m) => TokenError::Unavailable(format!("JWKS: {m}")),
+                    // Not looked for (the JWKS was fetched less than a minute ago): retrying
+                    // later helps, so transient rather than a refusal that blocks the tenant.
+                    SignatureError::UnknownKid { fetched: false, .. } => {
+                        TokenError::Unavailable(format!("{}: {e}", e.code()))
+                    }
                     other => refused(other),
                 };
                 p.signature = SignatureStatus::Failed(e);

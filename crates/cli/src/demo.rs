@@ -4,7 +4,7 @@
 //! including the thread's misconfigured tenant, which billsync refuses to send for and explains.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -105,23 +105,58 @@ pub async fn run() -> anyhow::Result<ExitCode> {
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
+/// What `billsync emulator` was asked for.
+#[derive(Debug)]
+pub struct EmulatorOptions {
+    /// The registry file (without it: the built-in demo registry).
+    pub registry: Option<PathBuf>,
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// Where to write the admin key too.
+    pub admin_key_file: Option<PathBuf>,
+    /// Host names the admin API answers to beside the loopback names.
+    pub allow_hosts: Vec<String>,
+}
+
 /// `billsync emulator`: serve the platform emulator (the registry file, or the built-in demo
-/// registry) until Ctrl-C.
+/// registry) until Ctrl-C. Prints the banner and a line `admin key: KEY`, after writing the
+/// key to the key file if one is asked for.
 ///
 /// # Errors
-/// An unreadable or invalid registry, or an address that cannot be bound.
-pub async fn serve_emulator(registry: Option<&Path>, listen: SocketAddr) -> anyhow::Result<ExitCode> {
-    let config = match registry {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-            EmulatorConfig::from_toml_str(&text).with_context(|| format!("{}", path.display()))?
-        }
-        None => EmulatorConfig::builtin(),
-    };
-    let emulator = Emulator::start(config, listen).await?;
+/// An unreadable or invalid registry, a refused `--allow-host`, an address that cannot be
+/// bound, or a key file that cannot be written.
+pub async fn serve_emulator(options: EmulatorOptions) -> anyhow::Result<ExitCode> {
+    let config = options.allow_hosts.into_iter().fold(registry(options.registry.as_deref())?, |c, h| c.allow_host(h));
+    let emulator = Emulator::start(config, options.listen).await?;
+    if let Some(path) = &options.admin_key_file {
+        write_private(path, &format!("{}\n", emulator.admin_key()))
+            .with_context(|| format!("cannot write the admin key to {}", path.display()))?;
+    }
     print!("{}", emulator.describe());
-    println!("  audit log:      {}/admin/audit\nCtrl-C to stop.", emulator.base_url());
+    println!("  audit log:      {}/admin/audit", emulator.base_url());
+    println!("admin key: {}\nCtrl-C to stop.", emulator.admin_key());
     crate::serve::shutdown_signal().await;
     emulator.shutdown().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The registry file's configuration, or the built-in demo registry.
+fn registry(path: Option<&Path>) -> anyhow::Result<EmulatorConfig> {
+    let Some(path) = path else { return Ok(EmulatorConfig::builtin()) };
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    EmulatorConfig::from_toml_str(&text).with_context(|| format!("{}", path.display()))
+}
+
+/// Writes `text` to `path`, created or truncated; on Unix with mode 0600, also when the file
+/// existed with another mode.
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    #[cfg(unix)]
+    file.set_permissions(<std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600))?;
+    file.write_all(text.as_bytes())
 }

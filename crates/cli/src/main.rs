@@ -109,6 +109,14 @@ enum Command {
         /// Where to listen.
         #[arg(long, default_value = "127.0.0.1:8787")]
         listen: SocketAddr,
+        /// Also write the per-run admin key (printed as `admin key: KEY`) to this file, readable
+        /// by its owner only.
+        #[arg(long, value_name = "PATH")]
+        admin_key_file: Option<PathBuf>,
+        /// Also answer admin requests whose Host is NAME (any port), beside localhost,
+        /// 127.0.0.1 and [::1]: a container's or CI service's name. Repeatable.
+        #[arg(long = "allow-host", value_name = "NAME")]
+        allow_hosts: Vec<String>,
     },
 }
 
@@ -207,7 +215,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         #[cfg(feature = "emulator")]
         Command::Demo => demo::run().await,
         #[cfg(feature = "emulator")]
-        Command::Emulator { registry, listen } => demo::serve_emulator(registry.as_deref(), listen).await,
+        Command::Emulator { registry, listen, admin_key_file, allow_hosts } => {
+            demo::serve_emulator(demo::EmulatorOptions { registry, listen, admin_key_file, allow_hosts }).await
+        }
         Command::Token(TokenCommand::Inspect { token, tenant_id, application_id, json }) => {
             commands::inspect(token.as_deref(), tenant_id, application_id, json)
         }

@@ -45,6 +45,13 @@ pub struct SettingsUpdate {
     /// New device limit per minute; `Some(None)` switches it off.
     #[serde(default, deserialize_with = "present")]
     pub device_rate_per_min: Option<Option<u32>>,
+    /// New `Cache-Control: max-age` of the JWKS, in seconds; `Some(None)` sends none.
+    #[serde(default, deserialize_with = "nullable")]
+    pub jwks_max_age_s: Option<Option<u64>>,
+}
+
+fn nullable<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<u64>>, D::Error> {
+    Option::<u64>::deserialize(d).map(Some)
 }
 
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<u32>>, D::Error> {
@@ -65,6 +72,9 @@ impl AppState {
             }
             if let Some(v) = u.device_rate_per_min {
                 s.device_rate_per_min = v;
+            }
+            if let Some(v) = u.jwks_max_age_s {
+                s.jwks_max_age_s = v;
             }
         })
     }

@@ -125,12 +125,24 @@ impl AuditEntry {
     }
 }
 
-/// What the audit log keeps at most; older entries are dropped first.
+/// What the audit log keeps at most by default ([`crate::EmulatorConfig::audit_capacity`]);
+/// older entries are dropped first, and counted.
 pub const AUDIT_CAPACITY: usize = 100_000;
 
-#[derive(Debug, Default)]
+/// The audit log: a ring buffer of `capacity` entries that counts what it drops.
+#[derive(Debug)]
 pub(crate) struct AuditLog {
-    inner: Mutex<(u64, VecDeque<AuditEntry>)>,
+    capacity: usize,
+    inner: Mutex<Ring>,
+}
+
+#[derive(Debug, Default)]
+struct Ring {
+    /// The last `seq` given.
+    seq: u64,
+    /// Entries pushed out by the capacity since start (clearing the log is not dropping).
+    dropped: u64,
+    entries: VecDeque<AuditEntry>,
 }
 
 /// What an audit entry is made of before it gets its number and time.
@@ -146,6 +158,26 @@ pub(crate) struct AuditDraft {
 }
 
 impl AuditLog {
+    /// An empty log keeping at most `capacity` entries (at least 1).
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self { capacity: capacity.max(1), inner: Mutex::default() }
+    }
+
+    fn ring(&self) -> std::sync::MutexGuard<'_, Ring> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How many entries the capacity has pushed out since start.
+    pub(crate) fn dropped(&self) -> u64 {
+        self.ring().dropped
+    }
+
+    /// The entries and the dropped count, read together.
+    pub(crate) fn snapshot(&self) -> (Vec<AuditEntry>, u64) {
+        let g = self.ring();
+        (g.entries.iter().cloned().collect(), g.dropped)
+    }
+
     pub(crate) fn record(&self, d: AuditDraft) {
         tracing::info!(
             endpoint = d.endpoint,
@@ -155,10 +187,10 @@ impl AuditLog {
             tenant_id = d.tenant_id.as_deref().unwrap_or("-"),
             "request rejected"
         );
-        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        g.0 += 1;
+        let mut g = self.ring();
+        g.seq += 1;
         let entry = AuditEntry {
-            seq: g.0,
+            seq: g.seq,
             time: Utc::now(),
             endpoint: d.endpoint.to_owned(),
             status: d.status,
@@ -168,18 +200,19 @@ impl AuditLog {
             jti: d.jti,
             detail: d.detail,
         };
-        if g.1.len() >= AUDIT_CAPACITY {
-            g.1.pop_front();
+        while g.entries.len() >= self.capacity {
+            g.entries.pop_front();
+            g.dropped += 1;
         }
-        g.1.push_back(entry);
+        g.entries.push_back(entry);
     }
 
     pub(crate) fn entries(&self) -> Vec<AuditEntry> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).1.iter().cloned().collect()
+        self.ring().entries.iter().cloned().collect()
     }
 
     pub(crate) fn clear(&self) {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).1.clear();
+        self.ring().entries.clear();
     }
 }
 
@@ -245,7 +278,7 @@ mod tests {
 
     #[test]
     fn the_log_numbers_entries_and_is_bounded() {
-        let log = AuditLog::default();
+        let log = AuditLog::new(AUDIT_CAPACITY);
         log.record(AuditDraft {
             endpoint: "x",
             status: 401,
@@ -257,5 +290,20 @@ mod tests {
         assert_eq!((e[0].seq, e[1].seq, e[1].endpoint.as_str()), (1, 2, "y"));
         log.clear();
         assert!(log.entries().is_empty());
+    }
+
+    #[test]
+    fn a_full_log_drops_its_oldest_entries_and_counts_them() {
+        let log = AuditLog::new(2);
+        for endpoint in ["a", "b", "c", "d"] {
+            log.record(AuditDraft { endpoint, status: 401, ..Default::default() });
+        }
+        let (entries, dropped) = log.snapshot();
+        let kept: Vec<(u64, &str)> = entries.iter().map(|e| (e.seq, e.endpoint.as_str())).collect();
+        assert_eq!((kept, dropped), (vec![(3, "c"), (4, "d")], 2));
+        log.clear();
+        log.record(AuditDraft { endpoint: "e", status: 401, ..Default::default() });
+        assert_eq!((log.entries()[0].seq, log.dropped()), (5, 2), "clearing is not dropping");
+        assert_eq!(AuditLog::new(0).capacity, 1);
     }
 }

@@ -1,11 +1,14 @@
-//! The emulator's configuration: the client registry, token lifetimes, rate limits and the
-//! seed of fault randomness. Built in code ([`EmulatorConfig::builtin`] plus setters) or read
-//! from the TOML registry file ([`EmulatorConfig::from_toml_str`]).
+//! The emulator's configuration: the client registry, token lifetimes, rate limits, the seed of
+//! fault randomness, and who may use the admin API (its key and the extra `Host` names it
+//! answers to). Built in code ([`EmulatorConfig::builtin`] plus setters) or read from the TOML
+//! registry file ([`EmulatorConfig::from_toml_str`], which holds the registry part only).
 
 use std::fmt;
 use std::time::Duration;
 
 use serde::Deserialize;
+
+use crate::audit::AUDIT_CAPACITY;
 
 /// A client secret held by the emulator. `Debug` never shows it.
 #[derive(Clone, PartialEq, Eq)]
@@ -18,12 +21,23 @@ impl Secret {
 
     /// Compares in time independent of where the first difference is.
     pub(crate) fn matches(&self, candidate: &str) -> bool {
-        let (a, b) = (self.0.as_bytes(), candidate.as_bytes());
+        self.matches_bytes(candidate.as_bytes())
+    }
+
+    /// [`Secret::matches`] on raw bytes (a header value need not be UTF-8). A length mismatch
+    /// never matches.
+    pub(crate) fn matches_bytes(&self, b: &[u8]) -> bool {
+        let a = self.0.as_bytes();
         let mut diff = a.len() ^ b.len();
         for (i, x) in a.iter().enumerate() {
             diff |= usize::from(x ^ b.get(i).copied().unwrap_or(!x));
         }
         diff == 0
+    }
+
+    /// The secret itself, for the one place that must show it (the admin key's owner).
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
     }
 }
 
@@ -126,13 +140,18 @@ pub struct EmulatorConfig {
     pub(crate) billing_rate_per_min: Option<u32>,
     pub(crate) device_rate_per_min: Option<u32>,
     pub(crate) seed: u64,
+    pub(crate) admin_key: Option<Secret>,
+    pub(crate) allowed_hosts: Vec<String>,
+    pub(crate) audit_capacity: usize,
 }
 
 /// The default seed of fault randomness.
 pub const DEFAULT_SEED: u64 = 0xB111_5EED;
 
 impl Default for EmulatorConfig {
-    /// No clients; the reference platform's lifetimes (900 s / 3600 s) and limits (100 / 500 per minute).
+    /// No clients; the reference platform's lifetimes (900 s / 3600 s) and limits (100 / 500 per
+    /// minute); a random admin key at start; no `Host` names beyond loopback; an audit log of
+    /// [`AUDIT_CAPACITY`] entries.
     fn default() -> Self {
         Self {
             clients: Vec::new(),
@@ -141,6 +160,9 @@ impl Default for EmulatorConfig {
             billing_rate_per_min: Some(100),
             device_rate_per_min: Some(500),
             seed: DEFAULT_SEED,
+            admin_key: None,
+            allowed_hosts: Vec::new(),
+            audit_capacity: AUDIT_CAPACITY,
         }
     }
 }
@@ -289,6 +311,35 @@ impl EmulatorConfig {
         self
     }
 
+    /// The key every admin request must carry in `X-Admin-Key`, instead of a random one
+    /// generated at start (32 hex digits, 128 bits). It must be 16 to 256 visible ASCII
+    /// characters, else [`crate::Emulator::start`] refuses it. `Debug` never shows it.
+    pub fn admin_key(mut self, key: impl Into<String>) -> Self {
+        self.admin_key = Some(Secret::new(key));
+        self
+    }
+
+    /// Also answers admin requests whose `Host` names `name` (any port), beside `localhost`,
+    /// `127.0.0.1` and `[::1]`: for a container's or CI service's name. Repeatable. The name
+    /// is compared without regard to case; it must be visible ASCII without a port, `/` or `@`,
+    /// else [`crate::Emulator::start`] refuses it.
+    pub fn allow_host(mut self, name: impl Into<String>) -> Self {
+        self.allowed_hosts.push(name.into());
+        self
+    }
+
+    /// The extra `Host` names the admin API answers to ([`EmulatorConfig::allow_host`]).
+    pub fn allowed_hosts(&self) -> &[String] {
+        &self.allowed_hosts
+    }
+
+    /// How many entries the audit log keeps (default [`AUDIT_CAPACITY`]; at least 1): older
+    /// ones are dropped first, and counted ([`crate::Emulator::audit_dropped`]).
+    pub fn audit_capacity(mut self, entries: usize) -> Self {
+        self.audit_capacity = entries.max(1);
+        self
+    }
+
     /// The registered clients.
     pub fn clients(&self) -> &[ClientRegistration] {
         &self.clients
@@ -347,7 +398,8 @@ billing = true
 
     #[test]
     fn debug_never_shows_secrets() {
-        let shown = format!("{:?}", EmulatorConfig::builtin());
+        let shown = format!("{:?}", EmulatorConfig::builtin().admin_key("the-admin-key-0123"));
         assert!(!shown.contains("secret-acme") && shown.contains("app-acme"), "{shown}");
+        assert!(!shown.contains("the-admin-key-0123"), "{shown}");
     }
 }

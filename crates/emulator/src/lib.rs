@@ -10,7 +10,8 @@
 //! - the telemetry endpoint `POST /iot/api/v2/devices/{device_id}/telemetry`, on which the
 //!   thread's device-only token works;
 //! - an audit log naming the precise reason of every refusal, counters, and an admin API
-//!   (loopback only) to change lifetimes and limits, grant and withdraw access, revoke tokens,
+//!   (loopback peers naming a loopback `Host`, with the per-run [`Emulator::admin_key`] in
+//!   `X-Admin-Key`) to change lifetimes and limits, grant and withdraw access, revoke tokens,
 //!   rotate keys and inject faults. Every admin operation is also a method of [`Emulator`].
 //!
 //! The claim checks and the event rules are the emulator's own: it is the independent referee
@@ -49,6 +50,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod access;
 mod admin;
 mod audit;
 mod config;
@@ -73,8 +75,9 @@ pub use audit::{AUDIT_CAPACITY, AuditEntry, Counters, Reason};
 pub use config::{ClientRegistration, ConfigError, DEFAULT_SEED, EmulatorConfig};
 pub use faults::{Fault, FaultKind, FaultTarget, FaultTrigger};
 pub use http::{DEFAULT_LIST_LIMIT, MAX_BATCH_EVENTS, MAX_BODY_BYTES, MAX_LIST_LIMIT};
-pub use keys::{Jwk, Jwks};
+pub use keys::{Jwk, Jwks, SigningAlg, UnknownAlg};
 pub use ratelimit::WINDOW as RATE_WINDOW;
+pub use server::HEADER_READ_TIMEOUT;
 pub use state::{ClientInfo, Settings, StoredEvent};
 
 /// The path of the token endpoint.
@@ -99,6 +102,12 @@ pub enum EmulatorError {
     /// The first signing key could not be generated.
     #[error("cannot generate the signing key: {0}")]
     Key(String),
+    /// A value of the configuration is refused (the admin key, an allowed host name).
+    #[error("invalid emulator configuration: {0}")]
+    Config(ConfigError),
+    /// The random admin key could not be generated.
+    #[error("cannot generate the admin key: {0}")]
+    AdminKey(String),
     /// Waiting for Ctrl-C failed.
     #[error("cannot wait for Ctrl-C: {0}")]
     Signal(std::io::Error),
@@ -133,13 +142,20 @@ fn base_url_for(addr: SocketAddr) -> String {
 }
 
 impl Emulator {
-    /// Generates a signing key, binds `listen` (port 0 picks a free port) and serves until
+    /// Checks the admin access of `config` (generating the admin key unless it gives one),
+    /// generates a signing key, binds `listen` (port 0 picks a free port) and serves until
     /// [`Emulator::shutdown`] or drop. Must be called within a Tokio runtime.
     ///
     /// # Errors
+    /// [`EmulatorError::Config`] for a refused admin key or allowed host name,
+    /// [`EmulatorError::AdminKey`] when no random admin key can be had,
     /// [`EmulatorError::Bind`] when the address cannot be bound, [`EmulatorError::Key`] when
-    /// key generation fails.
+    /// signing key generation fails.
     pub async fn start(config: EmulatorConfig, listen: SocketAddr) -> Result<Emulator, EmulatorError> {
+        let access = access::AdminAccess::from_config(&config).map_err(|e| match e {
+            access::AccessError::Config(e) => EmulatorError::Config(e),
+            access::AccessError::Random(e) => EmulatorError::AdminKey(e.to_string()),
+        })?;
         let key = tokio::task::spawn_blocking(keys::NewKey::generate)
             .await
             .map_err(|e| EmulatorError::Key(e.to_string()))?
@@ -149,10 +165,10 @@ impl Emulator {
             .map_err(|source| EmulatorError::Bind { addr: listen, source })?;
         let addr = listener.local_addr().map_err(|source| EmulatorError::Bind { addr: listen, source })?;
         let base_url = base_url_for(addr);
-        let state = Arc::new(state::AppState::new(&config, keys::KeyRing::new(key), base_url.clone()));
+        let state = Arc::new(state::AppState::new(&config, keys::KeyRing::new(key), access, base_url.clone()));
         let router = http::router(Arc::clone(&state));
         let (shutdown, rx) = watch::channel(false);
-        let task = tokio::spawn(server::run(listener, router, rx));
+        let task = tokio::spawn(server::run(listener, router, rx, HEADER_READ_TIMEOUT));
         tracing::info!(%base_url, clients = config.clients.len(), "emulator listening");
         Ok(Emulator { state, addr, base_url, shutdown, task })
     }
@@ -194,6 +210,12 @@ impl Emulator {
         self.addr
     }
 
+    /// The key every admin request must carry in `X-Admin-Key`: the configured one
+    /// ([`EmulatorConfig::admin_key`]) or 32 random hex digits generated at start.
+    pub fn admin_key(&self) -> &str {
+        self.state.admin.key()
+    }
+
     /// Stops accepting, lets open requests finish (at most 5 s), and returns when the server
     /// has stopped.
     pub async fn shutdown(self) {
@@ -208,10 +230,10 @@ impl Emulator {
     }
 
     /// A banner for the command line: the base URL, the endpoints and the registered clients
-    /// (never their secrets).
+    /// (never their secrets, nor the admin key).
     pub fn describe(&self) -> String {
         let mut out = format!(
-            "billsync emulator listening on {}\n  token endpoint: {}\n  billing events: {}\n  admin API:      {}/admin (loopback only)\n  clients:\n",
+            "billsync emulator listening on {}\n  token endpoint: {}\n  billing events: {}\n  admin API:      {}/admin (loopback only, with X-Admin-Key)\n  clients:\n",
             self.base_url,
             self.token_url(),
             self.billing_url(),
@@ -230,9 +252,15 @@ impl Emulator {
 
     // --- reading --------------------------------------------------------------------------
 
-    /// Every refused request so far (at most [`AUDIT_CAPACITY`], oldest dropped first).
+    /// Every refused request so far (at most [`EmulatorConfig::audit_capacity`], by default
+    /// [`AUDIT_CAPACITY`]; the oldest are dropped first).
     pub fn audit(&self) -> Vec<AuditEntry> {
         self.state.audit.entries()
+    }
+
+    /// How many audit entries the capacity has pushed out of the log since start.
+    pub fn audit_dropped(&self) -> u64 {
+        self.state.audit.dropped()
     }
 
     /// Empties the audit log.
@@ -282,14 +310,16 @@ impl Emulator {
     }
 }
 
-/// Runs an emulator on `listen` until Ctrl-C, printing [`Emulator::describe`] to stdout
-/// first: what `billsync emulator --config emulator.toml --listen 127.0.0.1:8787` does.
+/// Runs an emulator on `listen` until Ctrl-C, printing [`Emulator::describe`] and then a line
+/// `admin key: KEY` to stdout first: what `billsync emulator --config emulator.toml --listen
+/// 127.0.0.1:8787` does.
 ///
 /// # Errors
 /// As [`Emulator::start`], or [`EmulatorError::Signal`] when Ctrl-C cannot be awaited.
 pub async fn serve_forever(config: EmulatorConfig, listen: SocketAddr) -> Result<(), EmulatorError> {
     let emulator = Emulator::start(config, listen).await?;
-    println!("{}", emulator.describe());
+    print!("{}", emulator.describe());
+    println!("admin key: {}", emulator.admin_key());
     let waited = tokio::signal::ctrl_c().await;
     println!("shutting down");
     emulator.shutdown().await;

@@ -1,6 +1,7 @@
-//! The accept loop: HTTP/1.1 with hyper, one task per connection. Each request carries a
-//! [`Conn`] extension with the peer address (for the admin API's loopback rule) and a switch
-//! that drops the connection without an answer (for the connection-drop fault).
+//! The accept loop: HTTP/1.1 with hyper, one task per connection, each closed when its client
+//! takes longer than [`HEADER_READ_TIMEOUT`] to send a request's head (slowloris). Each request
+//! carries a [`Conn`] extension with the peer address (for the admin API's loopback rule) and a
+//! switch that drops the connection without an answer (for the connection-drop fault).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use std::time::Duration;
 
 use axum::Router;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
@@ -32,7 +33,16 @@ impl Conn {
 /// How long a graceful shutdown waits for open connections to finish.
 const DRAIN: Duration = Duration::from_secs(5);
 
-pub(crate) async fn run(listener: TcpListener, router: Router, mut shutdown: watch::Receiver<bool>) {
+/// How long a connection may take to send a request's line and headers (and how long an
+/// idle keep-alive connection stays open): a slow or stalled client is disconnected then.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub(crate) async fn run(
+    listener: TcpListener,
+    router: Router,
+    mut shutdown: watch::Receiver<bool>,
+    header_read_timeout: Duration,
+) {
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
@@ -42,7 +52,7 @@ pub(crate) async fn run(listener: TcpListener, router: Router, mut shutdown: wat
                         // Only latency is at stake: small answers may wait for Nagle.
                         tracing::debug!(error = %e, %peer, "cannot set TCP_NODELAY");
                     }
-                    conns.spawn(connection(stream, peer, router.clone(), shutdown.clone()));
+                    conns.spawn(connection(stream, peer, router.clone(), shutdown.clone(), header_read_timeout));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
@@ -65,6 +75,7 @@ async fn connection(
     peer: SocketAddr,
     router: Router,
     mut shutdown: watch::Receiver<bool>,
+    header_read_timeout: Duration,
 ) {
     let abort = Arc::new(Notify::new());
     let info = Conn { peer, abort: Arc::clone(&abort) };
@@ -73,7 +84,10 @@ async fn connection(
         let mut router = router.clone();
         async move { router.call(req).await }
     });
-    let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
     tokio::select! {
         res = conn.as_mut() => {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::access::AdminAccess;
 use crate::audit::{AuditLog, CounterCell};
 use crate::config::{ClientRegistration, EmulatorConfig};
 use crate::faults::Injector;
@@ -26,6 +27,10 @@ pub struct Settings {
     pub billing_rate_per_min: Option<u32>,
     /// Device requests per (tenant, client) pair per 60 s; `None` = off.
     pub device_rate_per_min: Option<u32>,
+    /// `Cache-Control: max-age` of the JWKS, in seconds; `None` (the default) sends no
+    /// `Cache-Control`.
+    #[serde(default)]
+    pub jwks_max_age_s: Option<u64>,
 }
 
 /// A registered client as the admin API shows it (never with its secret).
@@ -153,6 +158,8 @@ pub(crate) struct AppState {
     pub audit: AuditLog,
     pub counters: CounterCell,
     pub faults: Injector,
+    /// The admin key and the `Host` names the admin API answers to.
+    pub admin: AdminAccess,
 }
 
 fn secs(d: Duration) -> u64 {
@@ -160,7 +167,7 @@ fn secs(d: Duration) -> u64 {
 }
 
 impl AppState {
-    pub(crate) fn new(config: &EmulatorConfig, keys: KeyRing, issuer: String) -> Self {
+    pub(crate) fn new(config: &EmulatorConfig, keys: KeyRing, admin: AdminAccess, issuer: String) -> Self {
         let clients = config
             .clients
             .iter()
@@ -178,6 +185,7 @@ impl AppState {
                 device_token_lifetime_s: secs(config.device_token_lifetime),
                 billing_rate_per_min: config.billing_rate_per_min,
                 device_rate_per_min: config.device_rate_per_min,
+                jwks_max_age_s: None,
             }),
             keys,
             tokens: Mutex::new(Tokens::default()),
@@ -185,9 +193,10 @@ impl AppState {
             tenants: RwLock::new(HashMap::new()),
             billing_limiter: Limiter::default(),
             device_limiter: Limiter::default(),
-            audit: AuditLog::default(),
+            audit: AuditLog::new(config.audit_capacity),
             counters: CounterCell::default(),
             faults: Injector::new(config.seed),
+            admin,
         }
     }
 

@@ -46,8 +46,9 @@ fn advance_to(clock: &ManualClock, t: DateTime<Utc>) {
     clock.advance(d);
 }
 
-/// `n` concurrent callers, all started while the stub holds the first token request they
-/// cause; the stub answers once every caller has started (no timer involved).
+/// `n` concurrent callers, all started (each polled once by the cache) while the stub holds the
+/// first token request they cause; the stub answers once every caller has started (no timer
+/// involved).
 async fn burst(stub: &Stub, cache: &Arc<TokenCache>, n: usize) -> Vec<Result<BillingRequestHeaders, TokenError>> {
     let before = stub.token_requests();
     stub.hold();
@@ -57,8 +58,17 @@ async fn burst(stub: &Stub, cache: &Arc<TokenCache>, n: usize) -> Vec<Result<Bil
         .map(|_| {
             let (c, started, finished) = (cache.clone(), started.clone(), finished.clone());
             tokio::spawn(async move {
+                // Started means in the cache's hands: polled once (then waiting on the flight
+                // or on the held request), not merely spawned. A caller counted as started
+                // before its first poll could join after the flight ended, and ask again.
+                let who = tenant();
+                let mut call = c.headers(&who);
+                let first = std::future::poll_fn(|cx| std::task::Poll::Ready(call.as_mut().poll(cx))).await;
                 started.send_modify(|s| *s += 1);
-                let h = c.headers(&tenant()).await;
+                let h = match first {
+                    std::task::Poll::Ready(h) => h,
+                    std::task::Poll::Pending => call.await,
+                };
                 finished.send_modify(|f| *f += 1);
                 h
             })

@@ -117,3 +117,22 @@ async fn a_signature_failure_makes_the_tenant_not_ready() {
     assert!(!d.ready());
     assert_eq!(d.failures(), ["alg_none"], "{d}");
 }
+
+#[tokio::test]
+async fn a_wrong_issuer_and_a_future_nbf_are_named_in_their_claim_checks() {
+    let stub = Stub::start(Reply::good()).await;
+    let strict = OAuthClient::new(config(&stub).with_token_issuer("https://idcs.example.com/other")).unwrap();
+    let d = strict.diagnose(&auth()).await;
+    assert!(!d.ready());
+    assert_eq!(d.failures(), ["wrong_issuer"], "{d}");
+    assert!(check(&d, "claim.iss").hint().unwrap().contains("https://idcs.example.com/other"), "{d}");
+    assert_eq!(check(&d, "claim.nbf").hint(), Some("(absent)"), "{d}");
+
+    let later = chrono::Utc::now().timestamp() + 600;
+    stub.set_default(Reply::Token(TokenSpec::good().claims(serde_json::json!({"nbf": later}))));
+    let d =
+        OAuthClient::new(config(&stub).with_token_issuer("https://idcs.example.com")).unwrap().diagnose(&auth()).await;
+    assert!(!d.ready());
+    assert_eq!(d.failures(), ["not_yet_valid"], "{d}");
+    assert!(check(&d, "claim.iss").hint().unwrap().contains("configured token_issuer"), "{d}");
+}

@@ -60,8 +60,17 @@ pub fn other_keys() -> &'static KeyPair {
 /// How a token is signed.
 #[derive(Clone, Debug)]
 pub enum Signing {
-    Rs256 { kid: String },
-    OtherKey { kid: String },
+    Rs256 {
+        kid: String,
+    },
+    /// The published key (`keys()`), with another RSA algorithm in the header.
+    SameKey {
+        alg: Algorithm,
+        kid: String,
+    },
+    OtherKey {
+        kid: String,
+    },
     AlgNone,
     Hs256WithPublicKey,
 }
@@ -139,6 +148,11 @@ pub struct StubState {
     clock_offset_s: AtomicI64,
     delay_ms: AtomicU64,
     issued: AtomicU64,
+    /// The keys of the JWKS: the published key under [`KID`] and an HMAC key, unless a test
+    /// sets others.
+    jwks_keys: Mutex<Vec<Value>>,
+    /// The JWKS response's `Cache-Control` header; `None` leaves it out.
+    jwks_cache_control: Mutex<Option<String>>,
     /// Token requests that have arrived (the same count as `token_requests`, to wait on).
     arrived: watch::Sender<usize>,
     /// Whether token requests are answered; `false` holds them at the stub.
@@ -168,6 +182,8 @@ impl Stub {
             clock_offset_s: AtomicI64::new(0),
             delay_ms: AtomicU64::new(0),
             issued: AtomicU64::new(0),
+            jwks_keys: Mutex::new(vec![jwk(KID, Some("RS256")), json!({"kty": "oct", "kid": "hmac", "k": "c2VjcmV0"})]),
+            jwks_cache_control: Mutex::new(None),
             arrived: watch::Sender::new(0),
             open: watch::Sender::new(true),
         });
@@ -197,6 +213,14 @@ impl Stub {
     }
     pub fn jwks_requests(&self) -> usize {
         self.state.jwks_requests.load(Ordering::SeqCst)
+    }
+    /// Publishes these keys in the JWKS from now on (see [`jwk`]).
+    pub fn set_jwks_keys(&self, keys: Vec<Value>) {
+        *self.state.jwks_keys.lock().unwrap() = keys;
+    }
+    /// Sends this `Cache-Control` header with the JWKS from now on (`None`: no header).
+    pub fn set_jwks_cache_control(&self, value: Option<&str>) {
+        *self.state.jwks_cache_control.lock().unwrap() = value.map(str::to_owned);
     }
     pub fn recorded(&self) -> Vec<Recorded> {
         self.state.recorded.lock().unwrap().clone()
@@ -252,6 +276,11 @@ pub fn sign(claims: &Value, signing: &Signing) -> String {
     match signing {
         Signing::Rs256 { kid } => {
             let mut h = Header::new(Algorithm::RS256);
+            h.kid = Some(kid.clone());
+            jsonwebtoken::encode(&h, claims, &keys().encoding).unwrap()
+        }
+        Signing::SameKey { alg, kid } => {
+            let mut h = Header::new(*alg);
             h.kid = Some(kid.clone());
             jsonwebtoken::encode(&h, claims, &keys().encoding).unwrap()
         }
@@ -337,13 +366,24 @@ async fn token(
     resp
 }
 
-async fn jwks(State(state): State<Arc<StubState>>) -> axum::Json<Value> {
+async fn jwks(State(state): State<Arc<StubState>>) -> Response {
     state.jwks_requests.fetch_add(1, Ordering::SeqCst);
+    let keys = state.jwks_keys.lock().unwrap().clone();
+    let mut resp = axum::Json(json!({ "keys": keys })).into_response();
+    if let Some(cc) = state.jwks_cache_control.lock().unwrap().as_deref() {
+        resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_str(cc).unwrap());
+    }
+    resp
+}
+
+/// The published key (`keys()`) as a JWK under `kid`, with `alg` when given.
+pub fn jwk(kid: &str, alg: Option<&str>) -> Value {
     let k = keys();
-    axum::Json(json!({"keys": [
-        {"kty": "RSA", "kid": KID, "use": "sig", "alg": "RS256", "n": k.n, "e": k.e},
-        {"kty": "oct", "kid": "hmac", "k": "c2VjcmV0"}
-    ]}))
+    let mut v = json!({"kty": "RSA", "kid": kid, "use": "sig", "n": k.n, "e": k.e});
+    if let Some(a) = alg {
+        v["alg"] = json!(a);
+    }
+    v
 }
 
 pub fn b64(s: &str) -> String {

@@ -9,17 +9,19 @@ use billsync_emulator::{Emulator, EmulatorConfig, Fault, FaultKind};
 use sqlx::Connection;
 
 /// A throwaway database on the test server; dropped at the end.
-struct Database {
+pub(crate) struct Database {
     admin_url: String,
     name: String,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Database {
-    async fn create() -> Self {
+    pub(crate) async fn create() -> Self {
         let admin_url = std::env::var("BILLSYNC_TEST_DATABASE_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        let name = format!("billsync_fleet_{}", std::process::id());
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let name = format!("billsync_fleet_{}_{n}", std::process::id());
         let mut c = sqlx::PgConnection::connect(&admin_url)
             .await
             .unwrap_or_else(|e| panic!("PostgreSQL must answer at {admin_url} (run scripts/ensure-postgres.sh): {e}"));
@@ -29,7 +31,7 @@ impl Database {
         Self { url: format!("{base}/{name}"), admin_url, name }
     }
 
-    async fn drop_it(self) {
+    pub(crate) async fn drop_it(self) {
         let mut c = sqlx::PgConnection::connect(&self.admin_url).await.unwrap();
         let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)).execute(&mut c).await;
     }

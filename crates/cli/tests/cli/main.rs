@@ -6,6 +6,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 mod fleet;
+mod secrets;
 
 use billsync_emulator::{Emulator, EmulatorConfig};
 
@@ -280,6 +281,27 @@ async fn http_get(port: u16, path: &str) -> (String, String) {
     buf.split_once("\r\n\r\n").map(|(h, b)| (h.to_owned(), b.to_owned())).unwrap_or_default()
 }
 
+/// Sends `request` as is on a new connection; the whole answer.
+async fn raw_http(port: u16, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).await.unwrap();
+    answer
+}
+
+/// The port of the banner's first line and the key of its `admin key: ` line, read from the
+/// emulator's standard output.
+fn read_banner(out: std::process::ChildStdout) -> (u16, String) {
+    use std::io::BufRead;
+    let mut lines = std::io::BufReader::new(out).lines().map(Result::unwrap);
+    let first = lines.next().expect("a banner");
+    let port = first.trim().rsplit(':').next().and_then(|p| p.parse().ok()).expect("the banner names the port");
+    let key = lines.take(30).find_map(|l| l.strip_prefix("admin key: ").map(str::to_owned));
+    (port, key.expect("a line `admin key: KEY`"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_emulator_runs_standalone_with_and_without_a_registry() {
     let dir = tempfile::tempdir().unwrap();
@@ -289,39 +311,51 @@ async fn the_emulator_runs_standalone_with_and_without_a_registry() {
         "billing_token_lifetime_s = 900\ndevice_token_lifetime_s = 3600\nbilling_rate_per_min = 100\ndevice_rate_per_min = 500\n\n[[clients]]\nclient_id = \"app-a\"\nclient_secret = \"secret-a\"\ntenants = [\"tenant-a\"]\nbilling = true\n",
     )
     .unwrap();
-    for args in [vec![], vec!["--config".to_owned(), registry.display().to_string()]] {
+    let key_file = dir.path().join("admin.key");
+    let with_registry = ["--config", registry.to_str().unwrap(), "--allow-host", "ci-emulator"];
+    for args in [&[][..], &with_registry[..]] {
         let mut child = Command::new(env!("CARGO_BIN_EXE_billsync"))
             .arg("emulator")
-            .args(&args)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .args(["--listen", "127.0.0.1:0", "--admin-key-file", key_file.to_str().unwrap()])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        // The banner's first line names the port it chose.
-        let mut banner = String::new();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut banner).unwrap();
-        let port: u16 =
-            banner.trim().rsplit(':').next().and_then(|p| p.parse().ok()).expect("the banner names the port");
+        let (port, key) = read_banner(child.stdout.take().unwrap());
         let (client, secret) = if args.is_empty() { ("app-acme", "secret-acme") } else { ("app-a", "secret-a") };
-        let mut answer = String::new();
-        {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-            let body = format!(
-                "grant_type=client_credentials&client_id={client}&client_secret={secret}&scope=urn:oracle:iot:billing:write"
-            );
-            let req = format!(
-                "POST /oauth2/v1/token HTTP/1.0\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            );
-            s.write_all(req.as_bytes()).await.unwrap();
-            s.read_to_string(&mut answer).await.unwrap();
-        }
+        let body = format!(
+            "grant_type=client_credentials&client_id={client}&client_secret={secret}&scope=urn:oracle:iot:billing:write"
+        );
+        let token = raw_http(port, &format!(
+            "POST /oauth2/v1/token HTTP/1.0\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ))
+        .await;
+        let admin = |host: &str, key: Option<&str>| {
+            let key = key.map(|k| format!("X-Admin-Key: {k}\r\n")).unwrap_or_default();
+            format!("GET /admin/counters HTTP/1.0\r\nHost: {host}\r\n{key}\r\n")
+        };
+        let without_key = raw_http(port, &admin("127.0.0.1", None)).await;
+        let with_key = raw_http(port, &admin(&format!("localhost:{port}"), Some(&key))).await;
+        let service_name = raw_http(port, &admin("ci-emulator", Some(&key))).await;
         let _ = child.kill();
         let _ = child.wait();
-        assert!(answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"), "{answer}");
-        assert!(answer.contains("urn:oracle:iot:billing:write"), "{answer}");
+        assert!(token.starts_with("HTTP/1.0 200") || token.starts_with("HTTP/1.1 200"), "{token}");
+        assert!(token.contains("urn:oracle:iot:billing:write"), "{token}");
+        assert_eq!(key.len(), 32, "{key}");
+        assert_eq!(std::fs::read_to_string(&key_file).unwrap().trim_end(), key);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777, 0o600);
+            // The next run finds the file readable by all: it must make it private again.
+            std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        assert!(without_key.contains(" 401 ") && without_key.contains("admin_key_required"), "{without_key}");
+        assert!(with_key.contains(" 200 ") && with_key.contains("tokens_issued"), "{with_key}");
+        let allowed = if args.is_empty() { " 403 " } else { " 200 " };
+        assert!(service_name.contains(allowed), "--allow-host {args:?}: {service_name}");
     }
 }
 

@@ -1,22 +1,23 @@
 //! The admin API: the same operations as the methods of [`crate::Emulator`], over HTTP under
-//! `/admin`, answered only to loopback peers (anyone else gets `403`).
+//! `/admin`, behind the gate of `admin_gate` (loopback peer, loopback or allowed `Host`, the
+//! per-run key in `X-Admin-Key`).
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::Response;
 use axum::routing::{get, post, put};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+use super::admin_gate::admin_gate;
 use super::reply::{St, json_reply};
 use crate::admin::{AdminError, SettingsUpdate, rotate};
 use crate::config::ClientSpec;
 use crate::faults::Fault;
-use crate::server::Conn;
 use crate::state::ClientInfo;
 
 pub(crate) fn router(state: St) -> Router<St> {
@@ -32,24 +33,7 @@ pub(crate) fn router(state: St) -> Router<St> {
         .route("/faults", get(faults).post(inject).delete(clear_faults))
         .route("/events/{tenant_id}", get(event_ids))
         .route("/sign", post(sign))
-        .layer(middleware::from_fn_with_state(state, loopback_only))
-}
-
-async fn loopback_only(State(_): State<St>, req: Request, next: Next) -> Response {
-    if admin_allowed(req.extensions().get::<Conn>().map(|c| c.peer.ip())) {
-        next.run(req).await
-    } else {
-        json_reply(
-            StatusCode::FORBIDDEN,
-            &json!({"error": "forbidden", "error_description": "the admin API answers loopback peers only"}),
-        )
-    }
-}
-
-/// The admin API answers loopback peers only (IPv4-mapped IPv6 loopback included); a request
-/// whose peer is unknown is refused.
-fn admin_allowed(peer: Option<std::net::IpAddr>) -> bool {
-    peer.is_some_and(|ip| ip.to_canonical().is_loopback())
+        .layer(middleware::from_fn_with_state(state, admin_gate))
 }
 
 fn ok(value: impl serde::Serialize) -> Response {
@@ -74,7 +58,8 @@ fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, Box<Response>> {
 }
 
 async fn audit(State(st): State<St>) -> Response {
-    ok(st.audit.entries())
+    let (entries, dropped) = st.audit.snapshot();
+    ok(json!({"entries": entries, "dropped": dropped}))
 }
 
 async fn clear_audit(State(st): State<St>) -> StatusCode {
@@ -188,25 +173,29 @@ async fn event_ids(State(st): State<St>, Path(tenant_id): Path<String>) -> Respo
     ok(json!({"tenant_id": tenant_id, "event_ids": ids}))
 }
 
-async fn sign(State(st): State<St>, body: Bytes) -> Response {
+/// `POST /admin/sign[?alg=RS384]`, the claims as the body: signs them as given (`iss`, `nbf`,
+/// `exp`, ... included) with the current key and `alg` in the header (RS256 by default; RS384,
+/// RS512, PS256, PS384 and PS512 make tokens the platform refuses).
+async fn sign(State(st): State<St>, query: axum::extract::RawQuery, body: Bytes) -> Response {
+    let alg = match sign_alg(query.0.as_deref()) {
+        Ok(alg) => alg,
+        Err(description) => return fail(StatusCode::BAD_REQUEST, "invalid_request", description),
+    };
     match parse::<Value>(&body) {
-        Ok(claims @ Value::Object(_)) => ok(json!({"token": st.keys.sign(&claims)})),
+        Ok(claims @ Value::Object(_)) => ok(json!({"token": st.keys.sign_as(&claims, alg)})),
         Ok(_) => fail(StatusCode::BAD_REQUEST, "invalid_request", "the claims must be a JSON object"),
         Err(r) => *r,
     }
 }
 
-#[cfg(test)]
-mod peer_tests {
-    use super::admin_allowed;
-
-    #[test]
-    fn only_loopback_peers_reach_the_admin_api() {
-        let allowed = |s: &str| admin_allowed(Some(s.parse().unwrap()));
-        assert!(allowed("127.0.0.1") && allowed("127.8.9.1") && allowed("::1") && allowed("::ffff:127.0.0.1"));
-        assert!(
-            !allowed("192.0.2.2") && !allowed("10.0.0.1") && !allowed("::ffff:10.0.0.1") && !allowed("2001:db8::1")
-        );
-        assert!(!admin_allowed(None));
+/// The `alg` of `POST /admin/sign`'s query (the only parameter), RS256 when absent.
+fn sign_alg(query: Option<&str>) -> Result<crate::SigningAlg, String> {
+    let mut alg = crate::SigningAlg::default();
+    for (name, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match &*name {
+            "alg" => alg = value.parse().map_err(|e: crate::UnknownAlg| e.to_string())?,
+            other => return Err(format!("unknown parameter {other:?}; the only one is alg")),
+        }
     }
+    Ok(alg)
 }

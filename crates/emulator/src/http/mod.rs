@@ -7,6 +7,7 @@
 //! starting the router; `crate::admin` holds the admin operations and knows no HTTP.
 
 mod admin;
+mod admin_gate;
 mod billing;
 mod body;
 mod claims;

@@ -15,7 +15,7 @@ use super::claims::{
     SHORT_BILLING_WRITE, SHORT_DEVICE_WRITE,
 };
 use super::ctx::{Ctx, post_faults, pre_faults};
-use super::reply::{St, error_body, header_str, json_reply};
+use super::reply::{St, error_body, header_str, json_reply, set_header};
 use crate::audit::Reason;
 use crate::faults::FaultTarget;
 use crate::server::Conn;
@@ -25,8 +25,15 @@ const ENDPOINT: &str = "POST /oauth2/v1/token";
 /// Largest body of the token endpoint.
 const MAX_FORM_BYTES: usize = 64 * 1024;
 
+/// The JWKS, with `Cache-Control: public, max-age=N` when the settings give a max-age
+/// (`jwks_max_age_s`), none otherwise; counted under `GET /oauth2/v1/keys`.
 pub(super) async fn jwks(State(st): State<St>) -> Response {
-    json_reply(StatusCode::OK, &serde_json::to_value(st.keys.jwks()).unwrap_or(Value::Null))
+    Ctx::new(&st, "GET /oauth2/v1/keys").count(200, &[]);
+    let mut r = json_reply(StatusCode::OK, &serde_json::to_value(st.keys.jwks()).unwrap_or(Value::Null));
+    if let Some(max_age) = st.settings().jwks_max_age_s {
+        set_header(&mut r, "cache-control", format!("public, max-age={max_age}"));
+    }
+    r
 }
 
 /// The token request's parameters, in the order sent. Kept as pairs, not one field per

@@ -114,6 +114,15 @@ impl TestApp {
         format!("{}{path}", self.emu.base_url())
     }
 
+    /// An admin API request with the emulator's `X-Admin-Key`, and a JSON body if given.
+    pub async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Reply {
+        let mut req = self.http.request(method, self.url(path)).header("x-admin-key", self.emu.admin_key());
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        Reply::read(req.send().await.expect("admin request")).await
+    }
+
     /// `POST /oauth2/v1/token` with a form, optionally with HTTP Basic credentials.
     pub async fn token_request(&self, form: &[(&str, &str)], basic: Option<(&str, &str)>) -> Reply {
         let mut req = self.http.post(self.emu.token_url()).form(form);

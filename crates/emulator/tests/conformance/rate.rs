@@ -52,15 +52,8 @@ async fn limits_change_at_run_time_through_the_admin_api() {
     // Arrange
     let app = spawn().await;
     // Act
-    let r = Reply::read(
-        app.http
-            .post(app.url("/admin/settings"))
-            .json(&json!({"billing_rate_per_min": 2, "device_rate_per_min": null}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let body = json!({"billing_rate_per_min": 2, "device_rate_per_min": null});
+    let r = app.admin(reqwest::Method::POST, "/admin/settings", Some(body)).await;
     // Assert
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.json["billing_rate_per_min"], 2);

@@ -108,12 +108,13 @@ async fn the_admin_audit_endpoint_serves_the_same_log() {
     let device = app.token(INITECH, None).await;
     app.post_as(&device, INITECH, &batch(&[&fresh_id("a")])).await;
     // Act
-    let r = Reply::read(app.http.get(app.url("/admin/audit")).send().await.unwrap()).await;
+    let r = app.admin(reqwest::Method::GET, "/admin/audit", None).await;
     // Assert
     assert_eq!(r.status, 200);
-    let entries: Vec<billsync_emulator::AuditEntry> = serde_json::from_value(r.json.clone()).unwrap();
+    let entries: Vec<billsync_emulator::AuditEntry> = serde_json::from_value(r.json["entries"].clone()).unwrap();
     assert_eq!(entries, app.emu.audit());
-    assert_eq!(r.json[0]["reasons"], json!(["missing_scope", "audience_missing"]));
-    assert_eq!(r.json[0]["endpoint"], "POST /iot/api/v2/billing/events");
-    assert!(r.json[0]["time"].as_str().is_some());
+    assert_eq!(r.json["dropped"], 0);
+    assert_eq!(r.json["entries"][0]["reasons"], json!(["missing_scope", "audience_missing"]));
+    assert_eq!(r.json["entries"][0]["endpoint"], "POST /iot/api/v2/billing/events");
+    assert!(r.json["entries"][0]["time"].as_str().is_some());
 }

@@ -4,9 +4,9 @@ use std::collections::BTreeSet;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use billsync_emulator::{ClientRegistration, EmulatorConfig, Reason};
+use billsync_emulator::{ClientRegistration, EmulatorConfig, Reason, SettingsUpdate, SigningAlg};
 use rsa::pkcs1v15::{Signature, VerifyingKey};
-use rsa::sha2::Sha256;
+use rsa::sha2::{Sha256, Sha384};
 use rsa::signature::Verifier;
 use rsa::{BigUint, RsaPublicKey};
 
@@ -215,4 +215,90 @@ async fn tenant_id_selects_among_a_clients_tenants() {
     let post = app.post_billing(Some(token), Some("m-1"), Some("app-multi"), &batch(&[&fresh_id("m")])).await;
     assert_eq!(post.status, 401);
     assert_eq!(app.last_reasons(), [Reason::TenantClaimMissing]);
+}
+
+/// The JWKS's key as an RSA public key.
+fn public_key(jwk: &serde_json::Value) -> RsaPublicKey {
+    let part = |name: &str| BigUint::from_bytes_be(&URL_SAFE_NO_PAD.decode(jwk[name].as_str().unwrap()).unwrap());
+    RsaPublicKey::new(part("n"), part("e")).unwrap()
+}
+
+#[tokio::test]
+async fn the_admin_sign_endpoint_signs_with_the_alg_asked_for() {
+    // Arrange: claims a test wants verbatim, iss and nbf included.
+    let app = spawn().await;
+    let claims = serde_json::json!({"iss": "https://elsewhere.example", "nbf": 4_102_444_800_i64, "sub": ACME.0});
+    // Act
+    let sign = |query: &'static str| {
+        let req = app.http.post(app.url(&format!("/admin/sign{query}"))).header("x-admin-key", app.emu.admin_key());
+        async { Reply::read(req.json(&claims).send().await.unwrap()).await }
+    };
+    let rs384 = sign("?alg=RS384").await;
+    let default = sign("").await;
+    let hs256 = sign("?alg=HS256").await;
+    // Assert
+    assert_eq!(rs384.status, 200, "{rs384:?}");
+    let token = rs384.json["token"].as_str().unwrap();
+    let (header, payload) = jwt_parts(token);
+    assert_eq!((header["alg"].as_str(), header["kid"].as_str()), (Some("RS384"), Some(app.emu.current_kid().as_str())));
+    assert_eq!(payload, claims);
+    let (signed, sig) = token.rsplit_once('.').unwrap();
+    let sig = Signature::try_from(URL_SAFE_NO_PAD.decode(sig).unwrap().as_slice()).unwrap();
+    let key = public_key(&serde_json::to_value(&app.emu.jwks().keys[0]).unwrap());
+    VerifyingKey::<Sha384>::new(key).verify(signed.as_bytes(), &sig).expect("RS384 with the published key");
+    assert_eq!(jwt_parts(default.json["token"].as_str().unwrap()).0["alg"], "RS256");
+    assert_eq!((hs256.status, hs256.error()), (400, "invalid_request"), "{hs256:?}");
+    assert!(hs256.json["error_description"].as_str().unwrap().contains("alg"), "{hs256:?}");
+    // The platform itself takes RS256 only.
+    let good_claims = jwt_parts(&app.signed(ACME, serde_json::json!({}))).1;
+    let rs512 = app.emu.sign_claims_with(&good_claims, SigningAlg::Rs512);
+    assert_eq!(jwt_parts(&rs512).0["alg"], "RS512");
+    assert_eq!(app.post_as(&rs512, ACME, &batch(&[&fresh_id("a")])).await.status, 401);
+    assert_eq!(app.last_reasons(), [Reason::BadSignature]);
+}
+
+#[tokio::test]
+async fn the_jwks_carries_the_max_age_the_settings_give() {
+    // Arrange
+    let app = spawn().await;
+    let jwks = || async { Reply::read(app.http.get(app.emu.keys_url()).send().await.unwrap()).await };
+    let unset = jwks().await;
+    // Act
+    let set = app.http.post(app.url("/admin/settings")).header("x-admin-key", app.emu.admin_key());
+    let set = Reply::read(set.json(&serde_json::json!({"jwks_max_age_s": 300})).send().await.unwrap()).await;
+    let with_max_age = jwks().await;
+    app.emu.update_settings(SettingsUpdate { jwks_max_age_s: Some(None), ..SettingsUpdate::default() });
+    let switched_off = jwks().await;
+    app.emu.set_jwks_max_age(Some(std::time::Duration::from_secs(60)));
+    let by_method = jwks().await;
+    // Assert
+    assert_eq!(unset.header("cache-control"), None);
+    assert_eq!(set.json["jwks_max_age_s"], 300, "{set:?}");
+    assert_eq!(with_max_age.header("cache-control"), Some("public, max-age=300"));
+    assert_eq!(switched_off.header("cache-control"), None);
+    assert_eq!(by_method.header("cache-control"), Some("public, max-age=60"));
+    assert_eq!(app.emu.settings().jwks_max_age_s, Some(60));
+    assert_eq!(app.emu.counters().requests_by_endpoint.get("GET /oauth2/v1/keys"), Some(&4));
+}
+
+#[tokio::test]
+async fn a_withdrawn_key_leaves_the_jwks_and_stops_verifying() {
+    // Arrange: a token signed with the first key, then a rotation.
+    let app = spawn().await;
+    let old_kid = app.emu.current_kid();
+    let old_token = app.billing_token(ACME).await;
+    let new_kid = app.emu.rotate_keys().await.unwrap();
+    // Act
+    let current_refused = app.emu.withdraw_key(&new_kid);
+    let withdrawn = app.emu.withdraw_key(&old_kid);
+    let again = app.emu.withdraw_key(&old_kid);
+    // Assert
+    assert!(!current_refused, "the signing key stays");
+    assert!(withdrawn && !again);
+    let kids: Vec<String> = app.emu.jwks().keys.into_iter().map(|k| k.kid).collect();
+    assert_eq!(kids, [new_kid]);
+    assert_eq!(app.post_as(&old_token, ACME, &batch(&[&fresh_id("w")])).await.status, 401);
+    assert_eq!(app.last_reasons(), [Reason::BadSignature]);
+    let new_token = app.billing_token(ACME).await;
+    assert_eq!(app.post_as(&new_token, ACME, &batch(&[&fresh_id("w")])).await.status, 202);
 }
