@@ -17,7 +17,7 @@ use billsync_transport::HttpBillingApi;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, Credential};
 use crate::engine::{Blocked, Engine, Ports, SyncSettings, TenantReport, TenantState};
 use crate::health::Health;
 use crate::metrics::Metrics;
@@ -150,10 +150,20 @@ fn token_cache(config: &Config, http: &HttpSettings, clock: Arc<dyn Clock>) -> R
     }
     let mut auths = Vec::new();
     for t in &config.tenants {
-        let mut a = TenantAuth::new(t.tenant.clone(), billsync_domain::ClientSecret::new(t.secret.secret()))
-            .with_auth_method(t.auth_method)
-            .with_scope(platform.billing_scope.clone())
-            .with_jwks_verification(t.verify_jwks);
+        let mut a = match &t.credential {
+            Credential::Secret(secret) => {
+                TenantAuth::new(t.tenant.clone(), billsync_domain::ClientSecret::new(secret.secret()))
+                    .with_auth_method(t.auth_method)
+            }
+            Credential::PrivateKey { key, lifetime } => {
+                TenantAuth::new_private_key_jwt(t.tenant.clone(), key.clone()).with_assertion_lifetime(*lifetime)?
+            }
+        }
+        .with_scope(platform.billing_scope.clone())
+        .with_jwks_verification(t.verify_jwks);
+        if let Some(url) = &t.token_url {
+            a = a.with_token_url(url.as_str())?;
+        }
         for (k, v) in &t.extra_token_params {
             a = a.with_extra_param(k, v)?;
         }

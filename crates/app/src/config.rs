@@ -2,6 +2,8 @@
 //! Unknown keys are errors naming the key and line; plain `http://` is refused for anything
 //! but loopback; a file readable by others that holds an inline secret gets a warning.
 
+mod credential;
+pub use credential::Credential;
 mod secret_file;
 mod syntax;
 
@@ -112,6 +114,10 @@ struct RawTenant {
     verify_jwks: bool,
     #[serde(default)]
     allow_insecure_key_permissions: bool,
+    private_key_file: Option<PathBuf>,
+    key_id: Option<String>,
+    assertion_lifetime_seconds: Option<u64>,
+    token_url: Option<String>,
 }
 
 /// The platform's endpoints and what billing needs.
@@ -169,8 +175,10 @@ pub struct SyncConfig {
 pub struct TenantConfig {
     /// Identity.
     pub tenant: Tenant,
-    /// The client secret (redacted in `Debug`).
-    pub secret: ClientSecret,
+    /// The client secret or private key (redacted in `Debug`).
+    pub credential: Credential,
+    /// The tenant's own token endpoint, instead of `[platform] token_url`.
+    pub token_url: Option<Url>,
     /// How to authenticate.
     pub auth_method: AuthMethod,
     /// Extra token request parameters.
@@ -361,10 +369,15 @@ impl RawTenant {
             .map_err(|e| at.invalid(&key("application_id"), e.reason))?;
         let client_id = ClientId::parse(self.client_id.clone().unwrap_or_else(|| self.application_id.clone()))
             .map_err(|e| at.invalid(&key("client_id"), e.reason))?;
-        let secret = self.secret(at, &key, warnings)?;
+        let credential = self.credential(at, &key, warnings)?;
+        let token_url = match &self.token_url {
+            Some(u) => Some(at.url(&key("token_url"), u)?),
+            None => None,
+        };
         Ok(TenantConfig {
             tenant: Tenant::new(name, tenant_id, application_id, client_id),
-            secret,
+            credential,
+            token_url,
             auth_method: self.auth_method.unwrap_or_default(),
             extra_token_params: self.extra_token_params,
             verify_jwks: self.verify_jwks,
@@ -573,7 +586,7 @@ extra_token_params = { audience = "https://iot.oraclecloud.com/billing" }
         assert!(refused.contains("tenants[acme].client_secret_file") && refused.contains("chmod 600"), "{refused}");
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
         let c = Config::parse(&text, &dir.path().join("billsync.toml")).unwrap();
-        assert_eq!(c.tenants[0].secret.secret(), "from-file");
+        assert!(matches!(&c.tenants[0].credential, Credential::Secret(s) if s.secret() == "from-file"));
         let e = parse(&GOOD.replace("client_secret = \"s3cret\"", "client_secret_env = \"BILLSYNC_TEST_UNSET_VAR\""))
             .unwrap_err();
         assert!(e.contains("BILLSYNC_TEST_UNSET_VAR is not set"), "{e}");

@@ -66,7 +66,9 @@ pub mod jsonl;
 pub mod metrics;
 
 pub use agent::{Agent, AgentBuilder, AgentError, TenantStatus};
-pub use billsync_auth::{Diagnosis, InspectError, Inspection, inspect as inspect_token};
+pub use billsync_auth::{
+    AssertionAlgorithm, AssertionKey, Diagnosis, InspectError, Inspection, KeyError, inspect as inspect_token,
+};
 
 /// An error and each of its causes, joined with `: ` (the form logs and reports show, as
 /// `anyhow`'s `{:#}` does): every adapter keeps its driver's error as a source.

@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use tracing::Instrument;
 
 use crate::client::{OAuthClient, shift};
-use crate::config::{AuthConfig, ConfigError, TenantAuth};
+use crate::config::{AuthConfig, AuthMethod, ConfigError, TenantAuth};
 use crate::diagnose::Diagnosis;
 use crate::preflight::Authorized;
 
@@ -71,6 +71,7 @@ impl TokenCache {
     ///
     /// # Errors
     /// [`ConfigError::DuplicateTenant`] when two entries share a tenant name;
+    /// [`ConfigError::MissingPrivateKey`] for a `private_key_jwt` tenant without a key;
     /// [`ConfigError::Http`] if the HTTP client cannot be built.
     pub fn new(config: AuthConfig, tenants: impl IntoIterator<Item = TenantAuth>) -> Result<Self, ConfigError> {
         Self::with_clock(config, tenants, Arc::new(SystemClock))
@@ -91,6 +92,9 @@ impl TokenCache {
             let name = auth.tenant().name().clone();
             if slots.contains_key(&name) {
                 return Err(ConfigError::DuplicateTenant(name.to_string()));
+            }
+            if auth.auth_method() == AuthMethod::PrivateKeyJwt && auth.private_key().is_none() {
+                return Err(ConfigError::MissingPrivateKey { tenant: name.to_string() });
             }
             slots.insert(
                 name,

@@ -9,11 +9,13 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use billsync_domain::{AccessToken, Clock, SystemClock, TenantName, TokenError};
 use chrono::{DateTime, Utc};
+use reqwest::Url;
 use reqwest::header::{ACCEPT, AUTHORIZATION, DATE};
 use serde::Deserialize;
 use tracing::Instrument;
 use zeroize::Zeroizing;
 
+use crate::assertion::{CLIENT_ASSERTION_TYPE, ClientAssertion};
 use crate::config::{AuthConfig, AuthMethod, ConfigError, TenantAuth};
 use crate::jwks::JwksCache;
 
@@ -98,6 +100,8 @@ pub(crate) struct Inner {
     pub jwks: JwksCache,
     requests: Mutex<HashMap<TenantName, u64>>,
     last_skew: Mutex<Option<chrono::Duration>>,
+    /// The last skew measured per token URL (tenants may have their own endpoint).
+    skews: Mutex<HashMap<String, chrono::Duration>>,
 }
 
 impl fmt::Debug for OAuthClient {
@@ -133,6 +137,7 @@ impl OAuthClient {
                 jwks,
                 requests: Mutex::new(HashMap::new()),
                 last_skew: Mutex::new(None),
+                skews: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -166,53 +171,92 @@ impl OAuthClient {
             auth_method = %auth.auth_method(),
             scope = %auth.scope_param(),
         );
-        async {
-            let retry = *self.inner.config.retry();
-            let mut reachable = false;
-            let mut attempt = 1;
-            loop {
-                self.count_request(tenant.name());
-                match self.attempt(auth).await {
-                    Ok(grant) => {
-                        tracing::debug!(attempt, expires_in = ?grant.expires_in, "token issued");
-                        return Ok(grant);
+        self.attempts(auth).instrument(span).await
+    }
+
+    /// The attempts of one token request. A refused client assertion is signed and sent once
+    /// more when the refusal's `Date` revealed a clock skew the assertion did not account for.
+    async fn attempts(&self, auth: &TenantAuth) -> Result<TokenGrant, FetchFailure> {
+        let retry = *self.inner.config.retry();
+        let url = self.endpoint(auth);
+        let (mut reachable, mut attempt, mut resigned) = (false, 1, false);
+        loop {
+            let skew = self.endpoint_skew(&url);
+            match self.attempt(auth, &url).await {
+                Ok(grant) => {
+                    tracing::debug!(attempt, expires_in = ?grant.expires_in, "token issued");
+                    return Ok(grant);
+                }
+                Err(Attempt::Final { reachable: r, error }) => {
+                    reachable |= r;
+                    if !resigned && self.skew_revealed(auth, &url, skew, &error) {
+                        tracing::info!(attempt, error = %error, "client assertion refused; the token endpoint's clock differs from ours, signing again on its time");
+                        resigned = true;
+                        continue;
                     }
-                    Err(Attempt::Final { reachable: r, error }) => {
-                        tracing::warn!(attempt, error = %error, "token request refused");
-                        return Err(FetchFailure { reachable: reachable || r, error });
+                    tracing::warn!(attempt, error = %error, "token request refused");
+                    return Err(FetchFailure { reachable, error });
+                }
+                Err(Attempt::Retry { reachable: r, reason }) => {
+                    reachable |= r;
+                    if attempt >= retry.max_attempts() {
+                        tracing::warn!(attempt, %reason, "token endpoint unavailable, giving up");
+                        let error = TokenError::Unavailable(format!(
+                            "{reason} (after {attempt} attempt{})",
+                            if attempt == 1 { "" } else { "s" }
+                        ));
+                        return Err(FetchFailure { reachable, error });
                     }
-                    Err(Attempt::Retry { reachable: r, reason }) => {
-                        reachable |= r;
-                        if attempt >= retry.max_attempts() {
-                            tracing::warn!(attempt, %reason, "token endpoint unavailable, giving up");
-                            let error = TokenError::Unavailable(format!(
-                                "{reason} (after {attempt} attempt{})",
-                                if attempt == 1 { "" } else { "s" }
-                            ));
-                            return Err(FetchFailure { reachable, error });
-                        }
-                        let wait = retry.backoff(attempt);
-                        tracing::info!(attempt, %reason, wait_ms = wait.as_millis() as u64, "token request failed, retrying");
-                        tokio::time::sleep(wait).await;
-                        attempt += 1;
-                    }
+                    let wait = retry.backoff(attempt);
+                    tracing::info!(attempt, %reason, wait_ms = wait.as_millis() as u64, "token request failed, retrying");
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
                 }
             }
         }
-        .instrument(span)
-        .await
+    }
+
+    /// Whether a refused `private_key_jwt` request was signed with another skew than the one
+    /// now measured for its endpoint (typically: the first request, before any `Date` was seen).
+    fn skew_revealed(&self, auth: &TenantAuth, url: &Url, used: chrono::Duration, error: &TokenError) -> bool {
+        auth.auth_method() == AuthMethod::PrivateKeyJwt
+            && matches!(error, TokenError::Refused { .. })
+            && self.endpoint_skew(url) != used
+    }
+
+    /// The token URL a tenant's requests go to, as posted (no fragment).
+    pub(crate) fn endpoint(&self, auth: &TenantAuth) -> Url {
+        let mut url = auth.token_url_parsed().unwrap_or(self.inner.config.token_url_parsed()).clone();
+        url.set_fragment(None);
+        url
+    }
+
+    /// The skew to correct our clock by for `url`: the last measured there, unless it is noise.
+    fn endpoint_skew(&self, url: &Url) -> chrono::Duration {
+        effective_skew(self.measured_skew_at(url))
+    }
+
+    /// The skew last measured for `url`, raw.
+    pub(crate) fn measured_skew_at(&self, url: &Url) -> Option<chrono::Duration> {
+        self.inner.skews.lock().unwrap_or_else(|p| p.into_inner()).get(url.as_str()).copied()
+    }
+
+    fn record_skew(&self, url: &Url, skew: chrono::Duration) {
+        *self.inner.last_skew.lock().unwrap_or_else(|p| p.into_inner()) = Some(skew);
+        self.inner.skews.lock().unwrap_or_else(|p| p.into_inner()).insert(url.as_str().to_owned(), skew);
     }
 
     /// One request to the token endpoint: a grant, a failure worth retrying, or a final one.
-    async fn attempt(&self, auth: &TenantAuth) -> Result<TokenGrant, Attempt> {
-        let req = self.token_request(auth);
+    async fn attempt(&self, auth: &TenantAuth, url: &Url) -> Result<TokenGrant, Attempt> {
+        let req = self.token_request(auth, url).map_err(|error| Attempt::Final { reachable: false, error })?;
+        self.count_request(auth.tenant().name());
         let sent_at = self.inner.clock.now();
         let resp = req.send().await.map_err(|e| Attempt::Retry { reachable: false, reason: describe(&e) })?;
         let received_at = self.inner.clock.now();
         let status = resp.status();
         let measured_skew = measure_skew(resp.headers(), sent_at, received_at);
         if let Some(skew) = measured_skew {
-            *self.inner.last_skew.lock().unwrap_or_else(|p| p.into_inner()) = Some(skew);
+            self.record_skew(url, skew);
         }
         let body = read_capped(resp).await.map_err(|reason| Attempt::Retry { reachable: true, reason })?;
         let (access_token, expires_in, granted_scope) = classify_answer(status, &body)?;
@@ -226,13 +270,14 @@ impl OAuthClient {
         })
     }
 
-    /// Builds the client-credentials request, authenticated as the tenant's `auth_method` says.
-    fn token_request(&self, auth: &TenantAuth) -> reqwest::RequestBuilder {
-        let cfg = &self.inner.config;
+    /// Builds the client-credentials request to `url`, authenticated as the tenant's
+    /// `auth_method` says.
+    fn token_request(&self, auth: &TenantAuth, url: &Url) -> Result<reqwest::RequestBuilder, TokenError> {
         let tenant = auth.tenant();
         let scope = auth.scope_param();
+        let assertion: ClientAssertion;
         let mut form: Vec<(&str, &str)> = vec![("grant_type", "client_credentials"), ("scope", &scope)];
-        let mut req = self.inner.http.post(cfg.token_url_parsed().clone()).header(ACCEPT, "application/json");
+        let mut req = self.inner.http.post(url.clone()).header(ACCEPT, "application/json");
         match auth.auth_method() {
             AuthMethod::ClientSecretPost => {
                 form.push(("client_id", tenant.client_id().as_str()));
@@ -242,11 +287,33 @@ impl OAuthClient {
                 req =
                     req.header(AUTHORIZATION, basic_authorization(tenant.client_id().as_str(), auth.secret().secret()));
             }
+            AuthMethod::PrivateKeyJwt => {
+                assertion = self.client_assertion(auth, url)?;
+                form.push(("client_assertion_type", CLIENT_ASSERTION_TYPE));
+                form.push(("client_assertion", assertion.secret()));
+                form.push(("client_id", tenant.client_id().as_str()));
+            }
         }
         for (k, v) in auth.extra_params() {
             form.push((k, v));
         }
-        req.form(&form)
+        Ok(req.form(&form))
+    }
+
+    /// A client assertion for `url`, issued now on the endpoint's clock (ours corrected by the
+    /// skew measured from its `Date` header).
+    fn client_assertion(&self, auth: &TenantAuth, url: &Url) -> Result<ClientAssertion, TokenError> {
+        let tenant = auth.tenant();
+        let key = auth.private_key().ok_or_else(|| TokenError::Refused {
+            error: "missing_private_key".into(),
+            description: Some(format!(
+                "tenant {} authenticates with private_key_jwt but has no private key",
+                tenant.name()
+            )),
+        })?;
+        let issued_at = shift(self.inner.clock.now(), self.endpoint_skew(url));
+        key.sign_assertion(tenant.client_id().as_str(), url.as_str(), issued_at, auth.assertion_lifetime())
+            .map_err(|e| TokenError::Refused { error: "client_assertion".into(), description: Some(e.to_string()) })
     }
 }
 
@@ -464,7 +531,8 @@ mod tests {
         let auth = TenantAuth::new(tenant, ClientSecret::new("s3cret")).with_auth_method(AuthMethod::ClientSecretBasic);
         let client = OAuthClient::new(AuthConfig::new("https://idcs.example.com/oauth2/v1/token").unwrap()).unwrap();
 
-        let request = client.token_request(&auth).build().unwrap();
+        let url = client.endpoint(&auth);
+        let request = client.token_request(&auth, &url).unwrap().build().unwrap();
         let value = &request.headers()[AUTHORIZATION];
         assert_eq!(value.to_str().unwrap(), format!("Basic {}", STANDARD.encode("app-acme:s3cret")));
         assert!(value.is_sensitive(), "tooling that prints headers would show the client secret");

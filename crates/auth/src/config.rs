@@ -10,6 +10,8 @@ use billsync_domain::{BILLING_WRITE_SCOPE, BillingPolicy, ClientSecret, RefreshP
 use billsync_http::HttpSettings;
 use reqwest::Url;
 
+use crate::assertion::{AssertionKey, DEFAULT_ASSERTION_LIFETIME, KeyError, MAX_ASSERTION_LIFETIME};
+
 /// What is wrong with an authentication setting.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -25,7 +27,7 @@ pub enum ConfigError {
     },
     /// An extra token parameter that would override one billsync sets itself.
     #[error(
-        "extra token parameter {name:?} is set by billsync itself (grant_type, scope, client_id, client_secret); remove it from extra_token_params"
+        "extra token parameter {name:?} is set by billsync itself (grant_type, scope, client_id, client_secret, client_assertion_type, client_assertion); remove it from extra_token_params"
     )]
     ReservedParameter {
         /// The parameter's name.
@@ -35,7 +37,7 @@ pub enum ConfigError {
     #[error("an extra token parameter has an empty name")]
     EmptyParameterName,
     /// An unknown client authentication method.
-    #[error("unknown token endpoint auth method {0:?}: use client_secret_post or client_secret_basic")]
+    #[error("unknown token endpoint auth method {0:?}: use client_secret_post, client_secret_basic or private_key_jwt")]
     UnknownAuthMethod(String),
     /// The HTTP client could not be built (the CA bundle, TLS initialisation).
     #[error("the HTTP client could not be built")]
@@ -43,6 +45,21 @@ pub enum ConfigError {
     /// The same tenant was configured twice.
     #[error("tenant {0} is configured twice")]
     DuplicateTenant(String),
+    /// A client assertion lifetime of zero or over 300 seconds.
+    #[error("assertion_lifetime {seconds} s is not allowed: a client assertion lives from 1 to 300 seconds")]
+    AssertionLifetime {
+        /// The lifetime given, in whole seconds.
+        seconds: u64,
+    },
+    /// A tenant set to `private_key_jwt` without a private key.
+    #[error("tenant {tenant} authenticates with private_key_jwt but has no private key")]
+    MissingPrivateKey {
+        /// The tenant's name.
+        tenant: String,
+    },
+    /// A private key that cannot sign client assertions.
+    #[error(transparent)]
+    Key(#[from] KeyError),
 }
 
 /// How the client authenticates at the token endpoint (`auth_method` in the configuration).
@@ -54,6 +71,8 @@ pub enum AuthMethod {
     ClientSecretPost,
     /// HTTP Basic with the form-urlencoded id and secret (RFC 6749 §2.3.1).
     ClientSecretBasic,
+    /// A JWT client assertion signed with the tenant's private key (RFC 7523 §2.2); no secret.
+    PrivateKeyJwt,
 }
 
 impl AuthMethod {
@@ -62,6 +81,7 @@ impl AuthMethod {
         match self {
             Self::ClientSecretPost => "client_secret_post",
             Self::ClientSecretBasic => "client_secret_basic",
+            Self::PrivateKeyJwt => "private_key_jwt",
         }
     }
 }
@@ -78,16 +98,18 @@ impl FromStr for AuthMethod {
         match s {
             "client_secret_post" | "post" => Ok(Self::ClientSecretPost),
             "client_secret_basic" | "basic" => Ok(Self::ClientSecretBasic),
+            "private_key_jwt" => Ok(Self::PrivateKeyJwt),
             other => Err(ConfigError::UnknownAuthMethod(other.to_owned())),
         }
     }
 }
 
-const RESERVED_PARAMS: [&str; 4] = ["grant_type", "scope", "client_id", "client_secret"];
+const RESERVED_PARAMS: [&str; 6] =
+    ["grant_type", "scope", "client_id", "client_secret", "client_assertion_type", "client_assertion"];
 
 /// One tenant's client credentials and token request settings.
 ///
-/// Not `Clone`: it holds the client secret. Its `Debug` never shows the secret.
+/// Not `Clone`: it holds the client secret or private key. Its `Debug` never shows either.
 #[derive(Debug)]
 pub struct TenantAuth {
     tenant: Tenant,
@@ -96,6 +118,9 @@ pub struct TenantAuth {
     scopes: Vec<Scope>,
     extra_params: BTreeMap<String, String>,
     verify_jwks: bool,
+    private_key: Option<AssertionKey>,
+    assertion_lifetime: Duration,
+    token_url: Option<Url>,
 }
 
 impl TenantAuth {
@@ -109,7 +134,48 @@ impl TenantAuth {
             scopes: vec![default_scope()],
             extra_params: BTreeMap::new(),
             verify_jwks: false,
+            private_key: None,
+            assertion_lifetime: DEFAULT_ASSERTION_LIFETIME,
+            token_url: None,
         }
+    }
+
+    /// A tenant using `private_key_jwt` with `key` (no client secret), otherwise as
+    /// [`TenantAuth::new`].
+    pub fn new_private_key_jwt(tenant: Tenant, key: AssertionKey) -> Self {
+        Self::new(tenant, ClientSecret::new("")).with_private_key(key)
+    }
+
+    /// Signs client assertions with `key` and switches the method to `private_key_jwt`.
+    pub fn with_private_key(mut self, key: AssertionKey) -> Self {
+        self.private_key = Some(key);
+        self.auth_method = AuthMethod::PrivateKeyJwt;
+        self
+    }
+
+    /// How long each client assertion lives (`exp - iat`, whole seconds; default 60 s).
+    ///
+    /// # Errors
+    /// [`ConfigError::AssertionLifetime`] unless it is from 1 to 300 seconds.
+    pub fn with_assertion_lifetime(mut self, lifetime: Duration) -> Result<Self, ConfigError> {
+        if lifetime < Duration::from_secs(1) || lifetime > MAX_ASSERTION_LIFETIME {
+            return Err(ConfigError::AssertionLifetime { seconds: lifetime.as_secs() });
+        }
+        self.assertion_lifetime = lifetime;
+        Ok(self)
+    }
+
+    /// Requests this tenant's tokens from `url` instead of the configuration's token URL. With
+    /// `private_key_jwt`, the assertion's `aud` is this URL as posted (parsed, without fragment).
+    ///
+    /// # Errors
+    /// [`ConfigError::InvalidUrl`] unless it is an absolute `http`/`https` URL without
+    /// credentials.
+    pub fn with_token_url(mut self, url: &str) -> Result<Self, ConfigError> {
+        let mut url = parse_url("token_url", url)?;
+        url.set_fragment(None);
+        self.token_url = Some(url);
+        Ok(self)
     }
 
     /// Sets the client authentication method.
@@ -182,6 +248,21 @@ impl TenantAuth {
     /// Whether signatures are verified against the JWKS.
     pub fn verify_jwks(&self) -> bool {
         self.verify_jwks
+    }
+    /// The key that signs client assertions, when one is set.
+    pub fn private_key(&self) -> Option<&AssertionKey> {
+        self.private_key.as_ref()
+    }
+    /// How long each client assertion lives.
+    pub fn assertion_lifetime(&self) -> Duration {
+        self.assertion_lifetime
+    }
+    /// This tenant's own token URL, when it overrides the configuration's.
+    pub fn token_url(&self) -> Option<&str> {
+        self.token_url.as_ref().map(Url::as_str)
+    }
+    pub(crate) fn token_url_parsed(&self) -> Option<&Url> {
+        self.token_url.as_ref()
     }
     pub(crate) fn secret(&self) -> &ClientSecret {
         &self.secret
@@ -410,6 +491,19 @@ mod tests {
         let ta = TenantAuth::new(t, ClientSecret::new("s"));
         let e = ta.with_extra_param("scope", "x").unwrap_err();
         assert!(matches!(&e, ConfigError::ReservedParameter { name } if name == "scope"), "{e:?}");
+        let t = Tenant::new("acme".parse().unwrap(), "t".parse().unwrap(), "a".parse().unwrap(), "a".parse().unwrap());
+        for name in ["client_assertion", "client_assertion_type"] {
+            let e = TenantAuth::new(t.clone(), ClientSecret::new("s")).with_extra_param(name, "x").unwrap_err();
+            assert!(matches!(&e, ConfigError::ReservedParameter { .. }), "{name}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn a_tenant_token_url_is_kept_as_posted_without_its_fragment() {
+        let t = Tenant::new("acme".parse().unwrap(), "t".parse().unwrap(), "a".parse().unwrap(), "a".parse().unwrap());
+        let ta =
+            TenantAuth::new(t, ClientSecret::new("s")).with_token_url("https://IdCs.example.com/t?x=1#frag").unwrap();
+        assert_eq!(ta.token_url(), Some("https://idcs.example.com/t?x=1"));
     }
 
     #[test]
@@ -427,6 +521,8 @@ mod tests {
     #[test]
     fn auth_methods_parse() {
         assert_eq!("client_secret_basic".parse::<AuthMethod>().unwrap(), AuthMethod::ClientSecretBasic);
-        assert!("private_key_jwt".parse::<AuthMethod>().is_err());
+        assert_eq!("private_key_jwt".parse::<AuthMethod>().unwrap(), AuthMethod::PrivateKeyJwt);
+        let e = "private_key".parse::<AuthMethod>().unwrap_err();
+        assert!(e.to_string().contains("private_key_jwt"), "{e}");
     }
 }

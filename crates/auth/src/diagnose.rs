@@ -9,7 +9,7 @@ use billsync_domain::{AccessTokenClaims, TokenError, ViolationCode, Violations, 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::client::{OAuthClient, SKEW_TOLERANCE};
+use crate::client::{FetchFailure, OAuthClient, SKEW_TOLERANCE};
 use crate::config::{AuthMethod, TenantAuth};
 use crate::jwks::SignatureError;
 use crate::preflight::{Authorized, Preflight, SignatureStatus};
@@ -155,18 +155,34 @@ fn token_error_code(e: &TokenError) -> String {
     }
 }
 
-fn refused_advice(error: &str, auth: &TenantAuth) -> String {
+/// For `private_key_jwt`: which key signs the assertions and for which audience, or that there
+/// is none. `None` for the other methods.
+fn private_key_check(auth: &TenantAuth, token_url: &str) -> Option<Check> {
+    if auth.auth_method() != AuthMethod::PrivateKeyJwt {
+        return None;
+    }
+    Some(match auth.private_key() {
+        Some(key) => Check::pass(
+            "private_key",
+            Some(format!(
+                "{} key, kid {}; assertions for {token_url} live {} s",
+                key.algorithm(),
+                key.key_id(),
+                auth.assertion_lifetime().as_secs()
+            )),
+        ),
+        None => Check::fail(
+            "private_key",
+            "missing_private_key",
+            format!("client {} authenticates with private_key_jwt but has no private key", auth.tenant().client_id()),
+        ),
+    })
+}
+
+fn refused_advice(error: &str, auth: &TenantAuth, token_url: &str) -> String {
     let client = auth.tenant().client_id();
     match error {
-        "invalid_client" => format!(
-            "check client_id {client} and its secret (Applications > OAuth Clients); the client authenticates with {}, \
-             try {} if the server expects the other",
-            auth.auth_method(),
-            match auth.auth_method() {
-                AuthMethod::ClientSecretPost => AuthMethod::ClientSecretBasic,
-                AuthMethod::ClientSecretBasic => AuthMethod::ClientSecretPost,
-            }
-        ),
+        "invalid_client" => client_advice(auth, token_url),
         "invalid_scope" => format!(
             "client {client} may not request {}; enable Billing Services for it and use the full URN",
             auth.scope_param()
@@ -174,6 +190,30 @@ fn refused_advice(error: &str, auth: &TenantAuth) -> String {
         "unauthorized_client" => format!("client {client} may not use the client_credentials grant"),
         _ => "check token_url and the client registration".into(),
     }
+}
+
+/// What to check when the server refuses the client's authentication (`invalid_client`).
+fn client_advice(auth: &TenantAuth, token_url: &str) -> String {
+    let client = auth.tenant().client_id();
+    let other = match auth.auth_method() {
+        AuthMethod::ClientSecretPost => AuthMethod::ClientSecretBasic,
+        AuthMethod::ClientSecretBasic => AuthMethod::ClientSecretPost,
+        // The server says no more than `invalid_client` about a client assertion.
+        AuthMethod::PrivateKeyJwt => {
+            let key = auth.private_key().map(|k| format!(" whose kid is {} ({})", k.key_id(), k.algorithm()));
+            return format!(
+                "the server does not say why it refused the client assertion: check that client {client} is registered \
+                 for private_key_jwt with the public key{}, that its token URL is exactly {token_url} (the assertion's \
+                 aud), and that the clock skew is small",
+                key.unwrap_or_default()
+            );
+        }
+    };
+    format!(
+        "check client_id {client} and its secret (Applications > OAuth Clients); the client authenticates with {}, \
+         try {other} if the server expects the other",
+        auth.auth_method()
+    )
 }
 
 impl OAuthClient {
@@ -185,7 +225,7 @@ impl OAuthClient {
             name: tenant.name().to_string(),
             ready: false,
             checks: Vec::new(),
-            token_url: self.config().token_url().to_owned(),
+            token_url: self.endpoint(auth).to_string(),
             auth_method: auth.auth_method(),
             headers: HeaderConfig {
                 x_tenant_id: tenant.tenant_id().to_string(),
@@ -198,27 +238,17 @@ impl OAuthClient {
             expires_at: None,
             refresh_at: None,
         };
+        if let Some(check) = private_key_check(auth, &d.token_url) {
+            let ok = check.ok;
+            d.checks.push(check);
+            if !ok {
+                return d;
+            }
+        }
         let grant = match self.request_token(auth).await {
             Ok(g) => g,
             Err(f) => {
-                if f.reachable {
-                    d.checks.push(Check::pass("token_endpoint_reachable", Some(d.token_url.clone())));
-                    let code = token_error_code(&f.error);
-                    let hint = match &f.error {
-                        TokenError::Refused { error, description } => format!(
-                            "{}{}",
-                            description.as_deref().map(|s| format!("{s}; ")).unwrap_or_default(),
-                            refused_advice(error, auth)
-                        ),
-                        other => other.to_string(),
-                    };
-                    d.checks.push(Check::fail("credentials_accepted", &code, hint));
-                } else {
-                    d.checks.push(Check::fail("token_endpoint_reachable", "unreachable", f.error.to_string()));
-                }
-                if let Some(s) = self.last_clock_skew() {
-                    d.clock_skew_seconds = Some(round_seconds(s));
-                }
+                self.record_failure(&mut d, auth, &f);
                 return d;
             }
         };
@@ -231,6 +261,28 @@ impl OAuthClient {
         self.fill(&mut d, auth, &p);
         d.ready = p.outcome.is_ok() && d.checks.iter().all(|c| c.ok);
         d
+    }
+
+    /// Records why no token was issued: unreachable, or refused (with what to check).
+    fn record_failure(&self, d: &mut Diagnosis, auth: &TenantAuth, f: &FetchFailure) {
+        if f.reachable {
+            d.checks.push(Check::pass("token_endpoint_reachable", Some(d.token_url.clone())));
+            let code = token_error_code(&f.error);
+            let hint = match &f.error {
+                TokenError::Refused { error, description } => format!(
+                    "{}{}",
+                    description.as_deref().map(|s| format!("{s}; ")).unwrap_or_default(),
+                    refused_advice(error, auth, &d.token_url)
+                ),
+                other => other.to_string(),
+            };
+            d.checks.push(Check::fail("credentials_accepted", &code, hint));
+        } else {
+            d.checks.push(Check::fail("token_endpoint_reachable", "unreachable", f.error.to_string()));
+        }
+        if let Some(s) = self.measured_skew_at(&self.endpoint(auth)) {
+            d.clock_skew_seconds = Some(round_seconds(s));
+        }
     }
 
     /// Records what the preflight found in `d`: scope, token format, signature, claims, clock

@@ -1,5 +1,6 @@
-//! OAuth2 client credentials for billsync: token requests (`client_secret_post` or
-//! `client_secret_basic`, RFC 6749 §4.4), a preflight that checks every issued token against
+//! OAuth2 client credentials for billsync: token requests (`client_secret_post`,
+//! `client_secret_basic`, RFC 6749 §4.4, or `private_key_jwt`, RFC 7523 §2.2, with an
+//! [`AssertionKey`]), a preflight that checks every issued token against
 //! the billing policy before anything is sent with it (and, optionally, its RS256 signature
 //! against the JWKS), and [`TokenCache`], the [`billsync_domain::TokenSource`] the engine uses:
 //! one token per (tenant, client, scope), refreshed at 80% of its lifetime corrected for the
@@ -7,7 +8,7 @@
 //!
 //! It also explains tokens: [`OAuthClient::diagnose`] for `billsync doctor` and [`inspect`]
 //! for `billsync token inspect`. Secrets (client secrets, access tokens) never appear in
-//! `Debug`, `Display`, errors or logs.
+//! `Debug`, `Display`, errors or logs; nor do private keys and client assertions.
 //!
 //! # Example
 //!
@@ -50,6 +51,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod assertion;
 mod cache;
 mod claims;
 mod client;
@@ -60,6 +62,10 @@ mod jwks;
 mod jwt;
 mod preflight;
 
+pub use assertion::{
+    AssertionAlgorithm, AssertionKey, CLIENT_ASSERTION_TYPE, ClientAssertion, DEFAULT_ASSERTION_LIFETIME, KeyError,
+    MAX_ASSERTION_LIFETIME, MIN_RSA_BITS, jwk_thumbprint,
+};
 pub use cache::TokenCache;
 pub use client::{OAuthClient, TokenResponse, parse_token_response};
 pub use config::{AuthConfig, AuthMethod, ConfigError, RetryPolicy, TenantAuth};

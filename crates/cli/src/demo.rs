@@ -143,8 +143,8 @@ pub async fn serve_emulator(options: EmulatorOptions) -> anyhow::Result<ExitCode
 /// The registry file's configuration, or the built-in demo registry.
 fn registry(path: Option<&Path>) -> anyhow::Result<EmulatorConfig> {
     let Some(path) = path else { return Ok(EmulatorConfig::builtin()) };
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    EmulatorConfig::from_toml_str(&text).with_context(|| format!("{}", path.display()))
+    // Relative `public_key_file`s are read beside the registry file.
+    EmulatorConfig::from_toml_file(path).with_context(|| format!("{}", path.display()))
 }
 
 /// Writes `text` to `path`, created or truncated; on Unix with mode 0600, also when the file

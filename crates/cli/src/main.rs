@@ -21,6 +21,7 @@
 mod commands;
 #[cfg(feature = "emulator")]
 mod demo;
+mod key;
 mod output;
 mod serve;
 
@@ -100,6 +101,9 @@ enum Command {
     /// Tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Private keys for tenants on `private_key_jwt`.
+    #[command(subcommand)]
+    Key(KeyCommand),
     /// Run the platform emulator.
     #[cfg(feature = "emulator")]
     Emulator {
@@ -146,6 +150,36 @@ struct RequeueArgs {
     /// These events.
     #[arg(required_unless_present = "all")]
     event_ids: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum KeyCommand {
+    /// Write a new private key for a tenant (mode 600, `keys/TENANT.pem` beside the
+    /// configuration) and print its public key, its key id and the configuration lines. Never
+    /// edits the configuration.
+    Generate {
+        /// The tenant's local name.
+        #[arg(long)]
+        tenant: String,
+        /// The signing algorithm.
+        #[arg(long, value_enum, default_value_t = KeyAlgorithm::Rs256)]
+        algorithm: KeyAlgorithm,
+        /// Write the key here instead.
+        #[arg(long, value_name = "PATH")]
+        out: Option<PathBuf>,
+        /// Replace an existing key file.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// `--algorithm`.
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum KeyAlgorithm {
+    /// RSA 2048, RS256: what every console accepts.
+    Rs256,
+    /// EC P-256, ES256: smaller and faster to sign.
+    Es256,
 }
 
 #[derive(Subcommand, Debug)]
@@ -220,6 +254,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Token(TokenCommand::Inspect { token, tenant_id, application_id, json }) => {
             commands::inspect(token.as_deref(), tenant_id, application_id, json)
+        }
+        Command::Key(KeyCommand::Generate { tenant, algorithm, out, force }) => {
+            let algorithm = match algorithm {
+                KeyAlgorithm::Rs256 => billsync::AssertionAlgorithm::Rs256,
+                KeyAlgorithm::Es256 => billsync::AssertionAlgorithm::Es256,
+            };
+            key::generate(&key::Generate { config: &config, tenant: &tenant, algorithm, out, force })
         }
         Command::Enqueue { tenant, file } => commands::enqueue(&agent().await?, &tenant, file.as_deref()).await,
         Command::Sync => commands::sync(&agent().await?, std::io::stderr().is_terminal() && !cli.quiet).await,

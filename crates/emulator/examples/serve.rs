@@ -13,7 +13,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         match arg.as_str() {
             "--config" => {
                 let path = args.next().ok_or("--config needs a file")?;
-                config = EmulatorConfig::from_toml_str(&std::fs::read_to_string(path)?)?;
+                config = EmulatorConfig::from_toml_file(path)?;
             }
             "--listen" => listen = args.next().ok_or("--listen needs an address")?.parse()?,
             other => return Err(format!("unknown argument {other:?}; expected --config FILE, --listen ADDR").into()),

@@ -50,6 +50,33 @@ pub enum Reason {
     InvalidScope,
     /// Token endpoint: a grant type other than `client_credentials`.
     UnsupportedGrantType,
+    /// Token endpoint: `client_assertion` is not a JWT with the claims an assertion needs
+    /// (`iss`, `sub`, `aud`, `jti`, `iat` and `exp`, the times in whole seconds).
+    MalformedAssertion,
+    /// Token endpoint: the assertion's `sub`, or the `client_id` parameter, is not its `iss`.
+    AssertionClientMismatch,
+    /// Token endpoint: the assertion's `kid` is not the key id registered for its client.
+    UnknownKey,
+    /// Token endpoint: the assertion's signature does not verify with the client's key, or its
+    /// `alg` is not the key's (RS256 for an RSA key, ES256 for a P-256 key).
+    BadAssertionSignature,
+    /// Token endpoint: the assertion's `aud` is not the URL of the token endpoint posted to.
+    AssertionAudience,
+    /// Token endpoint: the assertion lives longer than 300 s (`exp - iat`).
+    AssertionLifetime,
+    /// Token endpoint: the assertion's `exp` has passed.
+    AssertionExpired,
+    /// Token endpoint: the assertion's `iat` (or `nbf`) is more than 60 s ahead.
+    AssertionNotYetValid,
+    /// Token endpoint: the client has used the assertion's `jti` before, within that
+    /// assertion's lifetime.
+    AssertionReplayed,
+    /// Token endpoint: the assertion-only endpoint got a secret, or no credentials.
+    AssertionRequired,
+    /// Token endpoint: a client registered with a secret presented an assertion.
+    AssertionNotAllowed,
+    /// Token endpoint: a client registered for assertions presented a secret.
+    SecretNotAllowed,
     /// An injected fault answered `503`.
     InjectedUnavailable,
     /// An injected fault answered `429`.
@@ -81,6 +108,18 @@ impl Reason {
             Self::InvalidClient => "invalid_client",
             Self::InvalidScope => "invalid_scope",
             Self::UnsupportedGrantType => "unsupported_grant_type",
+            Self::MalformedAssertion => "malformed_assertion",
+            Self::AssertionClientMismatch => "assertion_client_mismatch",
+            Self::UnknownKey => "unknown_key",
+            Self::BadAssertionSignature => "bad_assertion_signature",
+            Self::AssertionAudience => "assertion_audience",
+            Self::AssertionLifetime => "assertion_lifetime",
+            Self::AssertionExpired => "assertion_expired",
+            Self::AssertionNotYetValid => "assertion_not_yet_valid",
+            Self::AssertionReplayed => "assertion_replayed",
+            Self::AssertionRequired => "assertion_required",
+            Self::AssertionNotAllowed => "assertion_not_allowed",
+            Self::SecretNotAllowed => "secret_not_allowed",
             Self::InjectedUnavailable => "injected_unavailable",
             Self::InjectedRateLimited => "injected_rate_limited",
             Self::InjectedConnectionDrop => "injected_connection_drop",
@@ -271,7 +310,15 @@ mod tests {
 
     #[test]
     fn reasons_serialise_as_their_codes() {
-        for r in [Reason::MissingScope, Reason::ShortScopeForm, Reason::InjectedConnectionDrop, Reason::BadSignature] {
+        for r in [
+            Reason::MissingScope,
+            Reason::ShortScopeForm,
+            Reason::InjectedConnectionDrop,
+            Reason::BadSignature,
+            Reason::AssertionClientMismatch,
+            Reason::AssertionNotYetValid,
+            Reason::BadAssertionSignature,
+        ] {
             assert_eq!(serde_json::to_value(r).unwrap(), serde_json::Value::from(r.as_str()));
         }
     }

@@ -2,8 +2,10 @@
 //! (Oracle IoT Cloud Platform is the reference), following `docs/platform.md` to the letter: a real
 //! HTTP server with
 //!
-//! - the OAuth2 token endpoint `POST /oauth2/v1/token` (client credentials, `client_secret_post`
-//!   and `client_secret_basic`) issuing RS256 JWTs, and the JWKS at `GET /oauth2/v1/keys`;
+//! - the OAuth2 token endpoint `POST /oauth2/v1/token` (client credentials, `client_secret_post`,
+//!   `client_secret_basic` and signed client assertions, `private_key_jwt`) issuing RS256 JWTs,
+//!   its assertion-only twin `POST /iot/api/v2/oauth2/token`, and the JWKS at
+//!   `GET /oauth2/v1/keys`;
 //! - the billing endpoint `POST /iot/api/v2/billing/events` with every check of the contract
 //!   (the deliberately vague `401 insufficient_claims`, `403`, `413`, `429`, per-event
 //!   validation, deduplication per tenant) and its reconciliation twin `GET`;
@@ -52,7 +54,9 @@
 
 mod access;
 mod admin;
+mod assertion;
 mod audit;
+mod client_key;
 mod config;
 mod control;
 mod event;
@@ -71,6 +75,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use admin::{AdminError, SettingsUpdate};
+pub use assertion::CLIENT_ASSERTION_TYPE;
 pub use audit::{AUDIT_CAPACITY, AuditEntry, Counters, Reason};
 pub use config::{ClientRegistration, ConfigError, DEFAULT_SEED, EmulatorConfig};
 pub use faults::{Fault, FaultKind, FaultTarget, FaultTrigger};
@@ -82,6 +87,9 @@ pub use state::{ClientInfo, Settings, StoredEvent};
 
 /// The path of the token endpoint.
 pub const TOKEN_PATH: &str = "/oauth2/v1/token";
+/// The path of the token endpoint that takes signed client assertions only
+/// (docs/platform.md section 1.1).
+pub const TOKEN_V2_PATH: &str = "/iot/api/v2/oauth2/token";
 /// The path of the JWKS.
 pub const KEYS_PATH: &str = "/oauth2/v1/keys";
 /// The path of the billing events endpoint.
@@ -183,6 +191,12 @@ impl Emulator {
         format!("{}{TOKEN_PATH}", self.base_url)
     }
 
+    /// The assertion-only token endpoint: [`Emulator::base_url`] + `/iot/api/v2/oauth2/token`.
+    /// Like [`Emulator::token_url`], it is also the `aud` an assertion posted to it must name.
+    pub fn token_v2_url(&self) -> String {
+        format!("{}{TOKEN_V2_PATH}", self.base_url)
+    }
+
     /// The JWKS: [`Emulator::base_url`] + `/oauth2/v1/keys`.
     pub fn keys_url(&self) -> String {
         format!("{}{KEYS_PATH}", self.base_url)
@@ -233,9 +247,10 @@ impl Emulator {
     /// (never their secrets, nor the admin key).
     pub fn describe(&self) -> String {
         let mut out = format!(
-            "billsync emulator listening on {}\n  token endpoint: {}\n  billing events: {}\n  admin API:      {}/admin (loopback only, with X-Admin-Key)\n  clients:\n",
+            "billsync emulator listening on {}\n  token endpoint: {}\n  token (v2):     {} (signed assertions only)\n  billing events: {}\n  admin API:      {}/admin (loopback only, with X-Admin-Key)\n  clients:\n",
             self.base_url,
             self.token_url(),
+            self.token_v2_url(),
             self.billing_url(),
             self.base_url
         );

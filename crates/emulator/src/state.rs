@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::access::AdminAccess;
+use crate::assertion::SeenAssertions;
 use crate::audit::{AuditLog, CounterCell};
 use crate::config::{ClientRegistration, EmulatorConfig};
 use crate::faults::Injector;
@@ -148,6 +149,8 @@ pub(crate) struct AppState {
     pub settings: RwLock<Settings>,
     pub keys: KeyRing,
     pub tokens: Mutex<Tokens>,
+    /// The `jti`s of the client assertions used, until they expire.
+    pub assertions: SeenAssertions,
     /// Meters the platform refuses (meter -> rejection code), as if not registered.
     pub rejected_meters: RwLock<HashMap<String, String>>,
     pub tenants: RwLock<HashMap<String, Arc<Mutex<TenantStore>>>>,
@@ -189,6 +192,7 @@ impl AppState {
             }),
             keys,
             tokens: Mutex::new(Tokens::default()),
+            assertions: SeenAssertions::default(),
             rejected_meters: RwLock::default(),
             tenants: RwLock::new(HashMap::new()),
             billing_limiter: Limiter::default(),

@@ -6,6 +6,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 mod fleet;
+mod keys;
 mod secrets;
 
 use billsync_emulator::{Emulator, EmulatorConfig};

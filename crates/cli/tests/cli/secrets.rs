@@ -1,6 +1,7 @@
 //! No secret in any output channel. A marker secret sits in each secret-bearing field (an
 //! inline `client_secret`, one from `client_secret_env`, one in a `client_secret_file`, the
-//! password of the PostgreSQL URL, and a secret the platform refuses); every channel a user or
+//! password of the PostgreSQL URL, and a secret the platform refuses), and a tenant signs with a
+//! private key (`private_key_file`) whose PEM body must never show either; every channel a user or
 //! a log collector sees is searched for each marker: stdout and stderr of `sync` at `-vvv` with
 //! trace logs, `status --json`, `doctor --json`, `/metrics` and `/healthz` of `run`, and the
 //! errors for a malformed configuration (a syntax error on a secret's line, a URL with a
@@ -40,30 +41,56 @@ fn billsync(config: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// The base64 lines of the tenant's private key, set once the key is made.
+static KEY_LINES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+
 fn assert_no_marker(channel: &str, shown: &str) {
     for m in MARKERS {
         assert!(!shown.contains(m), "{channel} shows the secret {m}:\n{shown}");
     }
+    for line in KEY_LINES.get().into_iter().flatten() {
+        assert!(!shown.contains(line.as_str()), "{channel} shows the private key:\n{shown}");
+    }
+}
+
+/// A P-256 key for tenant `keyed`, written to `keys/keyed.pem` (mode 600), and its client.
+fn keyed_client(dir: &Path) -> ClientRegistration {
+    let key = billsync::AssertionKey::generate(billsync::AssertionAlgorithm::Es256).unwrap();
+    let pem = key.private_pem().unwrap();
+    let lines = pem.lines().filter(|l| !l.starts_with("-----") && l.len() > 16).map(str::to_owned).collect();
+    KEY_LINES.set(lines).unwrap();
+    std::fs::create_dir(dir.join("keys")).unwrap();
+    std::fs::write(dir.join("keys/keyed.pem"), pem.as_bytes()).unwrap();
+    set_mode(&dir.join("keys/keyed.pem"), 0o600);
+    ClientRegistration::with_public_key("app-keyed", &key.public_pem().unwrap(), key.key_id(), ["t-keyed"], true)
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_reaches_any_output_channel() {
-    let mut registry = EmulatorConfig::builtin();
+    let dir = tempfile::tempdir().unwrap();
+    let mut registry = EmulatorConfig::builtin().with_client(keyed_client(dir.path()));
     for (name, secret) in [("inline", INLINE), ("env", FROM_ENV), ("file", IN_FILE)] {
         registry =
             registry.with_client(ClientRegistration::new(format!("app-{name}"), secret, [format!("t-{name}")], true));
     }
     let platform = Emulator::start(registry, "127.0.0.1:0".parse().unwrap()).await.unwrap();
     let db = Database::create().await;
-    let dir = tempfile::tempdir().unwrap();
     let secret_file = dir.path().join("secret.txt");
     std::fs::write(&secret_file, format!("{IN_FILE}\n")).unwrap();
     set_mode(&secret_file, 0o600);
     let url = db.url.replacen("postgres://postgres@", &format!("postgres://postgres:{DB_PASSWORD}@"), 1);
     assert!(url.contains(DB_PASSWORD), "{url}");
     let good = format!(
-        "[platform]\nbase_url = \"{}\"\n[storage]\nurl = \"{url}\"\n{}{}{}{}",
+        "[platform]\nbase_url = \"{}\"\n[storage]\nurl = \"{url}\"\n{}{}{}{}{}",
         platform.base_url(),
+        tenant(
+            "keyed",
+            &format!(
+                "auth_method = \"private_key_jwt\"\nprivate_key_file = \"keys/keyed.pem\"\ntoken_url = \"{}\"",
+                platform.token_v2_url()
+            )
+        ),
         tenant("inline", &format!("client_secret = \"{INLINE}\"")),
         tenant("env", "client_secret_env = \"MARK_SECRET\""),
         tenant("file", "client_secret_file = \"secret.txt\""),
@@ -79,7 +106,7 @@ async fn no_secret_reaches_any_output_channel() {
         format!(r#"{{"event_id":"s1","device_id":"d","meter":"m","quantity":"1","unit":"kWh","occurred_at":"{at}"}}"#),
     )
     .unwrap();
-    for name in ["inline", "env", "file", "refused"] {
+    for name in ["keyed", "inline", "env", "file", "refused"] {
         let out = billsync(&config, &["enqueue", "--tenant", name, events.to_str().unwrap()]);
         assert!(out.status.success(), "{}", text(&out));
     }
@@ -87,6 +114,7 @@ async fn no_secret_reaches_any_output_channel() {
     // Working runs: sync at -vvv (the refused tenant fails), status, doctor.
     let sync = billsync(&config, &["-vvv", "sync"]);
     assert_eq!(platform.stored_event_ids("t-inline").len(), 1, "{}", text(&sync));
+    assert_eq!(platform.stored_event_ids("t-keyed").len(), 1, "{}", text(&sync));
     assert!(text(&sync).contains("refused"), "the refused tenant is reported: {}", text(&sync));
     for (channel, out) in [
         ("sync -vvv", sync),

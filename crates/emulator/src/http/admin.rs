@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use super::admin_gate::admin_gate;
 use super::reply::{St, json_reply};
 use crate::admin::{AdminError, SettingsUpdate, rotate};
-use crate::config::ClientSpec;
+use crate::config::{ClientSpec, KeyFiles};
 use crate::faults::Fault;
 use crate::state::ClientInfo;
 
@@ -87,14 +87,14 @@ async fn clients(State(st): State<St>) -> Response {
 }
 
 async fn register(State(st): State<St>, body: Bytes) -> Response {
-    let c = match parse::<ClientSpec>(&body) {
+    let spec = match parse::<ClientSpec>(&body) {
         Ok(c) => c,
         Err(r) => return *r,
     };
-    if c.client_id.is_empty() || c.client_secret.is_empty() {
-        return fail(StatusCode::BAD_REQUEST, "invalid_request", "client_id and client_secret must not be empty");
+    match spec.registration(KeyFiles::Refused) {
+        Ok(reg) => admin_result(st.register_client(reg)),
+        Err(e) => fail(StatusCode::BAD_REQUEST, "invalid_request", format!("{}: {}", e.field, e.reason)),
     }
-    admin_result(st.register_client(c.registration()))
 }
 
 #[derive(Deserialize)]

@@ -2,8 +2,9 @@
 //!
 //! Dependencies run one way. This module (the router) uses the endpoint modules (`token`,
 //! `billing`, `list`, `telemetry`, `admin`); they use the shared steps: `gate` (token,
-//! headers, rate limit, claims, tenant), `claims`, `ctx` (audit, counters, faults, shared
-//! refusals), `body` and `reply`. Nothing outside `http` depends on it but [`crate::Emulator`]
+//! headers, rate limit, claims, tenant), `client_auth` and `token_request` (the token
+//! endpoints' client authentication, form and errors), `claims`, `ctx` (audit, counters,
+//! faults, shared refusals), `body` and `reply`. Nothing outside `http` depends on it but [`crate::Emulator`]
 //! starting the router; `crate::admin` holds the admin operations and knows no HTTP.
 
 mod admin;
@@ -11,12 +12,14 @@ mod admin_gate;
 mod billing;
 mod body;
 mod claims;
+mod client_auth;
 mod ctx;
 mod gate;
 mod list;
 mod reply;
 mod telemetry;
 mod token;
+mod token_request;
 
 use std::sync::Arc;
 
@@ -33,6 +36,7 @@ use reply::{St, json_reply};
 pub(crate) fn router(state: St) -> Router {
     Router::new()
         .route("/oauth2/v1/token", post(token::token))
+        .route("/iot/api/v2/oauth2/token", post(token::token_v2))
         .route("/oauth2/v1/keys", get(token::jwks))
         .route("/iot/api/v2/billing/events", post(billing::post_events).get(list::list_events))
         .route("/iot/api/v2/devices/{device_id}/telemetry", post(telemetry::telemetry))

@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)] // test, bench and example code: a panic is a failure
 
 mod admin;
+mod assertion;
 mod billing;
 mod faults;
 mod helpers;

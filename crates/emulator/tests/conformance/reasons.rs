@@ -1,4 +1,5 @@
-//! docs/platform.md section 6: every reason code of the audit log, provoked in one run.
+//! docs/platform.md section 6: every reason code of the audit log, provoked in one run. The
+//! reasons of refused client assertions (section 1.1) are provoked one by one in `assertion.rs`.
 
 use std::collections::BTreeSet;
 
