@@ -1,7 +1,8 @@
 //! `billsync demo`: the whole story in one command, on the embedded defaults. It starts the
 //! platform emulator in-process on a free loopback port, makes a temporary SQLite outbox,
 //! enqueues sample events for the demo tenants, syncs them and prints what happened,
-//! including the thread's misconfigured tenant, which billsync refuses to send for and explains.
+//! including the thread's misconfigured tenant, which billsync refuses to send for and explains,
+//! and a tenant on a private key (`private_key_jwt`) instead of a secret.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,7 +12,7 @@ use anyhow::Context;
 use billsync::Agent;
 use billsync::config::Config;
 use billsync_domain::{BillingEvent, EncodedEvent};
-use billsync_emulator::{Emulator, EmulatorConfig};
+use billsync_emulator::{ClientRegistration, Emulator, EmulatorConfig};
 
 use crate::output::summary_table;
 
@@ -21,6 +22,29 @@ const TENANTS: [(&str, &str, &str, usize); 3] = [
     ("globex", "globex-prod-001", "app-globex", 800),
     ("initech", "initech-prod-001", "app-initech", 40),
 ];
+
+/// The tenant on a key: (local name, tenant id, client id, events to enqueue).
+const KEYED: (&str, &str, &str, usize) = ("umbrella", "umbrella-prod-001", "app-umbrella", 300);
+
+/// A fresh ES256 key for [`KEYED`], written to `dir/keys/umbrella.pem` (mode 600), and the
+/// emulator's registry: the built-in one plus [`KEYED`]'s client with the public key.
+fn keyed_registry(dir: &Path) -> anyhow::Result<(EmulatorConfig, String)> {
+    let key = billsync::AssertionKey::generate(billsync::AssertionAlgorithm::Es256)?;
+    let (name, tenant_id, client, _) = KEYED;
+    let file = dir.join("keys").join(format!("{name}.pem"));
+    crate::key::write_private(&file, key.private_pem()?.as_bytes())?;
+    let client = ClientRegistration::with_public_key(client, &key.public_pem()?, key.key_id(), [tenant_id], true)?;
+    Ok((EmulatorConfig::builtin().with_client(client), key.key_id().to_owned()))
+}
+
+/// [`KEYED`]'s section of the configuration, on the emulator's assertion-only endpoint.
+fn keyed_config(token_v2_url: &str) -> String {
+    let (name, tenant_id, client, _) = KEYED;
+    format!(
+        "\n[[tenants]]\nname = \"{name}\"\ntenant_id = \"{tenant_id}\"\napplication_id = \"{client}\"\n\
+         auth_method = \"private_key_jwt\"\nprivate_key_file = \"keys/{name}.pem\"\ntoken_url = \"{token_v2_url}\"\n"
+    )
+}
 
 /// The configuration a user would write for the emulator's built-in registry.
 pub fn demo_config(base_url: &str, db: &Path) -> String {
@@ -58,19 +82,26 @@ pub fn sample_events(tenant: &str, n: usize, now: chrono::DateTime<chrono::Utc>)
 /// # Errors
 /// When the emulator cannot start or the outbox cannot be created.
 pub async fn run() -> anyhow::Result<ExitCode> {
-    let emulator = Emulator::start(EmulatorConfig::builtin(), "127.0.0.1:0".parse()?).await?;
     let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let (registry, kid) = keyed_registry(dir.path())?;
+    let emulator = Emulator::start(registry, "127.0.0.1:0".parse()?).await?;
     let db = dir.path().join("billsync.db");
-    let config = Config::parse(&demo_config(&emulator.base_url(), &db), &dir.path().join("billsync.toml"))?;
+    let text = demo_config(&emulator.base_url(), &db) + &keyed_config(&emulator.token_v2_url());
+    let config = Config::parse(&text, &dir.path().join("billsync.toml"))?;
     println!("billsync demo");
     println!(
         "  platform emulator  {} (built-in registry; app-initech is registered without Billing Services, as in the thread)",
         emulator.base_url()
     );
     println!("  outbox             {}", db.display());
+    println!(
+        "  {:<18} signs its token requests with its own key (private_key_jwt, ES256, key id {kid}) at {}",
+        KEYED.0,
+        emulator.token_v2_url()
+    );
     let agent = Agent::builder().config(config).build().await?;
     let now = chrono::Utc::now();
-    for (name, _, _, n) in TENANTS {
+    for (name, _, _, n) in TENANTS.into_iter().chain([KEYED]) {
         let report = agent.enqueue(name, &sample_events(name, n, now)?).await?;
         println!("  enqueued           {name}: {} events", report.stored);
     }
@@ -94,7 +125,7 @@ pub async fn run() -> anyhow::Result<ExitCode> {
     }
     println!("\nthe platform now holds:");
     let mut ok = true;
-    for (name, tenant_id, _, n) in TENANTS {
+    for (name, tenant_id, _, n) in TENANTS.into_iter().chain([KEYED]) {
         let held = emulator.stored_event_ids(tenant_id).len();
         println!("  {tenant_id:<18} {held:>5} events");
         if name != "initech" {
@@ -129,7 +160,7 @@ pub async fn serve_emulator(options: EmulatorOptions) -> anyhow::Result<ExitCode
     let config = options.allow_hosts.into_iter().fold(registry(options.registry.as_deref())?, |c, h| c.allow_host(h));
     let emulator = Emulator::start(config, options.listen).await?;
     if let Some(path) = &options.admin_key_file {
-        write_private(path, &format!("{}\n", emulator.admin_key()))
+        crate::key::write_private(path, format!("{}\n", emulator.admin_key()).as_bytes())
             .with_context(|| format!("cannot write the admin key to {}", path.display()))?;
     }
     print!("{}", emulator.describe());
@@ -145,18 +176,4 @@ fn registry(path: Option<&Path>) -> anyhow::Result<EmulatorConfig> {
     let Some(path) = path else { return Ok(EmulatorConfig::builtin()) };
     // Relative `public_key_file`s are read beside the registry file.
     EmulatorConfig::from_toml_file(path).with_context(|| format!("{}", path.display()))
-}
-
-/// Writes `text` to `path`, created or truncated; on Unix with mode 0600, also when the file
-/// existed with another mode.
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path)?;
-    #[cfg(unix)]
-    file.set_permissions(<std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600))?;
-    file.write_all(text.as_bytes())
 }

@@ -44,7 +44,7 @@ pub fn generate(args: &Generate<'_>) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(2));
     }
     let key = AssertionKey::generate(args.algorithm).context("generating the key")?;
-    write_private(&path, key.private_pem()?.as_bytes())?;
+    write_private(&path, key.private_pem()?.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
     let shown = if args.out.is_some() { path.display().to_string() } else { format!("keys/{}.pem", args.tenant) };
     println!("wrote the private key to {} (mode 600)\n", path.display());
     println!("public key ({}, key id {}):\n{}", key.algorithm(), key.key_id(), key.public_pem()?);
@@ -67,24 +67,18 @@ fn safe_name(name: &str) -> bool {
     !name.is_empty() && !name.starts_with('.') && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
 }
 
-/// Creates (or replaces) `path` readable by its owner only, its directory too if missing.
-fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+/// Writes `bytes` to `path`, created or truncated, with its directory if missing; on Unix with
+/// mode 0600, also when the file existed with another mode (set before anything is written).
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::create_dir_all(dir)?;
     }
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
-    {
-        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
-        options.mode(0o600);
-        // An existing file keeps its mode on open: set it before writing the new key.
-        if path.exists() {
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-                .with_context(|| format!("cannot restrict {}", path.display()))?;
-        }
-    }
-    let mut file = options.open(path).with_context(|| format!("cannot write {}", path.display()))?;
-    file.write_all(bytes).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    #[cfg(unix)]
+    file.set_permissions(<std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600))?;
+    file.write_all(bytes)
 }
