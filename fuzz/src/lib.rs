@@ -23,6 +23,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("token_response", token_response),
     ("billing_response", billing_response),
     ("config", config),
+    ("www_authenticate", www_authenticate),
 ];
 
 /// A fixed "now" so that a run is reproducible: 2026-11-23T10:20:00Z.
@@ -100,6 +101,24 @@ pub fn billing_response(data: &[u8]) {
         assert!(detail.chars().count() <= 200 + 60, "an excerpt longer than its cap");
     }
     let _ = format!("{r:?}");
+}
+
+/// `billsync_domain::parse_challenges` of a `WWW-Authenticate` value; what parses re-parses
+/// from its canonical form (`Display`, joined with `, `) to the same challenges.
+pub fn www_authenticate(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    match billsync_domain::parse_challenges(&text) {
+        Ok(challenges) => {
+            let canonical = challenges.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+            let again = billsync_domain::parse_challenges(&canonical)
+                .unwrap_or_else(|e| panic!("a canonical header is refused: {e}: {canonical}"));
+            assert_eq!(again, challenges, "the canonical form does not round-trip: {canonical}");
+        }
+        Err(e) => {
+            assert!(text.is_char_boundary(e.position), "an error position off the text: {e:?}");
+            let _ = e.to_string();
+        }
+    }
 }
 
 /// `billsync::config::Config::parse`; a valid configuration never shows its secrets in `Debug`.

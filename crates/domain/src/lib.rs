@@ -28,6 +28,7 @@
 #![deny(missing_docs)]
 
 pub mod batch;
+pub mod challenge;
 pub mod claims;
 pub mod event;
 pub mod ids;
@@ -40,6 +41,7 @@ pub mod secret;
 pub mod settle;
 
 pub use batch::{BatchBody, Batcher, InvalidBatchSize, MAX_BATCH_BYTES, MAX_BATCH_EVENTS};
+pub use challenge::{Challenge, ChallengeError, parse_challenges};
 pub use claims::AccessTokenClaims;
 pub use event::{BillingEvent, EncodedEvent, EventError, EventRules, Quantity};
 pub use ids::{

@@ -10,6 +10,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::challenge::parse_challenges;
+
 /// The longest wait a server may impose through `Retry-After` or `X-RateLimit-Reset`: one hour.
 /// Longer values (up to `u64::MAX` seconds) are read as this.
 pub const MAX_SERVER_WAIT: Duration = Duration::from_secs(3600);
@@ -184,8 +186,7 @@ pub fn classify(answer: &HttpAnswer<'_>, now: DateTime<Utc>) -> BillingResponse 
         (400, Some("missing_header")) => BillingResponse::MissingHeader { description: description() },
         (400, Some("invalid_request")) => BillingResponse::InvalidRequest { description: description() },
         (401, _) => {
-            let challenge = answer.www_authenticate.unwrap_or("");
-            if challenge.contains("insufficient_claims") || code == Some("insufficient_claims") {
+            if bearer_error_is(answer.www_authenticate, "insufficient_claims") || code == Some("insufficient_claims") {
                 BillingResponse::InsufficientClaims
             } else {
                 // Getting a new token and trying once more settles nothing, whoever answered.
@@ -200,6 +201,14 @@ pub fn classify(answer: &HttpAnswer<'_>, now: DateTime<Utc>) -> BillingResponse 
         (500..=599, _) => BillingResponse::ServerError { status },
         _ => unexpected(status, body),
     }
+}
+
+/// Whether some `Bearer` challenge of `WWW-Authenticate` names `error`: `false` when the header
+/// is missing or does not parse (the body decides then), whatever words it contains.
+fn bearer_error_is(www_authenticate: Option<&str>, error: &str) -> bool {
+    www_authenticate
+        .and_then(|h| parse_challenges(h).ok())
+        .is_some_and(|cs| cs.iter().any(|c| c.is_scheme("Bearer") && c.error() == Some(error)))
 }
 
 fn unexpected(status: u16, body: &[u8]) -> BillingResponse {
@@ -312,6 +321,47 @@ mod tests {
         assert_eq!(answer(403, r#"{"error": "tenant_not_authorized"}"#), BillingResponse::TenantNotAuthorized);
         assert_eq!(answer(413, r#"{"error": "payload_too_large"}"#), BillingResponse::PayloadTooLarge);
         assert_eq!(answer(503, ""), BillingResponse::ServerError { status: 503 });
+    }
+
+    #[test]
+    fn insufficient_claims_is_read_from_a_bearer_challenge_not_a_substring() {
+        let www = |challenge: &'static str, body: &'static str| {
+            classify(
+                &HttpAnswer {
+                    status: 401,
+                    www_authenticate: Some(challenge),
+                    body: body.as_bytes(),
+                    ..HttpAnswer::default()
+                },
+                now(),
+            )
+        };
+        assert_eq!(www(r#"Bearer realm="iot", error="insufficient_claims""#, ""), BillingResponse::InsufficientClaims);
+        assert_eq!(
+            www(r#"Bearer error="invalid_token", error_description="the scope insufficient_claims is..."""#, ""),
+            BillingResponse::InvalidToken,
+            "the word in a description is not the error"
+        );
+        assert_eq!(
+            www(r#"Basic realm="insufficient_claims", Bearer error=invalid_token"#, ""),
+            BillingResponse::InvalidToken,
+            "only a Bearer challenge's error counts"
+        );
+        assert_eq!(
+            www(r#"Basic realm="a", bearer ERROR=insufficient_claims"#, ""),
+            BillingResponse::InsufficientClaims,
+            "scheme and parameter names are case-insensitive"
+        );
+        assert_eq!(
+            www(r#"Bearer error="insufficient_claims"#, r#"{"error": "invalid_token"}"#),
+            BillingResponse::InvalidToken,
+            "a header that does not parse falls back to the body"
+        );
+        assert_eq!(
+            www("Bearer error=\"oops", r#"{"error": "insufficient_claims"}"#),
+            BillingResponse::InsufficientClaims,
+            "the body still decides when the header does not parse"
+        );
     }
 
     #[test]
