@@ -211,7 +211,7 @@ impl Config {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
         let mut cfg = Self::parse(&text, path)?;
         if cfg.tenants.iter().any(|_| true) && text_has_inline_secret(&text) {
-            if let Some(mode) = file_mode(path) {
+            if let Some(mode) = secret_file::permissions(path) {
                 if mode & 0o077 != 0 {
                     cfg.warnings.push(format!(
                         "{} holds an inline client_secret and is readable by others (mode {:o}); run chmod 600 on it \
@@ -417,17 +417,6 @@ impl RawTenant {
 
 fn text_has_inline_secret(text: &str) -> bool {
     text.lines().any(|l| l.trim_start().starts_with("client_secret ") || l.trim_start().starts_with("client_secret="))
-}
-
-#[cfg(unix)]
-fn file_mode(path: &Path) -> Option<u32> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path).ok().map(|m| m.permissions().mode())
-}
-
-#[cfg(not(unix))]
-fn file_mode(_: &Path) -> Option<u32> {
-    None
 }
 
 fn relative_to(config: &Path, p: &Path) -> PathBuf {

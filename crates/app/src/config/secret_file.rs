@@ -51,13 +51,13 @@ pub(super) fn read(path: &Path, key: &str, allow_insecure: bool) -> Result<Secre
 
 /// The file's permission bits (after symlinks, as Kubernetes mounts are links).
 #[cfg(unix)]
-fn permissions(path: &Path) -> Option<u32> {
+pub(super) fn permissions(path: &Path) -> Option<u32> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path).ok().map(|m| m.permissions().mode())
 }
 
 #[cfg(not(unix))]
-fn permissions(_: &Path) -> Option<u32> {
+pub(super) fn permissions(_: &Path) -> Option<u32> {
     None
 }
 
