@@ -505,11 +505,11 @@ pub(crate) fn claim_check_list(
         &[],
         match (claims.issued_at(), claims.iat.zip(claims.exp)) {
             (Some(t), Some((i, e))) => {
-                format!(
-                    "{} (lifetime {})",
-                    t.to_rfc3339(),
-                    human_duration(chrono::Duration::seconds(e.saturating_sub(i)))
-                )
+                // `exp` and `iat` are whatever the token says: a lifetime beyond chrono's range
+                // (about 292 million years) is shown as such, never computed into a panic.
+                let lifetime = chrono::Duration::try_seconds(e.saturating_sub(i))
+                    .map_or_else(|| "beyond any representable time".to_owned(), human_duration);
+                format!("{} (lifetime {lifetime})", t.to_rfc3339())
             }
             (Some(t), None) => t.to_rfc3339(),
             (None, _) => "(absent): the refresh is planned from the time the token was received".to_owned(),
