@@ -44,12 +44,16 @@ pub fn test_env() -> Result<Vec<(String, String)>, String> {
         return Err("scripts/ensure-postgres.sh printed no URL".into());
     }
     let mut vars = vec![("BILLSYNC_TEST_DATABASE_URL".to_owned(), url)];
-    let npm = scripts.join("install-oauth2-mock-server.sh");
+    let npm = scripts.join("install-npm-test-peers.sh");
     if npm.exists() {
         sh(Command::new("bash").arg(npm))?;
         vars.push((
             "OAUTH2_MOCK_SERVER_DIR".to_owned(),
             root().join("target/test-deps/node_modules/oauth2-mock-server").display().to_string(),
+        ));
+        vars.push((
+            "OIDC_PROVIDER_DIR".to_owned(),
+            root().join("target/test-deps/node_modules/oidc-provider").display().to_string(),
         ));
     }
     Ok(vars)

@@ -1,5 +1,5 @@
 //! Interoperability: the OAuth client against an authorization server we did not write, the
-//! npm package `oauth2-mock-server`. Install it with `scripts/install-oauth2-mock-server.sh`
+//! npm package `oauth2-mock-server`. Install it with `scripts/install-npm-test-peers.sh`
 //! (or point `OAUTH2_MOCK_SERVER_DIR` at an installed copy). Without it this test fails.
 //!
 //! The server signs real RS256 JWTs with its own keys and serves them at `/jwks`; its
@@ -60,7 +60,7 @@ fn package_dir() -> PathBuf {
     });
     assert!(
         dir.join("package.json").is_file(),
-        "oauth2-mock-server is not installed at {}: run scripts/install-oauth2-mock-server.sh \
+        "oauth2-mock-server is not installed at {}: run scripts/install-npm-test-peers.sh \
          (or set OAUTH2_MOCK_SERVER_DIR to an installed copy)",
         dir.display()
     );
