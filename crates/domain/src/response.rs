@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::challenge::parse_challenges;
+use crate::challenge::{Challenge, parse_challenges};
 
 /// The longest wait a server may impose through `Retry-After` or `X-RateLimit-Reset`: one hour.
 /// Longer values (up to `u64::MAX` seconds) are read as this.
@@ -66,7 +66,17 @@ pub enum BillingResponse {
     /// `401 invalid_token`: get a new token and retry once.
     InvalidToken,
     /// `401 insufficient_claims`: scope, audience, tenant or application do not line up.
-    InsufficientClaims,
+    /// Both fields are the platform's own words, made safe to show (see [`excerpt`]): one line,
+    /// at most [`EXCERPT_CHARS`] characters, credentials redacted; an empty value is `None`.
+    InsufficientClaims {
+        /// What the platform said was wrong: the `error_description` of the `Bearer` challenge
+        /// that names `insufficient_claims`, else that of the JSON body when the body's `error`
+        /// is `insufficient_claims` too.
+        description: Option<String>,
+        /// The scope the platform requires: that challenge's `scope` parameter (RFC 6750
+        /// section 3, space-separated scope values).
+        scope: Option<String>,
+    },
     /// `403 tenant_not_authorized`: block the tenant.
     TenantNotAuthorized,
     /// `413 {"error": "payload_too_large"}`: split, or dead-letter a single event.
@@ -186,8 +196,15 @@ pub fn classify(answer: &HttpAnswer<'_>, now: DateTime<Utc>) -> BillingResponse 
         (400, Some("missing_header")) => BillingResponse::MissingHeader { description: description() },
         (400, Some("invalid_request")) => BillingResponse::InvalidRequest { description: description() },
         (401, _) => {
-            if bearer_error_is(answer.www_authenticate, "insufficient_claims") || code == Some("insufficient_claims") {
-                BillingResponse::InsufficientClaims
+            let challenge = bearer_challenge(answer.www_authenticate, "insufficient_claims");
+            if challenge.is_some() || code == Some("insufficient_claims") {
+                let said = |v: Option<&str>| v.map(|v| excerpt(v.as_bytes())).filter(|v| !v.is_empty());
+                let body_description = err.as_ref().filter(|e| e.error == "insufficient_claims");
+                BillingResponse::InsufficientClaims {
+                    description: said(challenge.as_ref().and_then(Challenge::error_description))
+                        .or_else(|| said(body_description.and_then(|e| e.error_description.as_deref()))),
+                    scope: said(challenge.as_ref().and_then(Challenge::scope)),
+                }
             } else {
                 // Getting a new token and trying once more settles nothing, whoever answered.
                 BillingResponse::InvalidToken
@@ -203,12 +220,10 @@ pub fn classify(answer: &HttpAnswer<'_>, now: DateTime<Utc>) -> BillingResponse 
     }
 }
 
-/// Whether some `Bearer` challenge of `WWW-Authenticate` names `error`: `false` when the header
+/// The first `Bearer` challenge of `WWW-Authenticate` that names `error`: `None` when the header
 /// is missing or does not parse (the body decides then), whatever words it contains.
-fn bearer_error_is(www_authenticate: Option<&str>, error: &str) -> bool {
-    www_authenticate
-        .and_then(|h| parse_challenges(h).ok())
-        .is_some_and(|cs| cs.iter().any(|c| c.is_scheme("Bearer") && c.error() == Some(error)))
+fn bearer_challenge(www_authenticate: Option<&str>, error: &str) -> Option<Challenge> {
+    parse_challenges(www_authenticate?).ok()?.into_iter().find(|c| c.is_scheme("Bearer") && c.error() == Some(error))
 }
 
 fn unexpected(status: u16, body: &[u8]) -> BillingResponse {
@@ -316,7 +331,7 @@ mod tests {
         );
         assert_eq!(
             www(401, r#"Bearer error="insufficient_claims""#, r#"{"error": "insufficient_claims"}"#),
-            BillingResponse::InsufficientClaims
+            claims(None, None)
         );
         assert_eq!(answer(403, r#"{"error": "tenant_not_authorized"}"#), BillingResponse::TenantNotAuthorized);
         assert_eq!(answer(413, r#"{"error": "payload_too_large"}"#), BillingResponse::PayloadTooLarge);
@@ -336,7 +351,7 @@ mod tests {
                 now(),
             )
         };
-        assert_eq!(www(r#"Bearer realm="iot", error="insufficient_claims""#, ""), BillingResponse::InsufficientClaims);
+        assert_eq!(www(r#"Bearer realm="iot", error="insufficient_claims""#, ""), claims(None, None));
         assert_eq!(
             www(r#"Bearer error="invalid_token", error_description="the scope insufficient_claims is..."""#, ""),
             BillingResponse::InvalidToken,
@@ -349,7 +364,7 @@ mod tests {
         );
         assert_eq!(
             www(r#"Basic realm="a", bearer ERROR=insufficient_claims"#, ""),
-            BillingResponse::InsufficientClaims,
+            claims(None, None),
             "scheme and parameter names are case-insensitive"
         );
         assert_eq!(
@@ -359,9 +374,105 @@ mod tests {
         );
         assert_eq!(
             www("Bearer error=\"oops", r#"{"error": "insufficient_claims"}"#),
-            BillingResponse::InsufficientClaims,
+            claims(None, None),
             "the body still decides when the header does not parse"
         );
+    }
+
+    fn claims(description: Option<&str>, scope: Option<&str>) -> BillingResponse {
+        BillingResponse::InsufficientClaims {
+            description: description.map(str::to_owned),
+            scope: scope.map(str::to_owned),
+        }
+    }
+
+    fn unauthorized(challenge: Option<&str>, body: &str) -> BillingResponse {
+        classify(
+            &HttpAnswer { status: 401, www_authenticate: challenge, body: body.as_bytes(), ..HttpAnswer::default() },
+            now(),
+        )
+    }
+
+    #[test]
+    fn insufficient_claims_carries_the_platforms_description_and_scope() {
+        assert_eq!(
+            unauthorized(
+                Some(
+                    r#"Bearer realm="iot", error="insufficient_claims", error_description="tenant_id claim does not match X-Tenant-ID", scope="urn:oracle:iot:billing:write""#
+                ),
+                r#"{"error": "insufficient_claims", "error_description": "insufficient claims"}"#,
+            ),
+            claims(Some("tenant_id claim does not match X-Tenant-ID"), Some("urn:oracle:iot:billing:write")),
+            "the challenge's description wins over the body's"
+        );
+        assert_eq!(
+            unauthorized(
+                Some(r#"Bearer error="insufficient_claims""#),
+                r#"{"error": "insufficient_claims", "error_description": "aud claim lacks the billing audience"}"#,
+            ),
+            claims(Some("aud claim lacks the billing audience"), None),
+            "a challenge without a description: the body's"
+        );
+        assert_eq!(
+            unauthorized(None, r#"{"error": "insufficient_claims", "error_description": "scope missing"}"#),
+            claims(Some("scope missing"), None),
+            "no challenge: the body's description"
+        );
+        assert_eq!(
+            unauthorized(
+                Some(r#"Bearer error="insufficient_claims""#),
+                r#"{"error": "invalid_token", "error_description": "expired"}"#
+            ),
+            claims(None, None),
+            "a body naming another error says nothing about these claims"
+        );
+        assert_eq!(
+            unauthorized(
+                Some(
+                    r#"Basic realm="x", error_description="not this", Bearer error="insufficient_claims", scope="a b""#
+                ),
+                "",
+            ),
+            claims(None, Some("a b")),
+            "only the insufficient_claims Bearer challenge speaks"
+        );
+        assert_eq!(
+            unauthorized(Some(r#"Bearer error="insufficient_claims", error_description="", scope="""#), ""),
+            claims(None, None),
+            "empty values are absent"
+        );
+    }
+
+    #[test]
+    fn insufficient_claims_text_is_unescaped_and_made_safe_to_show() {
+        assert_eq!(
+            unauthorized(
+                Some(
+                    r#"Bearer error="insufficient_claims", error_description="the \"tenant_id\" claim \is \\acme\\", scope="urn:a\:b""#
+                ),
+                "",
+            ),
+            claims(Some(r#"the "tenant_id" claim is \acme\"#), Some("urn:a:b")),
+            "quoted-pairs are unescaped"
+        );
+        let long = format!(
+            r#"Bearer error="insufficient_claims", error_description="{}", scope="{}""#,
+            "d".repeat(5_000),
+            "s".repeat(5_000)
+        );
+        let BillingResponse::InsufficientClaims { description: Some(d), scope: Some(s) } =
+            unauthorized(Some(&long), "")
+        else {
+            panic!("not insufficient_claims with both fields");
+        };
+        assert_eq!((d.chars().count(), s.chars().count()), (EXCERPT_CHARS, EXCERPT_CHARS), "cut to an excerpt");
+        let body = "{\"error\": \"insufficient_claims\", \"error_description\": \"bad\\u0000claim\\u001b[31m\\nAuthorization: Bearer eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln\"}";
+        let BillingResponse::InsufficientClaims { description: Some(d), scope: None } = unauthorized(None, body) else {
+            panic!("not insufficient_claims with a description");
+        };
+        assert!(!d.chars().any(char::is_control), "{d:?}");
+        assert!(d.starts_with("bad claim [31m Authorization:"), "{d:?}");
+        assert!(!d.contains("eyJ"), "{d:?}");
     }
 
     #[test]

@@ -125,8 +125,14 @@ pub enum BlockCause {
         /// Names the header.
         description: String,
     },
-    /// `401 insufficient_claims` (the engine names the claim with the local policy).
-    InsufficientClaims,
+    /// `401 insufficient_claims` (the engine names the claim with the local policy), with
+    /// what the platform said, as [`BillingResponse::InsufficientClaims`] carries it.
+    InsufficientClaims {
+        /// The platform's `error_description`, made safe to show; `None` when it gave none.
+        description: Option<String>,
+        /// The scope the platform requires (its challenge's `scope`); `None` when it named none.
+        scope: Option<String>,
+    },
     /// `403 tenant_not_authorized`.
     TenantNotAuthorized,
 }
@@ -154,7 +160,9 @@ pub fn settle<E: AsRef<EventId>>(answer: BillingResponse, batch: &[E], attempt: 
         }
         BillingResponse::InvalidToken if !attempt.token_renewed => Decision::RenewTokenAndRetry,
         BillingResponse::InvalidToken => Decision::Retry { wait: None, cause: RetryCause::InvalidTokenTwice },
-        BillingResponse::InsufficientClaims => Decision::Block(BlockCause::InsufficientClaims),
+        BillingResponse::InsufficientClaims { description, scope } => {
+            Decision::Block(BlockCause::InsufficientClaims { description, scope })
+        }
         BillingResponse::TenantNotAuthorized => Decision::Block(BlockCause::TenantNotAuthorized),
         BillingResponse::RateLimited { retry_after } => Decision::Retry {
             wait: Some(retry_after.unwrap_or(Duration::from_secs(1))),
@@ -380,10 +388,22 @@ mod tests {
             ),
             (
                 "401 insufficient_claims",
-                BillingResponse::InsufficientClaims,
+                BillingResponse::InsufficientClaims { description: None, scope: None },
                 &three,
                 false,
-                Box::new(|d| *d == Decision::Block(BlockCause::InsufficientClaims)),
+                Box::new(|d| *d == Decision::Block(BlockCause::InsufficientClaims { description: None, scope: None })),
+            ),
+            (
+                "401 insufficient_claims, saying why",
+                BillingResponse::InsufficientClaims { description: Some("tenant".into()), scope: Some("s".into()) },
+                &three,
+                true,
+                Box::new(|d| {
+                    *d == Decision::Block(BlockCause::InsufficientClaims {
+                        description: Some("tenant".into()),
+                        scope: Some("s".into()),
+                    })
+                }),
             ),
             (
                 "403",

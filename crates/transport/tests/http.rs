@@ -96,13 +96,22 @@ async fn sends_all_four_headers_and_the_idempotency_key() {
 async fn a_401_challenge_is_classified() {
     let (url, _) = serve(
         StatusCode::UNAUTHORIZED,
-        &[("www-authenticate", r#"Bearer error="insufficient_claims""#)],
+        &[(
+            "www-authenticate",
+            r#"Bearer realm="iot", error="insufficient_claims", error_description="tenant_id claim does not match X-Tenant-ID", scope="urn:oracle:iot:billing:write""#,
+        )],
         r#"{"error":"insufficient_claims","error_description":"insufficient claims"}"#,
     )
     .await;
     let api = HttpBillingApi::new(&url, &HttpSettings::default()).unwrap();
     let reply = api.post_events(&headers(), &body()).await.unwrap();
-    assert_eq!(reply.response, BillingResponse::InsufficientClaims);
+    assert_eq!(
+        reply.response,
+        BillingResponse::InsufficientClaims {
+            description: Some("tenant_id claim does not match X-Tenant-ID".into()),
+            scope: Some("urn:oracle:iot:billing:write".into()),
+        }
+    );
 }
 
 #[tokio::test]

@@ -18,18 +18,37 @@ pub struct Blocked {
 }
 
 /// One reason a tenant is blocked.
+///
+/// In JSON (`status --json`, the saved state) `platform_description` and `required_scope` are
+/// written only when set, and read as `None` when absent, so the shape `{"code", "hint"}` of
+/// every other reason is unchanged.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Reason {
     /// The reason code (`missing_scope`, `tenant_not_authorized`, `invalid_client`, ...).
     pub code: String,
     /// What to change.
     pub hint: String,
+    /// What the platform said was wrong (`insufficient_claims`: its `error_description`), made
+    /// safe to show; the hint quotes it too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform_description: Option<String>,
+    /// The scope the platform requires (`insufficient_claims`: its challenge's `scope`); the
+    /// hint names it too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub required_scope: Option<String>,
+}
+
+impl Reason {
+    /// A reason with a code and a hint, and nothing the platform said.
+    pub fn new(code: impl Into<String>, hint: impl Into<String>) -> Self {
+        Self { code: code.into(), hint: hint.into(), platform_description: None, required_scope: None }
+    }
 }
 
 impl Blocked {
     /// One reason.
     pub fn one(code: impl Into<String>, hint: impl Into<String>) -> Self {
-        Self { reasons: vec![Reason { code: code.into(), hint: hint.into() }] }
+        Self { reasons: vec![Reason::new(code, hint)] }
     }
 
     /// The reason codes, in order.
@@ -60,15 +79,29 @@ impl Blocked {
     /// `headers` are those of the refused request; their token had passed the preflight.
     pub fn by_platform(tenant: &Tenant, cause: &BlockCause, headers: &BillingRequestHeaders) -> Self {
         match cause {
-            BlockCause::InsufficientClaims => Self::one(
-                "insufficient_claims",
-                format!(
-                    "the platform refused the token as having insufficient claims, but billsync's own check finds \
-                     nothing wrong with them ({}); the platform knows something we do not: check IoT Console > \
-                     Monitoring > API Access for the detailed reason.",
+            BlockCause::InsufficientClaims { description, scope } => {
+                let said: Vec<String> = [
+                    description.as_ref().map(|d| format!("the platform says: \"{d}\"")),
+                    scope.as_ref().map(|s| format!("the platform requires scope \"{s}\"")),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                let said = if said.is_empty() { String::new() } else { format!(" ({})", said.join("; ")) };
+                let hint = format!(
+                    "the platform refused the token as having insufficient claims{said}, but billsync's own check \
+                     finds nothing wrong with them ({}); the platform knows something we do not: check IoT Console \
+                     > Monitoring > API Access for the detailed reason.",
                     serde_json::to_string(headers.claims()).unwrap_or_default()
-                ),
-            ),
+                );
+                Self {
+                    reasons: vec![Reason {
+                        platform_description: description.clone(),
+                        required_scope: scope.clone(),
+                        ..Reason::new("insufficient_claims", hint)
+                    }],
+                }
+            }
             BlockCause::MissingHeader { description } => {
                 Self::one("missing_header", format!("the platform says a required header is missing: {description}"))
             }
@@ -98,9 +131,7 @@ impl Blocked {
     }
 
     fn from_violations(v: &Violations) -> Self {
-        Self {
-            reasons: v.as_slice().iter().map(|v| Reason { code: v.code.to_string(), hint: v.hint.clone() }).collect(),
-        }
+        Self { reasons: v.as_slice().iter().map(|v| Reason::new(v.code.to_string(), v.hint.clone())).collect() }
     }
 }
 

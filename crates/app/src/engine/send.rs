@@ -74,7 +74,7 @@ impl Engine {
                     return Step::Halt(Halt::Retry { why: cause.to_string(), unexpected });
                 }
                 Decision::Block(cause) => {
-                    if cause == BlockCause::InsufficientClaims {
+                    if matches!(cause, BlockCause::InsufficientClaims { .. }) {
                         // Never send this token again.
                         self.inner.tokens.invalidate(tenant, &headers).await;
                     }
@@ -149,7 +149,7 @@ fn status_label(r: &BillingResponse) -> &'static str {
     match r {
         BillingResponse::Accepted(_) => "202",
         BillingResponse::MissingHeader { .. } | BillingResponse::InvalidRequest { .. } => "400",
-        BillingResponse::InvalidToken | BillingResponse::InsufficientClaims => "401",
+        BillingResponse::InvalidToken | BillingResponse::InsufficientClaims { .. } => "401",
         BillingResponse::TenantNotAuthorized => "403",
         BillingResponse::PayloadTooLarge => "413",
         BillingResponse::RateLimited { .. } => "429",

@@ -232,7 +232,7 @@ async fn insufficient_claims_blocks_the_tenant_and_names_the_claim_locally() {
         &["acme"],
         3,
         settings(500, 100),
-        vec![Ok(reply(BillingResponse::InsufficientClaims))],
+        vec![Ok(reply(BillingResponse::InsufficientClaims { description: None, scope: None }))],
         accept_all(),
         None,
     )
@@ -243,7 +243,37 @@ async fn insufficient_claims_blocks_the_tenant_and_names_the_claim_locally() {
     let blocked = r[0].blocked.clone().unwrap();
     assert_eq!(blocked.codes(), ["insufficient_claims"], "local policy found nothing, and says so");
     assert!(blocked.reasons[0].hint.contains("billsync's own check finds nothing wrong"));
+    assert!(!blocked.reasons[0].hint.contains("the platform says"), "it said nothing: {blocked}");
+    let json = serde_json::to_value(&blocked).unwrap();
+    assert_eq!(json["reasons"][0].as_object().unwrap().len(), 2, "only code and hint, as before: {json}");
     assert_eq!(w.outbox.states("acme").get("pending"), Some(&3), "a configuration problem never dead-letters");
+}
+
+#[tokio::test(start_paused = true)]
+async fn insufficient_claims_shows_what_the_platform_said_and_the_scope_it_requires() {
+    let said = BillingResponse::InsufficientClaims {
+        description: Some("tenant_id claim does not match X-Tenant-ID".into()),
+        scope: Some("urn:oracle:iot:billing:write".into()),
+    };
+    let w = world(&["acme"], 3, settings(500, 100), vec![Ok(reply(said))], accept_all(), None).await;
+
+    let r = w.engine.sync_once().await;
+
+    let blocked = r[0].blocked.clone().unwrap();
+    assert_eq!(blocked.codes(), ["insufficient_claims"]);
+    let reason = &blocked.reasons[0];
+    assert!(reason.hint.contains("billsync's own check finds nothing wrong"), "the explanation stays: {blocked}");
+    assert!(reason.hint.contains(r#"the platform says: "tenant_id claim does not match X-Tenant-ID""#), "{blocked}");
+    assert!(reason.hint.contains(r#"the platform requires scope "urn:oracle:iot:billing:write""#), "{blocked}");
+    assert_eq!(reason.platform_description.as_deref(), Some("tenant_id claim does not match X-Tenant-ID"));
+    assert_eq!(reason.required_scope.as_deref(), Some("urn:oracle:iot:billing:write"));
+    let json = serde_json::to_value(&blocked).unwrap();
+    assert_eq!(json["reasons"][0]["platform_description"], "tenant_id claim does not match X-Tenant-ID", "{json}");
+    assert_eq!(json["reasons"][0]["required_scope"], "urn:oracle:iot:billing:write", "{json}");
+    let old: Blocked = serde_json::from_str(r#"{"reasons": [{"code": "missing_scope", "hint": "h"}]}"#).unwrap();
+    assert_eq!(old, Blocked::one("missing_scope", "h"), "a state saved without the fields still reads");
+    assert_eq!(w.tokens.invalidated(), 1, "the refused token is never sent again");
+    assert_eq!(w.outbox.states("acme").get("pending"), Some(&3));
 }
 
 #[tokio::test(start_paused = true)]
