@@ -51,17 +51,25 @@ pub fn billing_event(data: &[u8]) {
     }
 }
 
-/// `billsync_auth::inspect` (JWT decoding + the billing policy), with and without the ids.
+/// `billsync_auth::inspect` (JWT decoding + the billing policy), with and without the ids, and
+/// `billsync_auth::check_assertion`.
 pub fn jwt_inspect(data: &[u8]) {
     let (token, rest) = line(data);
     let (tenant, rest) = line(rest);
     let (app, _) = line(rest);
     let token = String::from_utf8_lossy(token);
+    let (client_id, audience) = (String::from_utf8_lossy(tenant), String::from_utf8_lossy(app));
     let tenant = TenantId::parse(String::from_utf8_lossy(tenant).into_owned()).ok();
     let app = ApplicationId::parse(String::from_utf8_lossy(app).into_owned()).ok();
     let policy = BillingPolicy::default();
     let _ = billsync_auth::inspect(&token, tenant.as_ref(), app.as_ref(), &policy, now());
     let _ = billsync_auth::inspect(&token, None, None, &policy, now());
+    // The same text as a client assertion file (the second line as the client id, the third as
+    // the token URL): a problem never shows the assertion.
+    if let Err(problem) = billsync_auth::check_assertion(&token, &client_id, &audience, now()) {
+        let shown = problem.to_string();
+        assert!(token.trim().len() < 16 || !shown.contains(token.trim()), "a problem shows the assertion");
+    }
 }
 
 /// `billsync_auth::parse_token_response`; an error never carries the body's token.

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use billsync_auth::Diagnosis;
 use billsync_domain::{
-    BillingPolicy, Clock, DeadLetterRecord, EncodedEvent, EnqueueReport, EventId, Outbox, OutboxError, SystemClock,
-    TenantCounts, TenantName,
+    BillingPolicy, Clock, DeadLetterRecord, EncodedEvent, EnqueueReport, EventId, Outbox, OutboxError, Scope,
+    SystemClock, TenantCounts, TenantName,
 };
 use billsync_http::HttpSettings;
 use billsync_transport::HttpBillingApi;
@@ -158,8 +158,14 @@ fn token_cache(config: &Config, http: &HttpSettings, clock: Arc<dyn Clock>) -> R
             Credential::PrivateKey { key, lifetime } => {
                 TenantAuth::new_private_key_jwt(t.tenant.clone(), key.clone()).with_assertion_lifetime(*lifetime)?
             }
+            Credential::AssertionFile { path } => TenantAuth::new_assertion_file(t.tenant.clone(), path),
+        };
+        // One assertion serves one token request: a tenant on an assertion file asks for the
+        // write and read scopes in one token.
+        a = match &t.credential {
+            Credential::AssertionFile { .. } => a.with_scopes([platform.billing_scope.clone(), Scope::billing_read()]),
+            _ => a.with_scope(platform.billing_scope.clone()),
         }
-        .with_scope(platform.billing_scope.clone())
         .with_jwks_verification(t.verify_jwks);
         if let Some(url) = &t.token_url {
             a = a.with_token_url(url.as_str())?;

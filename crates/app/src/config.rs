@@ -115,6 +115,7 @@ struct RawTenant {
     #[serde(default)]
     allow_insecure_key_permissions: bool,
     private_key_file: Option<PathBuf>,
+    client_assertion_file: Option<PathBuf>,
     key_id: Option<String>,
     assertion_lifetime_seconds: Option<u64>,
     token_url: Option<String>,
@@ -399,7 +400,7 @@ impl RawTenant {
             (None, None, Some(file)) => {
                 let key = key("client_secret_file");
                 let read = secret_file::read(&relative_to(at.0, file), &key, self.allow_insecure_key_permissions)
-                    .map_err(|reason| at.invalid(&key, reason))?;
+                    .map_err(|(_, reason)| at.invalid(&key, reason))?;
                 warnings.extend(read.warning);
                 Ok(ClientSecret::new(read.text))
             }

@@ -373,6 +373,10 @@ impl AssertionKey {
 pub struct ClientAssertion(Zeroizing<String>);
 
 impl ClientAssertion {
+    pub(crate) fn new(jwt: String) -> Self {
+        Self(Zeroizing::new(jwt))
+    }
+
     /// The compact JWS, for the one place that sends it.
     pub fn secret(&self) -> &str {
         &self.0

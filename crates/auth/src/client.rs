@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use billsync_domain::{AccessToken, Clock, SystemClock, TenantName, TokenError};
+use billsync_domain::{AccessToken, Clock, Scope, SystemClock, TenantName, TokenError};
 use chrono::{DateTime, Utc};
 use reqwest::Url;
 use reqwest::header::{ACCEPT, AUTHORIZATION, DATE};
@@ -17,6 +17,7 @@ use zeroize::Zeroizing;
 
 use crate::assertion::{CLIENT_ASSERTION_TYPE, ClientAssertion};
 use crate::config::{AuthConfig, AuthMethod, ConfigError, TenantAuth};
+use crate::external::{AssertionProblem, SentJtis, check_assertion, read_assertion_file};
 use crate::jwks::JwksCache;
 
 /// The largest token response body read (1 MiB).
@@ -102,6 +103,8 @@ pub(crate) struct Inner {
     last_skew: Mutex<Option<chrono::Duration>>,
     /// The last skew measured per token URL (tenants may have their own endpoint).
     skews: Mutex<HashMap<String, chrono::Duration>>,
+    /// The `jti`s of client assertion files already sent, so that one is never sent twice.
+    sent_jtis: Mutex<SentJtis>,
 }
 
 impl fmt::Debug for OAuthClient {
@@ -138,6 +141,7 @@ impl OAuthClient {
                 requests: Mutex::new(HashMap::new()),
                 last_skew: Mutex::new(None),
                 skews: Mutex::new(HashMap::new()),
+                sent_jtis: Mutex::new(SentJtis::default()),
             }),
         })
     }
@@ -163,26 +167,36 @@ impl OAuthClient {
 
     /// Requests a token, retrying 5xx and network errors with backoff.
     pub(crate) async fn request_token(&self, auth: &TenantAuth) -> Result<TokenGrant, FetchFailure> {
+        self.request_token_for(auth, auth.scopes()).await
+    }
+
+    /// Requests a token for `scopes` instead of the tenant's configured ones, with its
+    /// credentials and other settings (the token cache's read slot).
+    pub(crate) async fn request_token_for(
+        &self,
+        auth: &TenantAuth,
+        scopes: &[Scope],
+    ) -> Result<TokenGrant, FetchFailure> {
         let tenant = auth.tenant();
         let span = tracing::info_span!(
             "token_request",
             tenant = %tenant.name(),
             client_id = %tenant.client_id(),
             auth_method = %auth.auth_method(),
-            scope = %auth.scope_param(),
+            scope = %scope_param(scopes),
         );
-        self.attempts(auth).instrument(span).await
+        self.attempts(auth, scopes).instrument(span).await
     }
 
     /// The attempts of one token request. A refused client assertion is signed and sent once
     /// more when the refusal's `Date` revealed a clock skew the assertion did not account for.
-    async fn attempts(&self, auth: &TenantAuth) -> Result<TokenGrant, FetchFailure> {
+    async fn attempts(&self, auth: &TenantAuth, scopes: &[Scope]) -> Result<TokenGrant, FetchFailure> {
         let retry = *self.inner.config.retry();
         let url = self.endpoint(auth);
         let (mut reachable, mut attempt, mut resigned) = (false, 1, false);
         loop {
             let skew = self.endpoint_skew(&url);
-            match self.attempt(auth, &url).await {
+            match self.attempt(auth, scopes, &url).await {
                 Ok(grant) => {
                     tracing::debug!(attempt, expires_in = ?grant.expires_in, "token issued");
                     return Ok(grant);
@@ -219,9 +233,7 @@ impl OAuthClient {
     /// Whether a refused `private_key_jwt` request was signed with another skew than the one
     /// now measured for its endpoint (typically: the first request, before any `Date` was seen).
     fn skew_revealed(&self, auth: &TenantAuth, url: &Url, used: chrono::Duration, error: &TokenError) -> bool {
-        auth.auth_method() == AuthMethod::PrivateKeyJwt
-            && matches!(error, TokenError::Refused { .. })
-            && self.endpoint_skew(url) != used
+        auth.private_key().is_some() && matches!(error, TokenError::Refused { .. }) && self.endpoint_skew(url) != used
     }
 
     /// The token URL a tenant's requests go to, as posted (no fragment).
@@ -247,8 +259,8 @@ impl OAuthClient {
     }
 
     /// One request to the token endpoint: a grant, a failure worth retrying, or a final one.
-    async fn attempt(&self, auth: &TenantAuth, url: &Url) -> Result<TokenGrant, Attempt> {
-        let req = self.token_request(auth, url).map_err(|error| Attempt::Final { reachable: false, error })?;
+    async fn attempt(&self, auth: &TenantAuth, scopes: &[Scope], url: &Url) -> Result<TokenGrant, Attempt> {
+        let req = self.token_request(auth, scopes, url).map_err(|error| Attempt::Final { reachable: false, error })?;
         self.count_request(auth.tenant().name());
         let sent_at = self.inner.clock.now();
         let resp = req.send().await.map_err(|e| Attempt::Retry { reachable: false, reason: describe(&e) })?;
@@ -264,7 +276,7 @@ impl OAuthClient {
             access_token,
             expires_in,
             granted_scope,
-            requested_scope: auth.scopes().iter().map(|s| s.as_str().to_owned()).collect(),
+            requested_scope: scopes.iter().map(|s| s.as_str().to_owned()).collect(),
             received_at,
             measured_skew,
         })
@@ -272,9 +284,14 @@ impl OAuthClient {
 
     /// Builds the client-credentials request to `url`, authenticated as the tenant's
     /// `auth_method` says.
-    fn token_request(&self, auth: &TenantAuth, url: &Url) -> Result<reqwest::RequestBuilder, TokenError> {
+    fn token_request(
+        &self,
+        auth: &TenantAuth,
+        scopes: &[Scope],
+        url: &Url,
+    ) -> Result<reqwest::RequestBuilder, TokenError> {
         let tenant = auth.tenant();
-        let scope = auth.scope_param();
+        let scope = scope_param(scopes);
         let assertion: ClientAssertion;
         let mut form: Vec<(&str, &str)> = vec![("grant_type", "client_credentials"), ("scope", &scope)];
         let mut req = self.inner.http.post(url.clone()).header(ACCEPT, "application/json");
@@ -300,21 +317,66 @@ impl OAuthClient {
         Ok(req.form(&form))
     }
 
-    /// A client assertion for `url`, issued now on the endpoint's clock (ours corrected by the
-    /// skew measured from its `Date` header).
+    /// A client assertion for `url`: signed now on the endpoint's clock (ours corrected by the
+    /// skew measured from its `Date` header) with the tenant's key, or read from its file and
+    /// checked on that clock.
     fn client_assertion(&self, auth: &TenantAuth, url: &Url) -> Result<ClientAssertion, TokenError> {
         let tenant = auth.tenant();
-        let key = auth.private_key().ok_or_else(|| TokenError::Refused {
-            error: "missing_private_key".into(),
-            description: Some(format!(
-                "tenant {} authenticates with private_key_jwt but has no private key",
+        if let Some(path) = auth.assertion_file() {
+            return self.assertion_from_file(auth, path, url, true).map_err(|p| TokenError::Credential {
+                code: p.code().into(),
+                reason: format!("tenant {}: {p}", tenant.name()),
+            });
+        }
+        let key = auth.private_key().ok_or_else(|| TokenError::Credential {
+            code: "missing_private_key".into(),
+            reason: format!(
+                "tenant {} authenticates with private_key_jwt but has neither a private key nor a client assertion file",
                 tenant.name()
-            )),
+            ),
         })?;
         let issued_at = shift(self.inner.clock.now(), self.endpoint_skew(url));
         key.sign_assertion(tenant.client_id().as_str(), url.as_str(), issued_at, auth.assertion_lifetime())
             .map_err(|e| TokenError::Refused { error: "client_assertion".into(), description: Some(e.to_string()) })
     }
+}
+
+impl OAuthClient {
+    /// Reads and checks the tenant's client assertion file for a request to `url`; with
+    /// `send`, records its `jti` as sent. A file not rotated since it was last sent is refused
+    /// before it is sent again.
+    fn assertion_from_file(
+        &self,
+        auth: &TenantAuth,
+        path: &std::path::Path,
+        url: &Url,
+        send: bool,
+    ) -> Result<ClientAssertion, AssertionProblem> {
+        let text = read_assertion_file(path)?;
+        let now = shift(self.inner.clock.now(), self.endpoint_skew(url));
+        let checked = check_assertion(&text, auth.tenant().client_id().as_str(), url.as_str(), now)?;
+        let tenant = auth.tenant().name().as_str();
+        let mut sent = self.inner.sent_jtis.lock().unwrap_or_else(|p| p.into_inner());
+        if sent.seen(tenant, checked.jti(), now) {
+            return Err(AssertionProblem::NotRotated { jti: checked.jti().to_owned() });
+        }
+        if send {
+            sent.record(tenant, checked.jti(), checked.expires_at());
+        }
+        Ok(checked.into_assertion())
+    }
+
+    /// Checks the tenant's client assertion file as a token request would, without sending it
+    /// or recording it as sent (for `billsync doctor`); `None` without a file.
+    pub(crate) fn check_assertion_file(&self, auth: &TenantAuth) -> Option<Result<(), AssertionProblem>> {
+        let path = auth.assertion_file()?;
+        Some(self.assertion_from_file(auth, path, &self.endpoint(auth), false).map(drop))
+    }
+}
+
+/// Scopes as sent: space-separated.
+fn scope_param(scopes: &[Scope]) -> String {
+    scopes.iter().map(Scope::as_str).collect::<Vec<_>>().join(" ")
 }
 
 /// The token endpoint's clock minus ours, from its `Date` header, when it sent a readable one.
@@ -532,7 +594,7 @@ mod tests {
         let client = OAuthClient::new(AuthConfig::new("https://idcs.example.com/oauth2/v1/token").unwrap()).unwrap();
 
         let url = client.endpoint(&auth);
-        let request = client.token_request(&auth, &url).unwrap().build().unwrap();
+        let request = client.token_request(&auth, auth.scopes(), &url).unwrap().build().unwrap();
         let value = &request.headers()[AUTHORIZATION];
         assert_eq!(value.to_str().unwrap(), format!("Basic {}", STANDARD.encode("app-acme:s3cret")));
         assert!(value.is_sensitive(), "tooling that prints headers would show the client secret");

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -119,6 +120,7 @@ pub struct TenantAuth {
     extra_params: BTreeMap<String, String>,
     verify_jwks: bool,
     private_key: Option<AssertionKey>,
+    assertion_file: Option<PathBuf>,
     assertion_lifetime: Duration,
     token_url: Option<Url>,
 }
@@ -135,6 +137,7 @@ impl TenantAuth {
             extra_params: BTreeMap::new(),
             verify_jwks: false,
             private_key: None,
+            assertion_file: None,
             assertion_lifetime: DEFAULT_ASSERTION_LIFETIME,
             token_url: None,
         }
@@ -149,7 +152,28 @@ impl TenantAuth {
     /// Signs client assertions with `key` and switches the method to `private_key_jwt`.
     pub fn with_private_key(mut self, key: AssertionKey) -> Self {
         self.private_key = Some(key);
+        self.assertion_file = None;
         self.auth_method = AuthMethod::PrivateKeyJwt;
+        self
+    }
+
+    /// A tenant using `private_key_jwt` with assertions minted outside billsync (by an HSM, a
+    /// KMS or a signing sidecar) and written to `path`, otherwise as [`TenantAuth::new`]. The
+    /// file is read afresh for every token request and checked before use
+    /// ([`crate::check_assertion`]). Since each assertion serves one token request, the
+    /// tenant asks for the billing write and read scopes in one token.
+    pub fn new_assertion_file(tenant: Tenant, path: impl Into<PathBuf>) -> Self {
+        Self::new(tenant, ClientSecret::new("")).with_assertion_file(path)
+    }
+
+    /// Sends the client assertion found in `path` at each token request and switches the
+    /// method to `private_key_jwt`; the scopes become the billing write and read scopes
+    /// (replace them with [`TenantAuth::with_scopes`] afterwards if the client needs others).
+    pub fn with_assertion_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.assertion_file = Some(path.into());
+        self.private_key = None;
+        self.auth_method = AuthMethod::PrivateKeyJwt;
+        self.scopes = vec![default_scope(), Scope::billing_read()];
         self
     }
 
@@ -252,6 +276,14 @@ impl TenantAuth {
     /// The key that signs client assertions, when one is set.
     pub fn private_key(&self) -> Option<&AssertionKey> {
         self.private_key.as_ref()
+    }
+    /// The file holding the client assertion minted outside billsync, when one is set.
+    pub fn assertion_file(&self) -> Option<&Path> {
+        self.assertion_file.as_deref()
+    }
+    /// Whether a `private_key_jwt` tenant has what it signs or sends with: a key or a file.
+    pub(crate) fn has_assertion_source(&self) -> bool {
+        self.private_key.is_some() || self.assertion_file.is_some()
     }
     /// How long each client assertion lives.
     pub fn assertion_lifetime(&self) -> Duration {

@@ -14,6 +14,9 @@ use crate::config::{AuthMethod, TenantAuth};
 use crate::jwks::SignatureError;
 use crate::preflight::{Authorized, Preflight, SignatureStatus};
 
+/// The clock skew from which doctor fails a `private_key_jwt` tenant's `clock_skew` check.
+pub const ASSERTION_SKEW_LIMIT: chrono::Duration = chrono::Duration::seconds(60);
+
 /// One line of a diagnosis.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Check {
@@ -30,6 +33,10 @@ impl Check {
     pub(crate) fn fail(check: &str, reason: &str, hint: impl Into<String>) -> Self {
         Self { check: check.to_owned(), ok: false, reason: Some(reason.to_owned()), hint: Some(hint.into()) }
     }
+    /// A check that passes with a warning: `reason` is set although `ok` is.
+    pub(crate) fn warn(check: &str, reason: &str, hint: impl Into<String>) -> Self {
+        Self { check: check.to_owned(), ok: true, reason: Some(reason.to_owned()), hint: Some(hint.into()) }
+    }
     /// The check's stable name (`token_endpoint_reachable`, `claim.scope`, ...).
     pub fn name(&self) -> &str {
         &self.check
@@ -38,7 +45,8 @@ impl Check {
     pub fn ok(&self) -> bool {
         self.ok
     }
-    /// The stable code of a failure (a [`ViolationCode`], an RFC 6749 error, ...).
+    /// The stable code of a failure (a [`ViolationCode`], an RFC 6749 error, ...), or of a
+    /// warning on a check that passed (`kid_mismatch`).
     pub fn reason(&self) -> Option<&str> {
         self.reason.as_deref()
     }
@@ -57,6 +65,62 @@ pub struct HeaderConfig {
     pub x_application_id: String,
 }
 
+/// A possible reason for a refusal the server does not explain, with its fix.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LikelyCause {
+    /// `key_not_registered`, `kid_mismatch`, `bad_assertion_signature`, `assertion_replayed`.
+    pub code: &'static str,
+    /// What to check or change, and where.
+    pub fix: String,
+}
+
+/// Why a token endpoint may refuse a `private_key_jwt` client with a bare `invalid_client`
+/// (docs/platform.md §1.1: the platform names the reason only in its audit log), most likely
+/// first, each with its fix. Empty for the secret methods.
+pub fn likely_assertion_causes(auth: &TenantAuth) -> Vec<LikelyCause> {
+    if auth.auth_method() != AuthMethod::PrivateKeyJwt {
+        return Vec::new();
+    }
+    let client = auth.tenant().client_id();
+    let (kid, public) = match auth.private_key() {
+        Some(k) => (
+            format!("kid {}", k.key_id()),
+            "the public key `billsync key generate` printed (or derive it from private_key_file)",
+        ),
+        None => ("the kid in the assertion's header".to_owned(), "the public key of whatever signs the assertion file"),
+    };
+    vec![
+        LikelyCause {
+            code: "key_not_registered",
+            fix: format!(
+                "register {public} for client {client} in the console (Applications > OAuth Clients > {client} > \
+                 Keys), with client authentication private_key_jwt"
+            ),
+        },
+        LikelyCause {
+            code: "kid_mismatch",
+            fix: format!(
+                "the key id the console shows for that key must be the assertion's {kid}: set key_id on the tenant \
+                 to the console's, or register the key under this id"
+            ),
+        },
+        LikelyCause {
+            code: "bad_assertion_signature",
+            fix: format!(
+                "the key registered under that id is not the one signing: register {public} again, replacing the \
+                 old one"
+            ),
+        },
+        LikelyCause {
+            code: "assertion_replayed",
+            fix: "the same assertion (jti) reached the platform twice: another agent shares this client's assertion \
+                  file, or the signer reuses assertions; give each agent its own and make the signer write a fresh \
+                  one for every token request"
+                .to_owned(),
+        },
+    ]
+}
+
 /// The outcome of [`OAuthClient::diagnose`]: serialises as
 /// `{"name", "ready", "checks": [{"check", "ok", "reason", "hint"}], ...}`.
 #[derive(Debug, Clone, Serialize)]
@@ -73,6 +137,9 @@ pub struct Diagnosis {
     claims_checked: bool,
     expires_at: Option<DateTime<Utc>>,
     refresh_at: Option<DateTime<Utc>>,
+    /// After a refusal the server does not explain: what may be wrong, most likely first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    likely_causes: Vec<LikelyCause>,
 }
 
 impl Diagnosis {
@@ -95,6 +162,14 @@ impl Diagnosis {
     /// The codes of the failed checks.
     pub fn failures(&self) -> Vec<&str> {
         self.checks.iter().filter(|c| !c.ok).filter_map(|c| c.reason.as_deref()).collect()
+    }
+    /// The codes of the checks that passed with a warning.
+    pub fn warnings(&self) -> Vec<&str> {
+        self.checks.iter().filter(|c| c.ok).filter_map(|c| c.reason.as_deref()).collect()
+    }
+    /// After a refusal the server does not explain, what may be wrong, most likely first.
+    pub fn likely_causes(&self) -> &[LikelyCause] {
+        &self.likely_causes
     }
     /// The headers configured for billing requests.
     pub fn headers(&self) -> &HeaderConfig {
@@ -132,7 +207,11 @@ impl fmt::Display for Diagnosis {
             self.headers.x_tenant_id, self.headers.x_application_id
         )?;
         for c in &self.checks {
-            let mark = if c.ok { "ok  " } else { "FAIL" };
+            let mark = match (c.ok, &c.reason) {
+                (false, _) => "FAIL",
+                (true, Some(_)) => "warn",
+                (true, None) => "ok  ",
+            };
             write!(f, "  [{mark}] {}", c.check)?;
             if let Some(r) = &c.reason {
                 write!(f, " ({r})")?;
@@ -141,6 +220,12 @@ impl fmt::Display for Diagnosis {
                 write!(f, ": {h}")?;
             }
             writeln!(f)?;
+        }
+        if !self.likely_causes.is_empty() {
+            writeln!(f, "  the server does not say why; likely causes, in order:")?;
+            for (i, c) in self.likely_causes.iter().enumerate() {
+                writeln!(f, "    {}. {}: {}", i + 1, c.code, c.fix)?;
+            }
         }
         Ok(())
     }
@@ -152,31 +237,58 @@ fn token_error_code(e: &TokenError) -> String {
         TokenError::Policy(_) => "policy".into(),
         TokenError::Unavailable(_) => "unavailable".into(),
         TokenError::Malformed(_) => "malformed_response".into(),
+        TokenError::Credential { code, .. } => code.clone(),
     }
 }
 
-/// For `private_key_jwt`: which key signs the assertions and for which audience, or that there
-/// is none. `None` for the other methods.
-fn private_key_check(auth: &TenantAuth, token_url: &str) -> Option<Check> {
-    if auth.auth_method() != AuthMethod::PrivateKeyJwt {
-        return None;
+impl OAuthClient {
+    /// For `private_key_jwt`: which key signs the assertions and for which audience, whether
+    /// the client assertion file can be sent now, or that there is neither. `None` for the
+    /// other methods.
+    fn assertion_check(&self, auth: &TenantAuth, token_url: &str) -> Option<Check> {
+        if auth.auth_method() != AuthMethod::PrivateKeyJwt {
+            return None;
+        }
+        Some(match (auth.private_key(), auth.assertion_file(), self.check_assertion_file(auth)) {
+            (Some(key), _, _) if key.key_id() != key.thumbprint() => Check::warn(
+                "private_key",
+                "kid_mismatch",
+                format!(
+                    "{} key, kid {}; assertions for {token_url} live {} s. The kid is not the key's RFC 7638 \
+                     thumbprint ({}): right if the console assigned it, otherwise the console will not find the key",
+                    key.algorithm(),
+                    key.key_id(),
+                    auth.assertion_lifetime().as_secs(),
+                    key.thumbprint()
+                ),
+            ),
+            (Some(key), _, _) => Check::pass(
+                "private_key",
+                Some(format!(
+                    "{} key, kid {}; assertions for {token_url} live {} s",
+                    key.algorithm(),
+                    key.key_id(),
+                    auth.assertion_lifetime().as_secs()
+                )),
+            ),
+            (None, Some(path), Some(Ok(()))) => Check::pass(
+                "client_assertion_file",
+                Some(format!("{}: a current assertion for {token_url}, not sent before", path.display())),
+            ),
+            (None, Some(_), Some(Err(problem))) => {
+                Check::fail("client_assertion_file", problem.code(), problem.to_string())
+            }
+            _ => Check::fail(
+                "private_key",
+                "missing_private_key",
+                format!(
+                    "client {} authenticates with private_key_jwt but has neither a private key nor a client \
+                     assertion file",
+                    auth.tenant().client_id()
+                ),
+            ),
+        })
     }
-    Some(match auth.private_key() {
-        Some(key) => Check::pass(
-            "private_key",
-            Some(format!(
-                "{} key, kid {}; assertions for {token_url} live {} s",
-                key.algorithm(),
-                key.key_id(),
-                auth.assertion_lifetime().as_secs()
-            )),
-        ),
-        None => Check::fail(
-            "private_key",
-            "missing_private_key",
-            format!("client {} authenticates with private_key_jwt but has no private key", auth.tenant().client_id()),
-        ),
-    })
 }
 
 fn refused_advice(error: &str, auth: &TenantAuth, token_url: &str) -> String {
@@ -237,8 +349,9 @@ impl OAuthClient {
             claims_checked: false,
             expires_at: None,
             refresh_at: None,
+            likely_causes: Vec::new(),
         };
-        if let Some(check) = private_key_check(auth, &d.token_url) {
+        if let Some(check) = self.assertion_check(auth, &d.token_url) {
             let ok = check.ok;
             d.checks.push(check);
             if !ok {
@@ -277,11 +390,18 @@ impl OAuthClient {
                 other => other.to_string(),
             };
             d.checks.push(Check::fail("credentials_accepted", &code, hint));
+            if matches!(&f.error, TokenError::Refused { error, .. } if error == "invalid_client") {
+                d.likely_causes = likely_assertion_causes(auth);
+            }
         } else {
             d.checks.push(Check::fail("token_endpoint_reachable", "unreachable", f.error.to_string()));
         }
-        if let Some(s) = self.measured_skew_at(&self.endpoint(auth)) {
+        let measured = self.measured_skew_at(&self.endpoint(auth));
+        if let Some(s) = measured {
             d.clock_skew_seconds = Some(round_seconds(s));
+        }
+        if f.reachable {
+            d.checks.push(clock_skew_check(auth, measured));
         }
     }
 
@@ -298,7 +418,7 @@ impl OAuthClient {
             claim_checks(d, claims, p.violations.as_ref(), p.opaque);
             self.rfc8725_checks(d, p);
         }
-        d.checks.push(clock_skew_check(p.measured_skew));
+        d.checks.push(clock_skew_check(auth, p.measured_skew));
         self.record_outcome(d, &p.outcome);
     }
 
@@ -425,8 +545,26 @@ fn token_format_check(p: &Preflight) -> Check {
     }
 }
 
-/// How far the token endpoint's clock is from ours (informational: skew is corrected for).
-fn clock_skew_check(measured: Option<chrono::Duration>) -> Check {
+/// How far the token endpoint's clock is from ours. Informational for client secrets (the
+/// skew is corrected for); for client assertions a skew of [`ASSERTION_SKEW_LIMIT`] or more
+/// fails: the first assertion, signed before any `Date` was seen, and any minted outside
+/// billsync are on this machine's clock, and the platform refuses them.
+fn clock_skew_check(auth: &TenantAuth, measured: Option<chrono::Duration>) -> Check {
+    if let Some(s) = measured.filter(|s| s.abs() >= ASSERTION_SKEW_LIMIT) {
+        if auth.auth_method() == AuthMethod::PrivateKeyJwt {
+            return Check::fail(
+                "clock_skew",
+                "clock_skew",
+                format!(
+                    "the token endpoint's clock is {} {} ours; client assertions are refused when their iat is more \
+                     than 60 s off. billsync signs on the endpoint's time once it has seen it, but an assertion \
+                     minted elsewhere or before that is not: synchronise this machine's clock (NTP)",
+                    human_duration(chrono::Duration::seconds(round_seconds(s).abs())),
+                    if s > chrono::Duration::zero() { "ahead of" } else { "behind" }
+                ),
+            );
+        }
+    }
     Check::pass(
         "clock_skew",
         Some(match measured {

@@ -3,8 +3,11 @@
 //! [`AssertionKey`]), a preflight that checks every issued token against
 //! the billing policy before anything is sent with it (and, optionally, its RS256 signature
 //! against the JWKS), and [`TokenCache`], the [`billsync_domain::TokenSource`] the engine uses:
-//! one token per (tenant, client, scope), refreshed at 80% of its lifetime corrected for the
-//! token endpoint's clock skew, one token request at a time per tenant.
+//! one token per (tenant, client id, scope set, auth method), refreshed at 80% of its lifetime
+//! corrected for the token endpoint's clock skew, one token request at a time per slot; a
+//! read-scope slot per tenant for reconciliation ([`TokenCache::read_headers`]). A
+//! `private_key_jwt` tenant signs with an [`AssertionKey`] or sends an assertion minted elsewhere
+//! ([`TenantAuth::new_assertion_file`]), checked by [`check_assertion`] before it is sent.
 //!
 //! It also explains tokens: [`OAuthClient::diagnose`] for `billsync doctor` and [`inspect`]
 //! for `billsync token inspect`. Secrets (client secrets, access tokens) never appear in
@@ -57,6 +60,7 @@ mod claims;
 mod client;
 mod config;
 mod diagnose;
+mod external;
 mod inspect;
 mod jwks;
 mod jwt;
@@ -69,7 +73,8 @@ pub use assertion::{
 pub use cache::TokenCache;
 pub use client::{OAuthClient, TokenResponse, parse_token_response};
 pub use config::{AuthConfig, AuthMethod, ConfigError, RetryPolicy, TenantAuth};
-pub use diagnose::{Check, Diagnosis, HeaderConfig};
+pub use diagnose::{ASSERTION_SKEW_LIMIT, Check, Diagnosis, HeaderConfig, LikelyCause, likely_assertion_causes};
+pub use external::{AssertionProblem, ExternalAssertion, MAX_IAT_AHEAD, check_assertion, read_assertion_file};
 pub use inspect::{Inspection, TokenTimes, inspect};
 pub use jwks::verify_with_jwks;
 pub use jwt::{InspectError, MAX_TOKEN_LEN, Segment};

@@ -101,6 +101,17 @@ fn refused(e: &SignatureError) -> TokenError {
 impl OAuthClient {
     /// Runs the preflight on a grant.
     pub(crate) async fn preflight(&self, auth: &TenantAuth, grant: TokenGrant) -> Preflight {
+        self.preflight_with(auth, grant, self.inner.config.policy()).await
+    }
+
+    /// Runs the preflight on a grant, checking the claims against `policy` instead of the
+    /// configured billing policy (the token cache's read slot: the read scope).
+    pub(crate) async fn preflight_with(
+        &self,
+        auth: &TenantAuth,
+        grant: TokenGrant,
+        policy: &BillingPolicy,
+    ) -> Preflight {
         let mut p = Preflight::started(&grant);
         let decoded = match decode(&grant) {
             Ok(decoded) => decoded,
@@ -123,7 +134,7 @@ impl OAuthClient {
         };
         p.claims = Some(claims.clone());
         // The signature first, then iss and nbf, then the policy.
-        self.authorize(auth, &grant, claims, signature_error.or(claim_error), &mut p);
+        self.authorize(auth, &grant, claims, signature_error.or(claim_error), policy, &mut p);
         p
     }
 
@@ -193,13 +204,13 @@ impl OAuthClient {
         grant: &TokenGrant,
         claims: AccessTokenClaims,
         signature_error: Option<TokenError>,
+        policy: &BillingPolicy,
         p: &mut Preflight,
     ) {
-        let cfg = &self.inner.config;
         let tenant = auth.tenant();
         let token = AccessToken::new(grant.access_token.secret());
         let server_now = grant.server_received_at();
-        match cfg.policy().authorize(token, claims, tenant.tenant_id(), tenant.application_id(), server_now) {
+        match policy.authorize(token, claims, tenant.tenant_id(), tenant.application_id(), server_now) {
             Ok(headers) => {
                 let authorized = self.plan(headers, grant.skew());
                 if !p.scope_shortfall().is_empty() {

@@ -304,6 +304,14 @@ async fn oidc_provider_refuses_an_expired_client_assertion_as_invalid_client() {
     assert_eq!(events[0]["error"], "invalid_client", "{events:#?}");
     assert_eq!(events[0]["error_detail"], "jwt expired", "refused for its exp: {events:#?}");
     println!("expired: server-side detail {}", events[0]["error_detail"]);
+    let Err(TokenError::Refused { description: Some(said), .. }) = &result else { unreachable!() };
+    assert!(said.contains("likely causes, in order: key_not_registered"), "the blocked reason lists them: {said}");
+
+    // doctor: the server said no more than invalid_client, so it lists the likely causes.
+    let d = cache.diagnose(t.name()).await.unwrap();
+    let causes: Vec<&str> = d.likely_causes().iter().map(|c| c.code).collect();
+    assert_eq!(causes, ["key_not_registered", "kid_mismatch", "bad_assertion_signature", "assertion_replayed"], "{d}");
+    assert_eq!(d.failures(), ["invalid_client"], "{d}");
 }
 
 #[tokio::test]

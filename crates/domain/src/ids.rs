@@ -150,6 +150,11 @@ impl Scope {
     pub fn billing_write() -> Self {
         Self(BILLING_WRITE_SCOPE.to_owned())
     }
+
+    /// The billing read scope, [`BILLING_READ_SCOPE`] (a test checks that it parses).
+    pub fn billing_read() -> Self {
+        Self(BILLING_READ_SCOPE.to_owned())
+    }
 }
 
 impl Audience {
@@ -216,6 +221,7 @@ mod tests {
     #[test]
     fn the_billing_constants_are_valid_values() {
         assert_eq!(Scope::parse(BILLING_WRITE_SCOPE), Ok(Scope::billing_write()));
+        assert_eq!(Scope::parse(BILLING_READ_SCOPE), Ok(Scope::billing_read()));
         assert_eq!(Audience::parse(BILLING_AUDIENCE), Ok(Audience::billing()));
     }
 

@@ -137,6 +137,12 @@ impl BillingPolicy {
         Self { scope, audience, min_remaining }
     }
 
+    /// The same policy for another scope (the billing read scope, for reconciliation).
+    pub fn with_scope(mut self, scope: Scope) -> Self {
+        self.scope = scope;
+        self
+    }
+
     /// The scope billing needs.
     pub fn scope(&self) -> &Scope {
         &self.scope

@@ -78,6 +78,16 @@ pub enum TokenError {
     /// The token endpoint answered something that is not a token response.
     #[error("the token endpoint's answer is malformed: {0}")]
     Malformed(String),
+    /// billsync did not ask: the tenant's credential cannot be used as it is (a client
+    /// assertion file that expired or was not rotated, a missing key). Nothing was sent, so
+    /// nothing was refused; the tenant waits until the credential is fixed or renewed.
+    #[error("the tenant's credential cannot be used ({code}): {reason}")]
+    Credential {
+        /// `assertion_expired`, `assertion_not_rotated`, `missing_private_key`, ...
+        code: String,
+        /// What is wrong, in words, naming the file or claim.
+        reason: String,
+    },
 }
 
 impl TokenError {

@@ -2,6 +2,7 @@
 //! private key that signs a client assertion for each token request (`private_key_jwt`, RFC
 //! 7523).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use billsync_auth::{AssertionKey, AuthMethod, DEFAULT_ASSERTION_LIFETIME, MAX_ASSERTION_LIFETIME};
@@ -21,6 +22,12 @@ pub enum Credential {
         key: AssertionKey,
         /// `exp - iat` of each assertion.
         lifetime: Duration,
+    },
+    /// Client assertions minted outside billsync (an HSM, a KMS, a signing sidecar), read
+    /// from this file afresh for every token request.
+    AssertionFile {
+        /// The file, relative paths resolved against the configuration file's directory.
+        path: PathBuf,
     },
 }
 
@@ -45,10 +52,14 @@ impl RawTenant {
                         .into(),
                 ));
             }
+            if self.client_assertion_file.is_some() {
+                return self.assertion_file(at, key, warnings);
+            }
             return self.private_key(at, key, warnings);
         }
         let key_keys = [
             ("private_key_file", self.private_key_file.is_some()),
+            ("client_assertion_file", self.client_assertion_file.is_some()),
             ("key_id", self.key_id.is_some()),
             ("assertion_lifetime_seconds", self.assertion_lifetime_seconds.is_some()),
         ];
@@ -56,6 +67,55 @@ impl RawTenant {
             return Err(at.invalid(&key(field), "is only used with auth_method = \"private_key_jwt\"".into()));
         }
         Ok(Credential::Secret(self.secret(at, key, warnings)?))
+    }
+
+    /// `client_assertion_file`, alone: the file is read at each token request, so here only
+    /// its place and, when it exists, its permissions are checked.
+    fn assertion_file(
+        &self,
+        at: At<'_>,
+        key: &dyn Fn(&str) -> String,
+        warnings: &mut Vec<String>,
+    ) -> Result<Credential, ConfigError> {
+        let field = key("client_assertion_file");
+        for other in ["private_key_file", "key_id", "assertion_lifetime_seconds"] {
+            let set = match other {
+                "private_key_file" => self.private_key_file.is_some(),
+                "key_id" => self.key_id.is_some(),
+                _ => self.assertion_lifetime_seconds.is_some(),
+            };
+            if set {
+                return Err(at.invalid(
+                    &key(other),
+                    "is not used with client_assertion_file (whatever mints the assertions chooses the key and \
+                     lifetime); remove one of the two"
+                        .into(),
+                ));
+            }
+        }
+        let Some(file) = &self.client_assertion_file else {
+            return Err(at.invalid(&field, "is missing".into()));
+        };
+        let path = relative_to(at.0, file);
+        match secret_file::permissions(&path) {
+            Some(mode) if mode & 0o007 != 0 && !self.allow_insecure_key_permissions => {
+                return Err(at.invalid(
+                    &field,
+                    format!(
+                        "{} can be read by other users (mode {:03o}), and it holds a bearer credential until it \
+                         expires; make it chmod 600 where it is written, or set allow_insecure_key_permissions = true",
+                        path.display(),
+                        mode & 0o777
+                    ),
+                ));
+            }
+            Some(_) => {}
+            None => warnings.push(format!(
+                "{field}: {} does not exist yet; billsync reads it at each token request",
+                path.display()
+            )),
+        }
+        Ok(Credential::AssertionFile { path })
     }
 
     fn private_key(
@@ -74,12 +134,18 @@ impl RawTenant {
             ));
         };
         let path = relative_to(at.0, file);
-        let read = secret_file::read(&path, &field, self.allow_insecure_key_permissions)
-            .map_err(|reason| at.invalid(&field, reason))?;
+        // Each refusal starts with its code, as `billsync doctor` names the others.
+        let read = secret_file::read(&path, &field, self.allow_insecure_key_permissions).map_err(|(why, reason)| {
+            let code = match why {
+                secret_file::Refusal::Unreadable => "key_unreadable",
+                secret_file::Refusal::Permissions => "key_permissions",
+            };
+            at.invalid(&field, format!("{code}: {reason}"))
+        })?;
         warnings.extend(read.warning);
         let pem = Zeroizing::new(read.text);
-        let mut private =
-            AssertionKey::from_pem(&pem).map_err(|e| at.invalid(&field, format!("{}: {e}", path.display())))?;
+        let mut private = AssertionKey::from_pem(&pem)
+            .map_err(|e| at.invalid(&field, format!("key_unusable: {}: {e}", path.display())))?;
         if let Some(id) = &self.key_id {
             private = private.with_key_id(id.as_str()).map_err(|e| at.invalid(&key("key_id"), e.to_string()))?;
         }
@@ -159,7 +225,7 @@ token_url = "https://iot.example.com/iot/api/v2/oauth2/token"
                 "tenants[acme].client_secret: is not used",
             ),
             (KEYED.replace("private_key_file = \"keys/acme.pem\"\n", ""), "tenants[acme].private_key_file: is missing"),
-            (KEYED.replace("keys/acme.pem", "keys/none.pem"), "tenants[acme].private_key_file:"),
+            (KEYED.replace("keys/acme.pem", "keys/none.pem"), "tenants[acme].private_key_file: key_unreadable: "),
             (
                 KEYED.replace("token_url", "assertion_lifetime_seconds = 301\ntoken_url"),
                 "assertion_lifetime_seconds: 301 is outside",
@@ -176,15 +242,51 @@ token_url = "https://iot.example.com/iot/api/v2/oauth2/token"
         }
         std::fs::write(dir.path().join("keys/acme.pem"), "not a key").unwrap();
         let e = parse(dir.path(), KEYED).err().unwrap_or_default();
-        assert!(e.contains("tenants[acme].private_key_file") && e.contains("acme.pem"), "{e}");
+        assert!(e.contains("tenants[acme].private_key_file: key_unusable: ") && e.contains("acme.pem"), "{e}");
     }
 
     #[test]
     fn a_private_key_others_can_read_is_refused() {
         let (dir, _) = dir_with_key(0o644);
         let e = parse(dir.path(), KEYED).err().unwrap_or_default();
-        assert!(e.contains("tenants[acme].private_key_file") && e.contains("chmod 600"), "{e}");
+        assert!(e.contains("tenants[acme].private_key_file: key_permissions: ") && e.contains("chmod 600"), "{e}");
         let allowed = KEYED.replace("auth_method", "allow_insecure_key_permissions = true\nauth_method");
         assert_eq!(parse(dir.path(), &allowed).map(|c| c.warnings.len()), Ok(1));
+    }
+
+    #[test]
+    fn an_assertion_file_tenant_names_its_file_alone_and_it_may_not_exist_yet() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = KEYED.replace("private_key_file = \"keys/acme.pem\"", "client_assertion_file = \"run/acme.jwt\"");
+        let c = parse(dir.path(), &text).unwrap();
+        let Credential::AssertionFile { path } = &c.tenants[0].credential else {
+            panic!("{:?}", c.tenants[0].credential)
+        };
+        assert_eq!(path, &dir.path().join("run/acme.jwt"), "relative to the configuration file");
+        assert!(c.warnings.iter().any(|w| w.contains("client_assertion_file") && w.contains("does not exist yet")));
+        for (extra, field) in [
+            ("private_key_file = \"keys/acme.pem\"\n", "private_key_file"),
+            ("key_id = \"k\"\n", "key_id"),
+            ("assertion_lifetime_seconds = 60\n", "assertion_lifetime_seconds"),
+        ] {
+            let e = parse(dir.path(), &text.replace("token_url", &format!("{extra}token_url"))).unwrap_err();
+            assert!(e.contains(&format!("tenants[acme].{field}: is not used with client_assertion_file")), "{e}");
+        }
+        let secret = text.replace("auth_method = \"private_key_jwt\"\n", "client_secret = \"s\"\n");
+        let e = parse(dir.path(), &secret).unwrap_err();
+        assert!(e.contains("tenants[acme].client_assertion_file: is only used with auth_method"), "{e}");
+    }
+
+    #[test]
+    fn an_assertion_file_others_can_read_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("acme.jwt");
+        std::fs::write(&path, "a.b.c").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let text = KEYED.replace("private_key_file = \"keys/acme.pem\"", "client_assertion_file = \"acme.jwt\"");
+        let e = parse(dir.path(), &text).unwrap_err();
+        assert!(e.contains("tenants[acme].client_assertion_file") && e.contains("chmod 600"), "{e}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(parse(dir.path(), &text).map(|c| c.warnings.len()), Ok(0));
     }
 }

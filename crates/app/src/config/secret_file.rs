@@ -16,18 +16,31 @@ pub(super) struct SecretFile {
     pub(super) warning: Option<String>,
 }
 
+/// Why a secret file was not read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Refusal {
+    /// It cannot be read (missing, a directory, not UTF-8, no permission).
+    Unreadable,
+    /// Other users can read it.
+    Permissions,
+}
+
 /// Reads the file named by `key`.
 ///
 /// # Errors
-/// The reason, naming the file: unreadable, or readable by others (unless `allow_insecure`).
-pub(super) fn read(path: &Path, key: &str, allow_insecure: bool) -> Result<SecretFile, String> {
+/// Why, with the reason naming the file: unreadable, or readable by others (unless
+/// `allow_insecure`).
+pub(super) fn read(path: &Path, key: &str, allow_insecure: bool) -> Result<SecretFile, (Refusal, String)> {
     let warning = match permissions(path) {
         Some(mode) if mode & 0o007 != 0 && !allow_insecure => {
-            return Err(format!(
-                "{} can be read by other users (mode {:03o}); run chmod 600 {0}, or set allow_insecure_key_permissions = true \
+            return Err((
+                Refusal::Permissions,
+                format!(
+                    "{} can be read by other users (mode {:03o}); run chmod 600 {0}, or set allow_insecure_key_permissions = true \
                  on the tenant to accept it",
-                path.display(),
-                mode & 0o777
+                    path.display(),
+                    mode & 0o777
+                ),
             ));
         }
         Some(mode) if mode & 0o007 != 0 => Some(format!(
@@ -45,7 +58,9 @@ pub(super) fn read(path: &Path, key: &str, allow_insecure: bool) -> Result<Secre
         _ => None,
     };
     // The buffer read is zeroized; only the trimmed copy leaves, into the caller's secret type.
-    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?);
+    let text = Zeroizing::new(
+        std::fs::read_to_string(path).map_err(|e| (Refusal::Unreadable, format!("{}: {e}", path.display())))?,
+    );
     Ok(SecretFile { text: text.trim_end_matches(['\n', '\r']).to_owned(), warning })
 }
 
@@ -82,7 +97,8 @@ mod tests {
         assert_eq!((private.text.as_str(), private.warning), ("s3cret", None));
 
         let open = file(dir.path(), 0o644);
-        let refused = read(&open, "k", false).err().unwrap();
+        let (why, refused) = read(&open, "k", false).err().unwrap();
+        assert_eq!(why, Refusal::Permissions);
         assert!(refused.contains(&open.display().to_string()) && refused.contains("mode 644"), "{refused}");
         assert!(refused.contains("chmod 600") && refused.contains("allow_insecure_key_permissions"), "{refused}");
         let allowed = read(&open, "k", true).unwrap();

@@ -64,13 +64,15 @@ impl Blocked {
             TokenError::Refused { error, description } if error == "invalid_client" => Self::one(
                 error.clone(),
                 format!(
-                    "the token endpoint does not accept client {}'s credentials{}; check client_id and the client \
-                     secret (Applications > OAuth Clients).",
+                    "the token endpoint does not accept client {}'s credentials{}; check client_id and its \
+                     credential: the client secret, or for private_key_jwt the public key registered with the client \
+                     (Applications > OAuth Clients; `billsync doctor` lists the likely causes).",
                     tenant.client_id(),
                     description.as_deref().map(|d| format!(" ({d})")).unwrap_or_default()
                 ),
             ),
             TokenError::Refused { error, .. } => Self::one(error.clone(), e.to_string()),
+            TokenError::Credential { code, reason } => Self::one(code.clone(), reason.clone()),
             other => Self::one("token_error", other.to_string()),
         }
     }

@@ -183,7 +183,9 @@ async fn a_refused_assertion_without_a_new_skew_is_not_sent_again() {
     let (stub, cache, _clock) = setup(vec![pkjwt(AssertionAlgorithm::Rs256)]).await;
     stub.set_default(Reply::status(401, r#"{"error":"invalid_client"}"#));
     let e = cache.headers(&tenant()).await.unwrap_err();
-    assert_eq!(e, TokenError::Refused { error: "invalid_client".into(), description: None });
+    let TokenError::Refused { error, description: Some(said) } = &e else { panic!("{e:?}") };
+    assert_eq!(error, "invalid_client");
+    assert!(said.starts_with("the platform does not say why it refuses a client assertion; likely causes"), "{said}");
     assert_eq!(stub.token_requests(), 1);
 }
 
@@ -268,6 +270,31 @@ async fn the_diagnosis_of_a_refused_assertion_names_the_kid_and_the_audience_to_
     let hint = c.hint().unwrap();
     assert!(hint.contains("kid is console-7") && hint.contains(&tenant_stub.token_url()), "{hint}");
     assert!(d.to_string().contains(&tenant_stub.token_url()), "the diagnosis names the tenant's endpoint: {d}");
+    let causes: Vec<&str> = d.likely_causes().iter().map(|c| c.code).collect();
+    assert_eq!(causes, ["key_not_registered", "kid_mismatch", "bad_assertion_signature", "assertion_replayed"]);
+    assert!(d.likely_causes()[1].fix.contains("kid console-7"), "{:?}", d.likely_causes());
+    assert!(d.to_string().contains("likely causes, in order:\n    1. key_not_registered: "), "{d}");
+    assert_eq!(d.warnings(), ["kid_mismatch"], "console-7 is not the key's thumbprint: a warning only");
+}
+
+#[tokio::test]
+async fn doctor_warns_only_for_a_foreign_kid_and_fails_a_skew_of_a_minute_for_assertions_only() {
+    // Arrange: the token endpoint's clock is 90 s ahead of ours; it issues tokens.
+    let stub = Stub::start(Reply::good()).await;
+    stub.set_clock_offset(90);
+    let client = OAuthClient::new(config(&stub)).unwrap();
+    // Act
+    let keyed = client.diagnose(&pkjwt(AssertionAlgorithm::Es256)).await;
+    let secret = client.diagnose(&auth()).await;
+    stub.set_clock_offset(30);
+    let close = client.diagnose(&pkjwt(AssertionAlgorithm::Es256)).await;
+    // Assert
+    assert_eq!(keyed.warnings(), Vec::<&str>::new(), "the default kid is the thumbprint: {keyed}");
+    assert_eq!(keyed.failures(), ["clock_skew"], "{keyed}");
+    assert!(keyed.check("clock_skew").unwrap().hint().unwrap().contains("ahead of ours"), "{keyed}");
+    assert!(secret.check("clock_skew").unwrap().ok(), "a secret does not care: {secret}");
+    assert!(close.check("clock_skew").unwrap().ok(), "30 s is within the minute: {close}");
+    assert!(keyed.likely_causes().is_empty(), "nothing was refused");
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! The token cache: single flight, proactive refresh, failed refreshes, invalidation, the
-//! policy preflight and clock skew.
+//! policy preflight, clock skew, and its keys: one slot per (tenant, client id, scope set, auth
+//! method), the read scope in its own slot unless the tenant asks for both in one token.
 //!
 //! No test here waits for a token to age: the stub mints `iat`/`exp` from the same
 //! [`ManualClock`] the cache reads, and a test moves that clock. It starts on a whole second,
@@ -8,11 +9,16 @@
 //! timers left are the client's short backoffs between attempts after a 5xx (real time, see
 //! `a_failed_early_refresh_keeps_serving_the_still_valid_token_until_it_expires`).
 
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use billsync_auth::TokenCache;
-use billsync_domain::{BillingRequestHeaders, ManualClock, TokenError, TokenSource, ViolationCode};
+use billsync_auth::{TenantAuth, TokenCache};
+use billsync_domain::{
+    BILLING_READ_SCOPE, BILLING_WRITE_SCOPE, BillingRequestHeaders, ClientSecret, ManualClock, Scope, Tenant,
+    TokenError, TokenSource, ViolationCode,
+};
 use chrono::{DateTime, Utc};
+use proptest::prelude::*;
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -317,4 +323,298 @@ async fn the_clock_drives_the_refresh_of_a_fifteen_minute_token_at_twelve_minute
     assert!(!h2.same_token(&h1), "12 min: refreshed");
     assert_eq!(h2.issued_at(), t0() + secs(12 * 60));
     assert_eq!(stub.token_requests(), 2);
+}
+
+// --- Keys: tenant, client id, scope set, auth method ---
+
+/// Tenant `name` with platform tenant id `tenant_id`, on OAuth client `client` (also its
+/// application id).
+fn tenant_on(name: &str, tenant_id: &str, client: &str) -> Tenant {
+    Tenant::new(name.parse().unwrap(), tenant_id.parse().unwrap(), client.parse().unwrap(), client.parse().unwrap())
+}
+
+/// `client_secret_post`, sending the tenant id so that the token endpoint knows which tenant a
+/// shared client asks for (an echoing stub writes it into the token).
+fn auth_on(t: &Tenant) -> TenantAuth {
+    TenantAuth::new(t.clone(), ClientSecret::new(SECRET)).with_extra_param("tenant_id", t.tenant_id().as_str()).unwrap()
+}
+
+fn scope(s: &str) -> Scope {
+    Scope::parse(s).unwrap()
+}
+
+/// Asks for the billing write and read scopes in one token, in this order.
+fn both_scopes(a: TenantAuth) -> TenantAuth {
+    a.with_scopes([scope(BILLING_WRITE_SCOPE), scope(BILLING_READ_SCOPE)])
+}
+
+async fn setup_with(
+    reply: Reply,
+    auths: impl IntoIterator<Item = TenantAuth>,
+) -> (Stub, Arc<TokenCache>, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock::new(t0()));
+    let stub = Stub::with_clock(reply, clock.clone()).await;
+    let cache = Arc::new(TokenCache::with_clock(config(&stub), auths, clock.clone()).unwrap());
+    (stub, cache, clock)
+}
+
+/// The token's scopes, as a set.
+fn scopes_of(h: &BillingRequestHeaders) -> BTreeSet<String> {
+    h.claims().scope.iter().cloned().collect()
+}
+
+fn set(scopes: &[&str]) -> BTreeSet<String> {
+    scopes.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// The `scope` parameter of each token request, in order.
+fn requested_scopes(stub: &Stub) -> Vec<String> {
+    stub.recorded().iter().map(|r| r.form["scope"].clone()).collect()
+}
+
+#[tokio::test]
+async fn two_tenants_sharing_a_client_id_get_separate_tokens_each_reused() {
+    // Arrange
+    let acme = tenant_on("acme", "tenant-a", "app-shared");
+    let globex = tenant_on("globex", "tenant-g", "app-shared");
+    let (stub, cache, _clock) = setup_with(Reply::Token(TokenSpec::echo()), [auth_on(&acme), auth_on(&globex)]).await;
+
+    // Act
+    let a = cache.headers(&acme).await.unwrap();
+    let g = cache.headers(&globex).await.unwrap();
+
+    // Assert: one request per tenant, each token the tenant's own, and each reused.
+    assert!(!a.same_token(&g));
+    assert_eq!((a.claims().tenant_id.as_deref(), a.tenant_id().as_str()), (Some("tenant-a"), "tenant-a"));
+    assert_eq!((g.claims().tenant_id.as_deref(), g.tenant_id().as_str()), (Some("tenant-g"), "tenant-g"));
+    assert_eq!(a.claims().client_id, g.claims().client_id);
+    assert!(cache.headers(&acme).await.unwrap().same_token(&a));
+    assert!(cache.headers(&globex).await.unwrap().same_token(&g));
+    assert_eq!(stub.token_requests(), 2);
+    let asked_for: Vec<_> = stub.recorded().iter().map(|r| r.form["tenant_id"].clone()).collect();
+    assert_eq!(asked_for, ["tenant-a", "tenant-g"]);
+}
+
+#[tokio::test]
+async fn a_tenants_write_and_read_tokens_are_separate_slots_each_reused() {
+    // Arrange
+    let acme = tenant_on("acme", "tenant-a", "app-a");
+    let (stub, cache, _clock) = setup_with(Reply::Token(TokenSpec::echo()), [auth_on(&acme)]).await;
+
+    // Act
+    let w = cache.headers(&acme).await.unwrap();
+    let r = cache.read_headers(&acme).await.unwrap();
+
+    // Assert: two requests, one per scope, two tokens, each reused.
+    assert_eq!(requested_scopes(&stub), [BILLING_WRITE_SCOPE, BILLING_READ_SCOPE]);
+    assert!(!w.same_token(&r));
+    assert_eq!(scopes_of(&w), set(&[BILLING_WRITE_SCOPE]));
+    assert_eq!(scopes_of(&r), set(&[BILLING_READ_SCOPE]));
+    assert!(cache.headers(&acme).await.unwrap().same_token(&w));
+    assert!(cache.read_headers(&acme).await.unwrap().same_token(&r));
+    assert_eq!(stub.token_requests(), 2);
+    // The other credentials are the tenant's own, for both scopes.
+    for rec in stub.recorded() {
+        assert_eq!((rec.form["client_id"].as_str(), rec.form["client_secret"].as_str()), ("app-a", SECRET));
+        assert_eq!(rec.form["tenant_id"], "tenant-a");
+    }
+}
+
+#[tokio::test]
+async fn the_read_slot_refreshes_and_is_invalidated_on_its_own() {
+    let acme = tenant_on("acme", "tenant-a", "app-a");
+    let (stub, cache, clock) = setup_with(Reply::Token(TokenSpec::echo()), [auth_on(&acme)]).await;
+    let w = cache.headers(&acme).await.unwrap();
+    let r = cache.read_headers(&acme).await.unwrap();
+
+    // Invalidating the read token leaves the write token alone, and the other way round.
+    cache.invalidate(&acme, &r).await;
+    assert!(cache.headers(&acme).await.unwrap().same_token(&w));
+    let r2 = cache.read_headers(&acme).await.unwrap();
+    assert!(!r2.same_token(&r));
+    assert_eq!(requested_scopes(&stub), [BILLING_WRITE_SCOPE, BILLING_READ_SCOPE, BILLING_READ_SCOPE]);
+    cache.invalidate(&acme, &w).await;
+    assert!(cache.read_headers(&acme).await.unwrap().same_token(&r2));
+    assert_eq!(stub.token_requests(), 3);
+
+    // A read token is refreshed at 80% of its own life (12 of 15 minutes after r2, issued at t0).
+    advance_to(&clock, t0() + secs(12 * 60));
+    let r3 = cache.read_headers(&acme).await.unwrap();
+    assert!(!r3.same_token(&r2));
+    assert_eq!(scopes_of(&r3), set(&[BILLING_READ_SCOPE]));
+    assert_eq!(stub.token_requests(), 4);
+}
+
+#[tokio::test]
+async fn a_tenant_asking_for_both_scopes_serves_writes_and_reads_from_one_token() {
+    // Arrange: the scopes in the other order than the read lookup's: a set, not a list.
+    let acme = tenant_on("acme", "tenant-a", "app-a");
+    let auth = auth_on(&acme).with_scopes([scope(BILLING_READ_SCOPE), scope(BILLING_WRITE_SCOPE)]);
+    let (stub, cache, _clock) = setup_with(Reply::Token(TokenSpec::echo()), [auth]).await;
+
+    // Act: a read first, then a write.
+    let r = cache.read_headers(&acme).await.unwrap();
+    let w = cache.headers(&acme).await.unwrap();
+
+    // Assert: one request for both scopes, one token serving both.
+    assert!(r.same_token(&w));
+    assert_eq!(requested_scopes(&stub), [format!("{BILLING_READ_SCOPE} {BILLING_WRITE_SCOPE}")]);
+    assert_eq!(scopes_of(&w), set(&[BILLING_WRITE_SCOPE, BILLING_READ_SCOPE]));
+    assert!(cache.read_headers(&acme).await.unwrap().same_token(&w));
+    assert_eq!(stub.token_requests(), 1);
+    assert_eq!(cache.token_requests(acme.name()), 1);
+}
+
+#[tokio::test]
+async fn a_combined_token_granted_only_the_write_scope_serves_writes_but_not_reads() {
+    // Arrange: the tenant asks for both scopes; the endpoint grants the write scope only.
+    let acme = tenant_on("acme", "tenant-a", "app-a");
+    let (stub, cache, _clock) = setup_with(Reply::good(), [both_scopes(auth_on(&acme))]).await;
+
+    // Act + Assert: writes are served; reads are refused by the read policy, not re-requested.
+    let w = cache.headers(&acme).await.unwrap();
+    match cache.read_headers(&acme).await {
+        Err(TokenError::Policy(v)) => assert_eq!(v.codes(), [ViolationCode::MissingScope]),
+        other => panic!("expected a read-scope policy error, got {other:?}"),
+    }
+    assert!(cache.headers(&acme).await.unwrap().same_token(&w));
+    assert_eq!(stub.token_requests(), 1);
+}
+
+#[tokio::test]
+async fn a_read_token_without_the_read_scope_is_refused_and_unknown_tenants_are_refused() {
+    // The endpoint grants the write scope whatever is asked for.
+    let acme = tenant_on("acme", "tenant-a", "app-a");
+    let (stub, cache, _clock) = setup_with(Reply::good(), [auth_on(&acme)]).await;
+    match cache.read_headers(&acme).await {
+        Err(TokenError::Policy(v)) => assert_eq!(v.codes(), [ViolationCode::MissingScope]),
+        other => panic!("expected a read-scope policy error, got {other:?}"),
+    }
+    assert_eq!(requested_scopes(&stub), [BILLING_READ_SCOPE]);
+
+    let other = tenant_on("other", "tenant-o", "app-o");
+    let e = cache.read_headers(&other).await.unwrap_err();
+    assert!(matches!(&e, TokenError::Refused { error, .. } if error == "unknown_tenant"), "{e:?}");
+    let renamed = tenant_on("acme", "tenant-b", "app-a");
+    let e = cache.read_headers(&renamed).await.unwrap_err();
+    assert!(matches!(&e, TokenError::Refused { error, .. } if error == "tenant_config_mismatch"), "{e:?}");
+    assert_eq!(stub.token_requests(), 1);
+}
+
+// --- The property: a token is only ever handed out for the key it was issued for ---
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    Write,
+    Read,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    Get(usize, Kind),
+    /// Moves the clock this many seconds.
+    Advance(i64),
+    /// The platform refuses the last token handed to this tenant.
+    Invalidate(usize),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        8 => (0..3usize, prop_oneof![Just(Kind::Write), Just(Kind::Read)]).prop_map(|(t, k)| Op::Get(t, k)),
+        2 => (1..400i64).prop_map(Op::Advance),
+        1 => (0..3usize).prop_map(Op::Invalidate),
+    ]
+}
+
+/// acme and globex share a client and ask for the write scope; initech asks for both scopes.
+fn property_tenants() -> [(Tenant, bool); 3] {
+    [
+        (tenant_on("acme", "tenant-a", "app-shared"), false),
+        (tenant_on("globex", "tenant-g", "app-shared"), false),
+        (tenant_on("initech", "tenant-i", "app-i"), true),
+    ]
+}
+
+/// The scope set of the token that must serve `kind` for a tenant (`combined`: both scopes).
+fn expected_scopes(combined: bool, kind: Kind) -> BTreeSet<String> {
+    match (combined, kind) {
+        (true, _) => set(&[BILLING_WRITE_SCOPE, BILLING_READ_SCOPE]),
+        (false, Kind::Write) => set(&[BILLING_WRITE_SCOPE]),
+        (false, Kind::Read) => set(&[BILLING_READ_SCOPE]),
+    }
+}
+
+/// What the model knows of one slot: the token it holds and when it was issued.
+struct Held {
+    token: String,
+    issued_at: DateTime<Utc>,
+}
+
+/// Runs `ops` against a fresh cache and an echoing stub; checks every header handed out.
+async fn run_ops(ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let tenants = property_tenants();
+    let auths = tenants.iter().map(|(t, combined)| if *combined { both_scopes(auth_on(t)) } else { auth_on(t) });
+    let (stub, cache, clock) = setup_with(Reply::Token(TokenSpec::echo()), auths.collect::<Vec<_>>()).await;
+    // Slot (tenant, scope set) -> the token it holds; token -> the slot it was handed out for.
+    let mut slots: HashMap<(usize, BTreeSet<String>), Held> = HashMap::new();
+    let mut issued_for: HashMap<String, (usize, BTreeSet<String>)> = HashMap::new();
+    let mut last: HashMap<usize, BillingRequestHeaders> = HashMap::new();
+    let mut fetches = 0;
+    for op in ops {
+        let now = {
+            use billsync_domain::Clock;
+            clock.now()
+        };
+        match op {
+            Op::Advance(s) => advance_to(&clock, now + secs(s)),
+            Op::Invalidate(i) => {
+                if let Some(h) = last.get(&i) {
+                    cache.invalidate(&tenants[i].0, h).await;
+                    slots.retain(|_, held| held.token != h.bearer_token());
+                }
+            }
+            Op::Get(i, kind) => {
+                let (t, combined) = &tenants[i];
+                let h = match kind {
+                    Kind::Write => cache.headers(t).await,
+                    Kind::Read => cache.read_headers(t).await,
+                };
+                let h = h.map_err(|e| TestCaseError::fail(format!("{op:?}: {e}")))?;
+                // Issued for this tenant, on its client, for exactly its slot's scope set.
+                let want = expected_scopes(*combined, kind);
+                prop_assert_eq!(h.tenant_id(), t.tenant_id());
+                prop_assert_eq!(h.claims().tenant_id.as_deref(), Some(t.tenant_id().as_str()));
+                prop_assert_eq!(h.claims().client_id.as_deref(), Some(t.client_id().as_str()));
+                prop_assert_eq!(scopes_of(&h), want.clone(), "{:?}", op);
+                // Never handed out for another slot than the one it was first handed out for.
+                let slot = (i, want);
+                let token = h.bearer_token().to_owned();
+                let first = issued_for.entry(token.clone()).or_insert_with(|| slot.clone());
+                prop_assert_eq!(&*first, &slot, "{:?}: a token moved between slots", op);
+                // Reused until its refresh point (12 of 15 minutes) or its invalidation, then replaced.
+                match slots.get(&slot) {
+                    Some(held) if now < held.issued_at + secs(12 * 60) => prop_assert_eq!(&token, &held.token),
+                    held => {
+                        prop_assert!(held.is_none_or(|held| held.token != token), "{:?}: a stale token", op);
+                        prop_assert_eq!(h.issued_at(), now);
+                        fetches += 1;
+                        slots.insert(slot, Held { token, issued_at: now });
+                    }
+                }
+                last.insert(i, h);
+            }
+        }
+    }
+    prop_assert_eq!(stub.token_requests(), fetches);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    #[test]
+    fn a_token_is_only_ever_handed_out_for_the_key_it_was_issued_for(ops in prop::collection::vec(op(), 1..40)) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(run_ops(ops))?;
+    }
 }

@@ -84,6 +84,8 @@ pub struct TokenSpec {
     pub response_scope: Option<String>,
     pub opaque: bool,
     pub signing: Signing,
+    /// Whether the token says who asked for it: see [`TokenSpec::echo`].
+    pub echo: bool,
 }
 
 impl TokenSpec {
@@ -94,7 +96,14 @@ impl TokenSpec {
             response_scope: Some(BILLING_WRITE_SCOPE.into()),
             opaque: false,
             signing: Signing::Rs256 { kid: KID.into() },
+            echo: false,
         }
+    }
+    /// A good token for whoever asked: its `scope` claim and the response's `scope` are the
+    /// requested scopes, its `tenant_id` the request's `tenant_id` parameter (when sent) and its
+    /// `client_id` and `sub` the form's `client_id` (`client_secret_post`, `private_key_jwt`).
+    pub fn echo() -> Self {
+        Self { echo: true, ..Self::good() }
     }
     pub fn lifetime(mut self, s: i64) -> Self {
         self.lifetime = s;
@@ -334,7 +343,7 @@ async fn token(
     state.token_requests.fetch_add(1, Ordering::SeqCst);
     state.recorded.lock().unwrap().push(Recorded {
         authorization: headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned),
-        form,
+        form: form.clone(),
     });
     state.arrived.send_modify(|n| *n += 1);
     let _ = state.open.subscribe().wait_for(|&open| open).await;
@@ -353,10 +362,14 @@ async fn token(
             let n = state.issued.fetch_add(1, Ordering::SeqCst);
             let mut claims = claims_at(now.timestamp(), spec.lifetime, &spec.claims);
             claims["jti"] = json!(format!("jti-{n}"));
+            let mut response_scope = spec.response_scope;
+            if spec.echo {
+                response_scope = echo(&mut claims, &form);
+            }
             let token =
                 if spec.opaque { format!("opaque-{n}-2YotnFZFEjr1zCsicMWpAA") } else { sign(&claims, &spec.signing) };
             let mut body = json!({"access_token": token, "token_type": "Bearer", "expires_in": spec.lifetime});
-            if let Some(s) = spec.response_scope {
+            if let Some(s) = response_scope {
                 body["scope"] = json!(s);
             }
             axum::Json(body).into_response()
@@ -364,6 +377,21 @@ async fn token(
     };
     resp.headers_mut().insert(header::DATE, date);
     resp
+}
+
+/// Writes who asked into the claims (see [`TokenSpec::echo`]); the requested scope, for the
+/// response's `scope`.
+fn echo(claims: &mut Value, form: &HashMap<String, String>) -> Option<String> {
+    if let Some(t) = form.get("tenant_id") {
+        claims["tenant_id"] = json!(t);
+    }
+    if let Some(c) = form.get("client_id") {
+        claims["client_id"] = json!(c);
+        claims["sub"] = json!(c);
+    }
+    let scope = form.get("scope")?;
+    claims["scope"] = json!(scope);
+    Some(scope.clone())
 }
 
 async fn jwks(State(state): State<Arc<StubState>>) -> Response {

@@ -4,6 +4,7 @@
 mod assertion;
 mod cache;
 mod diagnose;
+mod external_assertion;
 mod helpers;
 mod inspect;
 mod jwks;

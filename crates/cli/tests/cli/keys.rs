@@ -109,3 +109,86 @@ async fn a_key_tenant_syncs_through_the_assertion_only_endpoint_beside_a_secret_
         platform.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_on_an_assertion_file_syncs_and_waits_for_the_next_rotation_instead_of_replaying() {
+    // Arrange: the platform knows the sidecar's public key; the sidecar wrote one assertion.
+    let sidecar = AssertionKey::generate(AssertionAlgorithm::Es256).unwrap();
+    let client = ClientRegistration::with_public_key(
+        "app-signed",
+        &sidecar.public_pem().unwrap(),
+        sidecar.key_id(),
+        ["signed-prod-001"],
+        true,
+    )
+    .unwrap();
+    let platform =
+        Emulator::start(EmulatorConfig::builtin().with_client(client), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let assertion_file = dir.path().join("signed.jwt");
+    let rotate = || {
+        let a = sidecar
+            .sign_assertion(
+                "app-signed",
+                &platform.token_v2_url(),
+                chrono::Utc::now(),
+                std::time::Duration::from_secs(120),
+            )
+            .unwrap();
+        std::fs::write(&assertion_file, a.secret()).unwrap();
+        std::fs::set_permissions(&assertion_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    };
+    rotate();
+    let config = dir.path().join("billsync.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[platform]\nbase_url = \"{}\"\n[storage]\nurl = \"sqlite://{}\"\n\
+             [[tenants]]\nname = \"signed\"\ntenant_id = \"signed-prod-001\"\napplication_id = \"app-signed\"\n\
+             auth_method = \"private_key_jwt\"\nclient_assertion_file = \"signed.jwt\"\ntoken_url = \"{}\"\n",
+            platform.base_url(),
+            dir.path().join("outbox.db").display(),
+            platform.token_v2_url()
+        ),
+    )
+    .unwrap();
+    let at = (chrono::Utc::now() - chrono::Duration::minutes(1)).to_rfc3339();
+    let enqueue = |first: usize| {
+        let events = dir.path().join("events.jsonl");
+        let lines: Vec<String> = (first..first + 3)
+            .map(|i| format!(r#"{{"event_id":"signed-{i}","device_id":"d","meter":"m","quantity":"1","unit":"kWh","occurred_at":"{at}"}}"#))
+            .collect();
+        std::fs::write(&events, lines.join("\n")).unwrap();
+        let out = billsync(&config, &["enqueue", "--tenant", "signed", events.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", text(&out));
+    };
+    let token_requests = || platform.counters().requests_by_endpoint.get("POST /iot/api/v2/oauth2/token").copied();
+
+    // Act 1: a sync with the fresh file.
+    enqueue(0);
+    let out = billsync(&config, &["sync"]);
+
+    // Assert 1: delivered with a token asked for the write and read scopes at once.
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(platform.stored_event_ids("signed-prod-001").len(), 3);
+    assert_eq!(token_requests(), Some(1));
+
+    // Act 2: a second process, the same file (a sidecar that has not rotated yet) and a
+    // platform that already saw its jti. The second process does not know the jti: the
+    // platform refuses it as a replay, and says so in its audit log.
+    enqueue(3);
+    let out = billsync(&config, &["sync"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let said = text(&out);
+    assert!(said.contains("invalid_client") && said.contains("likely causes, in order: key_not_registered"), "{said}");
+    assert!(said.contains("assertion_replayed: the same assertion (jti) reached the platform twice"), "{said}");
+    let audit = platform.audit();
+    assert!(audit.iter().any(|e| e.reasons.iter().any(|r| r.as_str() == "assertion_replayed")), "{audit:?}");
+
+    // Act 3: the sidecar rotates; the next sync delivers the rest.
+    rotate();
+    let out = billsync(&config, &["sync"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(platform.stored_event_ids("signed-prod-001").len(), 6);
+    platform.shutdown().await;
+}
