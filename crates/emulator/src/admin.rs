@@ -1,11 +1,17 @@
 //! The admin operations: the state changes behind the methods of [`crate::Emulator`] and the
 //! admin API (`crate::http::admin` serves them over HTTP; nothing here knows HTTP).
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
+use serde_json::Value;
 
 use crate::config::ClientRegistration;
+use crate::event;
 use crate::keys::NewKey;
-use crate::state::{AppState, Client, ClientInfo, Settings};
+use crate::state::{AppState, Client, ClientInfo, Held, Inserted, Settings};
 
 /// Why an admin operation was refused.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +32,18 @@ pub enum AdminError {
     /// A new signing key could not be generated.
     #[error("could not generate a signing key: {0}")]
     Key(String),
+    /// An event to insert breaks the emulator's event rules, or names a meter the platform
+    /// refuses ([`crate::Emulator::reject_meter`]); nothing was inserted.
+    #[error("{field}: {reason}")]
+    InvalidEvent {
+        /// The event's position in the list, from 0.
+        index: usize,
+        /// What is wrong, as a path: `events[2].quantity`, `events[0].attributes.site`, or
+        /// `events[1]` for the event as a whole (not an object, an unknown field).
+        field: String,
+        /// Why, in words.
+        reason: String,
+    },
 }
 
 /// A partial change of lifetimes and limits: absent fields stay as they are; for the rate
@@ -135,6 +153,64 @@ impl AppState {
         let mut t = self.tokens();
         let jtis = t.issued.get(client_id).cloned().unwrap_or_default();
         jtis.into_iter().filter(|j| t.revoked.insert(j.clone())).count()
+    }
+
+    pub(crate) fn lost_event_ids(&self, tenant_id: &str) -> Vec<String> {
+        self.existing_tenant(tenant_id)
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).lost.iter().map(ToString::to_string).collect())
+            .unwrap_or_default()
+    }
+
+    /// Stores events for a tenant without the billing endpoint, as if another sender had posted
+    /// them: each checked by the emulator's own rules at `now` (and against the refused
+    /// meters), all or nothing; then stored unless already held, with the next `seq` and
+    /// `received_at = now`. No fault applies.
+    pub(crate) fn insert_events(
+        &self,
+        tenant_id: &str,
+        events: &[Value],
+        now: DateTime<Utc>,
+    ) -> Result<Inserted, AdminError> {
+        let refused_meters: HashMap<String, String> =
+            self.rejected_meters.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut good = Vec::with_capacity(events.len());
+        for (index, value) in events.iter().enumerate() {
+            let valid = event::validate(value, now).map_err(|r| {
+                let field = match r.path() {
+                    path if path.is_empty() => format!("events[{index}]"),
+                    path => format!("events[{index}].{path}"),
+                };
+                AdminError::InvalidEvent { index, field, reason: r.reason().to_owned() }
+            })?;
+            if let Some(code) = refused_meters.get(&valid.meter) {
+                return Err(AdminError::InvalidEvent {
+                    index,
+                    field: format!("events[{index}].meter"),
+                    reason: format!("meter {} is not registered for this tenant ({code})", valid.meter),
+                });
+            }
+            good.push(valid);
+        }
+        let mut inserted = Inserted::default();
+        {
+            let store = self.tenant(tenant_id);
+            let mut s = store.lock().unwrap_or_else(|p| p.into_inner());
+            for valid in good {
+                let id: Arc<str> = Arc::from(valid.event_id);
+                if s.ids.insert(Arc::clone(&id)) {
+                    let held = Held { event_id: id, received_at: now, json: valid.json };
+                    inserted.stored.push(held.stored(s.events.len() as u64 + 1));
+                    s.events.push(held);
+                } else {
+                    inserted.duplicates.push(id.to_string());
+                }
+            }
+        }
+        let n = inserted.stored.len() as u64;
+        if n > 0 {
+            self.counters.update(|c| *c.events_inserted.entry(tenant_id.to_owned()).or_default() += n);
+        }
+        Ok(inserted)
     }
 
     pub(crate) fn event_ids(&self, tenant_id: &str) -> Vec<String> {

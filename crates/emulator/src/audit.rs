@@ -83,6 +83,9 @@ pub enum Reason {
     InjectedRateLimited,
     /// An injected fault dropped the connection after the request was processed.
     InjectedConnectionDrop,
+    /// An injected `lose_after_accept` fault made the platform forget events it had just
+    /// accepted (the request was answered `202`; the entry's `detail` names the events).
+    InjectedLostAfterAccept,
 }
 
 impl Reason {
@@ -123,6 +126,7 @@ impl Reason {
             Self::InjectedUnavailable => "injected_unavailable",
             Self::InjectedRateLimited => "injected_rate_limited",
             Self::InjectedConnectionDrop => "injected_connection_drop",
+            Self::InjectedLostAfterAccept => "injected_lost_after_accept",
         }
     }
 }
@@ -265,8 +269,16 @@ pub struct Counters {
     pub requests_by_endpoint: BTreeMap<String, u64>,
     /// Rejected requests, by reason (a request with two claim problems counts for both).
     pub rejections_by_reason: BTreeMap<Reason, u64>,
-    /// Billing events newly stored, by tenant.
+    /// Billing events newly stored, by tenant: the sum of the `accepted` of the `202`s, so it
+    /// includes the events a `lose_after_accept` fault forgot afterwards.
     pub events_stored: BTreeMap<String, u64>,
+    /// Accepted billing events forgotten by a `lose_after_accept` fault, by tenant.
+    #[serde(default)]
+    pub events_lost_after_accept: BTreeMap<String, u64>,
+    /// Events stored through the admin API (`POST /admin/tenants/{tenant_id}/events`,
+    /// [`crate::Emulator::insert_events`]), not through the billing endpoint, by tenant.
+    #[serde(default)]
+    pub events_inserted: BTreeMap<String, u64>,
     /// Billing events answered as duplicates, by tenant.
     pub events_duplicate: BTreeMap<String, u64>,
     /// Billing events refused inside a `202`, by tenant.
@@ -289,6 +301,14 @@ impl Counters {
     /// Events stored for this tenant.
     pub fn stored(&self, tenant_id: &str) -> u64 {
         self.events_stored.get(tenant_id).copied().unwrap_or(0)
+    }
+    /// Accepted events forgotten by a `lose_after_accept` fault for this tenant.
+    pub fn lost_after_accept(&self, tenant_id: &str) -> u64 {
+        self.events_lost_after_accept.get(tenant_id).copied().unwrap_or(0)
+    }
+    /// Events inserted through the admin API for this tenant.
+    pub fn inserted(&self, tenant_id: &str) -> u64 {
+        self.events_inserted.get(tenant_id).copied().unwrap_or(0)
     }
 }
 
@@ -318,6 +338,7 @@ mod tests {
             Reason::AssertionClientMismatch,
             Reason::AssertionNotYetValid,
             Reason::BadAssertionSignature,
+            Reason::InjectedLostAfterAccept,
         ] {
             assert_eq!(serde_json::to_value(r).unwrap(), serde_json::Value::from(r.as_str()));
         }

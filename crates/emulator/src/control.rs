@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use crate::{AdminError, ClientInfo, ClientRegistration, Emulator, Fault, Settings, SettingsUpdate, admin};
+use crate::{
+    AdminError, ClientInfo, ClientRegistration, Emulator, Fault, FaultKind, Inserted, Settings, SettingsUpdate, admin,
+};
 
 impl Emulator {
     /// Applies a partial change of lifetimes and limits; returns the new settings.
@@ -111,6 +113,28 @@ impl Emulator {
     /// Injects a fault (see [`Fault`]).
     pub fn inject(&self, fault: Fault) {
         self.state.faults.add(fault);
+    }
+
+    /// From now on, forget each billing event newly accepted for `tenant_id` with probability
+    /// `probability` (1.0: every one) right after the `202` that counts it as accepted: the
+    /// same as [`Emulator::inject`] with [`FaultKind::LoseAfterAccept`]. Forgotten events are
+    /// missing from the reconciliation `GET` and from [`Emulator::stored_event_ids`], are
+    /// listed by [`Emulator::lost_event_ids`], and are accepted anew when posted again.
+    /// [`Emulator::clear_faults`] ends it.
+    pub fn lose_after_accept(&self, tenant_id: &str, probability: f64) {
+        self.inject(Fault::probability(FaultKind::lose_after_accept(tenant_id), probability));
+    }
+
+    /// Stores events for a tenant without the billing endpoint, as if another sender had posted
+    /// them: each is a billing event as in the body of `POST /iot/api/v2/billing/events`,
+    /// checked by the emulator's own rules (and against the meters refused by
+    /// [`Emulator::reject_meter`]), then stored unless its id is already held, with the next
+    /// `seq` and `received_at` now. Faults do not apply.
+    ///
+    /// # Errors
+    /// [`AdminError::InvalidEvent`] naming the first bad event's field; nothing is stored then.
+    pub fn insert_events(&self, tenant_id: &str, events: &[serde_json::Value]) -> Result<Inserted, AdminError> {
+        self.state.insert_events(tenant_id, events, chrono::Utc::now())
     }
 
     /// Removes every injected fault.

@@ -88,6 +88,21 @@ impl Refusal {
         format!("invalid_{}", self.field.name())
     }
 
+    /// What the refusal is about, as a path below the event: `quantity`, `attributes.site`;
+    /// empty for the event as a whole (not an object, an unknown field).
+    pub(crate) fn path(&self) -> String {
+        match (&self.key, self.field) {
+            (_, Field::Event) => String::new(),
+            (Some(key), field) => format!("{}.{key}", field.name()),
+            (None, field) => field.name().to_owned(),
+        }
+    }
+
+    /// Why, in words (the `message` without the field).
+    pub(crate) fn reason(&self) -> &str {
+        &self.reason
+    }
+
     /// The `message` of the rejected entry: `field: reason`, e.g. `attributes.site: expected a
     /// string, found a number`.
     pub(crate) fn message(&self) -> String {

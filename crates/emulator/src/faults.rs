@@ -1,8 +1,10 @@
 //! Fault injection: `503`s, `429`s, connections dropped after the events were stored, and
-//! added latency, each either with a probability or for the next N requests. Randomness comes
-//! from a seeded generator, so a run is reproducible.
+//! added latency, each either with a probability or for the next N requests; and, per tenant,
+//! accepted billing events forgotten after the `202` (`lose_after_accept`), each either with a
+//! probability or for the next N events. Randomness comes from a seeded generator, so a run is
+//! reproducible.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use rand::rngs::StdRng;
@@ -10,7 +12,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 /// What an injected fault does.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum FaultKind {
     /// Answer `503 {"error":"service_unavailable"}` before doing anything.
@@ -29,6 +31,24 @@ pub enum FaultKind {
         /// Added delay in milliseconds.
         ms: u64,
     },
+    /// Answer the billing `POST` as usual (the events count in `accepted`), then forget the
+    /// accepted events of this tenant the trigger picks, as a storage bug on the platform's
+    /// side would: they are missing from the reconciliation `GET` and from
+    /// [`crate::Emulator::stored_event_ids`], and a later post of the same `event_id` is
+    /// accepted anew (not a duplicate). The trigger counts **events**, not requests:
+    /// `probability` is drawn for each newly accepted event, `next: N` forgets the tenant's next
+    /// N. The `target` is always the billing endpoint.
+    LoseAfterAccept {
+        /// The tenant whose events are forgotten.
+        tenant_id: String,
+    },
+}
+
+impl FaultKind {
+    /// [`FaultKind::LoseAfterAccept`] for a tenant.
+    pub fn lose_after_accept(tenant_id: impl Into<String>) -> Self {
+        Self::LoseAfterAccept { tenant_id: tenant_id.into() }
+    }
 }
 
 fn one() -> u64 {
@@ -62,8 +82,9 @@ pub enum FaultTarget {
 
 /// A fault to inject. JSON form (admin API):
 /// `{"kind": "drop_connection", "trigger": {"next": 1}}`,
-/// `{"kind": "latency", "ms": 200, "trigger": {"probability": 0.5}, "target": "all"}`.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+/// `{"kind": "latency", "ms": 200, "trigger": {"probability": 0.5}, "target": "all"}`,
+/// `{"kind": "lose_after_accept", "tenant_id": "acme-prod-001", "trigger": {"probability": 1.0}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Fault {
     /// What it does.
     #[serde(flatten)]
@@ -103,8 +124,27 @@ pub(crate) struct Fired {
     pub drop_connection: bool,
 }
 
+/// Whether a trigger fires now, consuming a `Next` count.
+fn fires(rng: &mut StdRng, trigger: &mut FaultTrigger) -> bool {
+    match trigger {
+        FaultTrigger::Probability(p) => rng.gen_bool(if p.is_nan() { 0.0 } else { p.clamp(0.0, 1.0) }),
+        FaultTrigger::Next(n) => {
+            let fires = *n > 0;
+            *n = n.saturating_sub(1);
+            fires
+        }
+    }
+}
+
+/// Whether a fault is a `lose_after_accept` for this tenant.
+fn loses(fault: &Fault, tenant: &str) -> bool {
+    matches!(&fault.kind, FaultKind::LoseAfterAccept { tenant_id } if tenant_id == tenant)
+}
+
+type Faults = (StdRng, Vec<Fault>);
+
 pub(crate) struct Injector {
-    inner: Mutex<(StdRng, Vec<Fault>)>,
+    inner: Mutex<Faults>,
 }
 
 impl Injector {
@@ -112,22 +152,31 @@ impl Injector {
         Self { inner: Mutex::new((StdRng::seed_from_u64(seed), Vec::new())) }
     }
 
-    pub(crate) fn add(&self, fault: Fault) {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).1.push(fault);
+    fn lock(&self) -> MutexGuard<'_, Faults> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a fault; a `lose_after_accept` always targets the billing endpoint.
+    pub(crate) fn add(&self, mut fault: Fault) {
+        if matches!(fault.kind, FaultKind::LoseAfterAccept { .. }) {
+            fault.target = FaultTarget::Billing;
+        }
+        self.lock().1.push(fault);
     }
 
     pub(crate) fn clear(&self) {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).1.clear();
+        self.lock().1.clear();
     }
 
     pub(crate) fn list(&self) -> Vec<Fault> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).1.clone()
+        self.lock().1.clone()
     }
 
-    /// Decides which faults fire on a request to `target`, consuming `Next` counts.
+    /// Decides which faults fire on a request to `target`, consuming `Next` counts. A
+    /// `lose_after_accept` never fires here: it acts on events ([`Injector::losses`]).
     pub(crate) fn roll(&self, target: FaultTarget) -> Fired {
         let mut fired = Fired::default();
-        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = self.lock();
         if g.1.is_empty() {
             return fired;
         }
@@ -136,15 +185,7 @@ impl Injector {
             if f.target != target && f.target != FaultTarget::All {
                 continue;
             }
-            let fires = match &mut f.trigger {
-                FaultTrigger::Probability(p) => rng.gen_bool(if p.is_nan() { 0.0 } else { p.clamp(0.0, 1.0) }),
-                FaultTrigger::Next(n) => {
-                    let fires = *n > 0;
-                    *n = n.saturating_sub(1);
-                    fires
-                }
-            };
-            if !fires {
+            if matches!(f.kind, FaultKind::LoseAfterAccept { .. }) || !fires(rng, &mut f.trigger) {
                 continue;
             }
             match f.kind {
@@ -152,10 +193,45 @@ impl Injector {
                 FaultKind::RateLimited { retry_after_s } => fired.rate_limited = Some(retry_after_s),
                 FaultKind::DropConnection => fired.drop_connection = true,
                 FaultKind::Latency { ms } => fired.latency += Duration::from_millis(ms),
+                FaultKind::LoseAfterAccept { .. } => {}
             }
         }
         faults.retain(|f| f.trigger != FaultTrigger::Next(0));
         fired
+    }
+
+    /// The `lose_after_accept` faults of `tenant`, to decide event by event which of a batch's
+    /// newly accepted events are forgotten; `None` when there is none (the common case). Holds
+    /// the injector's lock until dropped: take it with the tenant's store locked, never the
+    /// other way round.
+    pub(crate) fn losses<'a>(&'a self, tenant: &'a str) -> Option<Losses<'a>> {
+        let g = self.lock();
+        g.1.iter().any(|f| loses(f, tenant)).then_some(Losses { faults: g, tenant })
+    }
+}
+
+/// The `lose_after_accept` faults of one tenant, while a batch is stored.
+pub(crate) struct Losses<'a> {
+    faults: MutexGuard<'a, Faults>,
+    tenant: &'a str,
+}
+
+impl Losses<'_> {
+    /// Whether the next newly accepted event is forgotten (every fault of the tenant is
+    /// rolled, consuming `Next` counts).
+    pub(crate) fn lose(&mut self) -> bool {
+        let (rng, faults) = &mut *self.faults;
+        let mut lost = false;
+        for f in faults.iter_mut().filter(|f| loses(f, self.tenant)) {
+            lost |= fires(rng, &mut f.trigger);
+        }
+        lost
+    }
+}
+
+impl Drop for Losses<'_> {
+    fn drop(&mut self) {
+        self.faults.1.retain(|f| f.trigger != FaultTrigger::Next(0));
     }
 }
 
@@ -195,5 +271,37 @@ mod tests {
         let f: Fault =
             serde_json::from_str(r#"{"kind": "rate_limited", "trigger": {"next": 3}, "target": "all"}"#).unwrap();
         assert_eq!(f, Fault::next(FaultKind::RateLimited { retry_after_s: 1 }, 3).on(FaultTarget::All));
+        let f: Fault = serde_json::from_str(
+            r#"{"kind": "lose_after_accept", "tenant_id": "t-1", "trigger": {"probability": 1.0}}"#,
+        )
+        .unwrap();
+        assert_eq!(f, Fault::probability(FaultKind::lose_after_accept("t-1"), 1.0));
+        assert!(serde_json::from_str::<Fault>(r#"{"kind": "lose_after_accept", "trigger": {"next": 1}}"#).is_err());
+    }
+
+    #[test]
+    fn losses_count_events_per_tenant_and_never_fire_on_requests() {
+        let inj = Injector::new(1);
+        inj.add(Fault::next(FaultKind::lose_after_accept("t-1"), 2).on(FaultTarget::Token));
+        assert_eq!(inj.list()[0].target, FaultTarget::Billing, "always the billing endpoint");
+        assert_eq!(inj.roll(FaultTarget::Billing), Fired::default());
+        assert!(inj.losses("t-2").is_none());
+        let mut losses = inj.losses("t-1").expect("a loss fault for t-1");
+        assert_eq!([losses.lose(), losses.lose(), losses.lose()], [true, true, false]);
+        drop(losses);
+        assert!(inj.list().is_empty(), "an exhausted next: N is removed");
+        assert!(inj.losses("t-1").is_none());
+    }
+
+    #[test]
+    fn loss_probabilities_zero_and_one_are_exact() {
+        let inj = Injector::new(3);
+        inj.add(Fault::probability(FaultKind::lose_after_accept("never"), 0.0));
+        inj.add(Fault::probability(FaultKind::lose_after_accept("always"), 1.0));
+        let mut never = inj.losses("never").unwrap();
+        assert!((0..200).all(|_| !never.lose()));
+        drop(never);
+        let mut always = inj.losses("always").unwrap();
+        assert!((0..200).all(|_| always.lose()));
     }
 }

@@ -14,7 +14,9 @@
 //! - an audit log naming the precise reason of every refusal, counters, and an admin API
 //!   (loopback peers naming a loopback `Host`, with the per-run [`Emulator::admin_key`] in
 //!   `X-Admin-Key`) to change lifetimes and limits, grant and withdraw access, revoke tokens,
-//!   rotate keys and inject faults. Every admin operation is also a method of [`Emulator`].
+//!   rotate keys, inject faults (among them accepted events forgotten afterwards) and insert
+//!   events as another sender would have posted them. Every admin operation is also a method
+//!   of [`Emulator`].
 //!
 //! The claim checks and the event rules are the emulator's own: it is the independent referee
 //! that billsync's client (its `BillingPolicy` and `EventRules`) is tested against, so it uses
@@ -83,7 +85,7 @@ pub use http::{DEFAULT_LIST_LIMIT, MAX_BATCH_EVENTS, MAX_BODY_BYTES, MAX_LIST_LI
 pub use keys::{Jwk, Jwks, SigningAlg, UnknownAlg};
 pub use ratelimit::WINDOW as RATE_WINDOW;
 pub use server::HEADER_READ_TIMEOUT;
-pub use state::{ClientInfo, Settings, StoredEvent};
+pub use state::{ClientInfo, Inserted, Settings, StoredEvent};
 
 /// The path of the token endpoint.
 pub const TOKEN_PATH: &str = "/oauth2/v1/token";
@@ -283,7 +285,8 @@ impl Emulator {
         self.state.audit.clear();
     }
 
-    /// The ids of the events stored for a tenant, in order of arrival.
+    /// The ids of the events stored for a tenant, in order of arrival (without the events a
+    /// `lose_after_accept` fault forgot).
     pub fn stored_event_ids(&self, tenant_id: &str) -> Vec<String> {
         self.state.event_ids(tenant_id)
     }
@@ -292,16 +295,13 @@ impl Emulator {
     pub fn stored_events(&self, tenant_id: &str) -> Vec<StoredEvent> {
         let Some(store) = self.state.existing_tenant(tenant_id) else { return Vec::new() };
         let s = store.lock().unwrap_or_else(|p| p.into_inner());
-        s.events
-            .iter()
-            .enumerate()
-            .map(|(i, h)| StoredEvent {
-                seq: i as u64 + 1,
-                event_id: h.event_id.to_string(),
-                received_at: h.received_at,
-                event: serde_json::from_str(&h.json).unwrap_or(serde_json::Value::Null),
-            })
-            .collect()
+        s.events.iter().enumerate().map(|(i, h)| h.stored(i as u64 + 1)).collect()
+    }
+
+    /// The ids of the accepted events a `lose_after_accept` fault made the platform forget for
+    /// a tenant, in order; an id stays listed after the event is posted (and stored) again.
+    pub fn lost_event_ids(&self, tenant_id: &str) -> Vec<String> {
+        self.state.lost_event_ids(tenant_id)
     }
 
     /// Request and event counters since start.

@@ -70,6 +70,28 @@ pub(crate) struct Held {
     pub json: String,
 }
 
+impl Held {
+    /// The event as [`StoredEvent`], with its `seq`.
+    pub(crate) fn stored(&self, seq: u64) -> StoredEvent {
+        StoredEvent {
+            seq,
+            event_id: self.event_id.to_string(),
+            received_at: self.received_at,
+            event: serde_json::from_str(&self.json).unwrap_or(serde_json::Value::Null),
+        }
+    }
+}
+
+/// What an admin insert ([`crate::Emulator::insert_events`]) did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Inserted {
+    /// The events newly stored, with their `seq` and `received_at`, in the order given.
+    pub stored: Vec<StoredEvent>,
+    /// The ids already held for the tenant (or repeated in the same call), not stored again.
+    pub duplicates: Vec<String>,
+}
+
 /// A fast, non-cryptographic hasher (the Fx hash of rustc) for the event-id sets: the ids
 /// come from authenticated clients, and SipHash was a visible share of the accept path.
 #[derive(Debug, Default, Clone, Copy)]
@@ -118,8 +140,13 @@ impl BuildHasher for FastHash {
 
 #[derive(Default)]
 pub(crate) struct TenantStore {
+    /// The ids held: those of `events`, nothing else (a forgotten event's id is not held).
     pub ids: HashSet<Arc<str>, FastHash>,
+    /// What the platform holds, in order of arrival: the `seq` of `events[i]` is `i + 1`.
     pub events: Vec<Held>,
+    /// The ids of the accepted events a `lose_after_accept` fault made the platform forget,
+    /// in order (kept when the event is posted again).
+    pub lost: Vec<Arc<str>>,
 }
 
 #[derive(Default)]

@@ -18,7 +18,7 @@ use super::reply::{St, json_reply};
 use crate::admin::{AdminError, SettingsUpdate, rotate};
 use crate::config::{ClientSpec, KeyFiles};
 use crate::faults::Fault;
-use crate::state::ClientInfo;
+use crate::state::{ClientInfo, Inserted};
 
 pub(crate) fn router(state: St) -> Router<St> {
     Router::new()
@@ -32,6 +32,7 @@ pub(crate) fn router(state: St) -> Router<St> {
         .route("/keys/rotate", post(rotate_keys))
         .route("/faults", get(faults).post(inject).delete(clear_faults))
         .route("/events/{tenant_id}", get(event_ids))
+        .route("/tenants/{tenant_id}/events", post(insert_events))
         .route("/sign", post(sign))
         .layer(middleware::from_fn_with_state(state, admin_gate))
 }
@@ -170,7 +171,34 @@ async fn clear_faults(State(st): State<St>) -> StatusCode {
 
 async fn event_ids(State(st): State<St>, Path(tenant_id): Path<String>) -> Response {
     let ids = st.event_ids(&tenant_id);
-    ok(json!({"tenant_id": tenant_id, "event_ids": ids}))
+    let lost = st.lost_event_ids(&tenant_id);
+    ok(json!({"tenant_id": tenant_id, "event_ids": ids, "lost_event_ids": lost}))
+}
+
+/// The body of an admin insert: exactly `{"events": [...]}`, as on the billing endpoint.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Events {
+    events: Vec<Value>,
+}
+
+/// `POST /admin/tenants/{tenant_id}/events`: stores events as if another sender had posted
+/// them; answers the events stored (as the reconciliation listing shows them) and the ids
+/// already held.
+async fn insert_events(State(st): State<St>, Path(tenant_id): Path<String>, body: Bytes) -> Response {
+    let events = match parse::<Events>(&body) {
+        Ok(e) => e.events,
+        Err(r) => return *r,
+    };
+    match st.insert_events(&tenant_id, &events, chrono::Utc::now()) {
+        Ok(Inserted { stored, duplicates }) => ok(json!({
+            "tenant_id": tenant_id,
+            "stored": stored.iter().map(super::list::entry).collect::<Vec<_>>(),
+            "duplicates": duplicates,
+        })),
+        Err(e @ AdminError::InvalidEvent { .. }) => fail(StatusCode::BAD_REQUEST, "invalid_request", e),
+        Err(e) => fail(StatusCode::INTERNAL_SERVER_ERROR, "internal", e),
+    }
 }
 
 /// `POST /admin/sign[?alg=RS384]`, the claims as the body: signs them as given (`iss`, `nbf`,

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use super::body::{is_json, read_limited};
 use super::claims::BILLING_WRITE;
-use super::ctx::{Ctx, bad_request, too_large};
+use super::ctx::{Ctx, bad_request, record_losses, too_large};
 use super::gate::{Gate, Metered, Passed, framed, gate};
 use super::reply::{St, json_reply, set_header, with_rate};
 use crate::event;
@@ -79,8 +79,11 @@ async fn accept_events(
     let now = Utc::now();
     let Judged { good, rejected } = judge(st, &batch.events, now);
     drop(batch.events);
-    let (accepted, duplicates) = store(st, &tenant, good, now);
-    count(st, &tenant, accepted, duplicates.len(), rejected.len());
+    let Stored { accepted, duplicates, lost } = store(st, &tenant, good, now);
+    count(st, &tenant, accepted, duplicates.len(), rejected.len(), lost.len());
+    if !lost.is_empty() {
+        record_losses(ctx, &lost, accepted);
+    }
     let mut r = json_reply(
         StatusCode::ACCEPTED,
         &json!({"accepted": accepted, "duplicates": duplicates, "rejected": rejected}),
@@ -152,27 +155,47 @@ fn judge(st: &AppState, events: &[Value], now: DateTime<Utc>) -> Judged {
     judged
 }
 
-/// Stores the good events unless already held (or repeated within the batch): how many were
-/// stored, and the ids of the duplicates.
-fn store(st: &AppState, tenant: &str, good: Vec<(Arc<str>, String)>, now: DateTime<Utc>) -> (u64, Vec<Value>) {
-    let mut duplicates = Vec::new();
-    let mut accepted = 0u64;
+/// What became of a batch's good events.
+struct Stored {
+    /// How many were accepted (new ids), forgotten ones included.
+    accepted: u64,
+    /// The ids of the duplicates.
+    duplicates: Vec<Value>,
+    /// The ids of the accepted events a `lose_after_accept` fault forgot at once.
+    lost: Vec<Arc<str>>,
+}
+
+/// Stores the good events unless already held (or repeated within the batch), except those a
+/// `lose_after_accept` fault of the tenant forgets: they are accepted, then dropped, and their
+/// ids are no longer held (a later post of one is accepted anew).
+fn store(st: &AppState, tenant: &str, good: Vec<(Arc<str>, String)>, now: DateTime<Utc>) -> Stored {
+    let mut out = Stored { accepted: 0, duplicates: Vec::new(), lost: Vec::new() };
     let store = st.tenant(tenant);
     let mut s = store.lock().unwrap_or_else(|p| p.into_inner());
+    let mut losses = st.faults.losses(tenant);
     s.events.reserve(good.len());
     for (id, json) in good {
         if s.ids.insert(Arc::clone(&id)) {
-            s.events.push(Held { event_id: id, received_at: now, json });
-            accepted += 1;
+            out.accepted += 1;
+            if losses.as_mut().is_some_and(|l| l.lose()) {
+                out.lost.push(id);
+            } else {
+                s.events.push(Held { event_id: id, received_at: now, json });
+            }
         } else {
-            duplicates.push(Value::from(&*id));
+            out.duplicates.push(Value::from(&*id));
         }
     }
-    (accepted, duplicates)
+    drop(losses);
+    for id in &out.lost {
+        s.ids.remove(id);
+    }
+    s.lost.extend(out.lost.iter().cloned());
+    out
 }
 
-fn count(st: &AppState, tenant: &str, accepted: u64, duplicates: usize, rejected: usize) {
-    let (n_dup, n_rej) = (duplicates as u64, rejected as u64);
+fn count(st: &AppState, tenant: &str, accepted: u64, duplicates: usize, rejected: usize, lost: usize) {
+    let (n_dup, n_rej, n_lost) = (duplicates as u64, rejected as u64, lost as u64);
     st.counters.update(|c| {
         *c.requests_by_status.entry(202).or_default() += 1;
         *c.requests_by_endpoint.entry(ENDPOINT.to_owned()).or_default() += 1;
@@ -182,6 +205,9 @@ fn count(st: &AppState, tenant: &str, accepted: u64, duplicates: usize, rejected
         }
         if n_rej > 0 {
             *c.events_rejected.entry(tenant.to_owned()).or_default() += n_rej;
+        }
+        if n_lost > 0 {
+            *c.events_lost_after_accept.entry(tenant.to_owned()).or_default() += n_lost;
         }
     });
 }

@@ -99,6 +99,24 @@ pub(crate) async fn post_faults(ctx: &Ctx<'_>, fired: &Fired, conn: Option<&Conn
     }
 }
 
+/// Most event ids an audit entry of forgotten events names.
+const LOST_IDS_NAMED: usize = 20;
+
+/// Records that a `lose_after_accept` fault forgot `lost` of the `accepted` events of a `202`:
+/// one audit entry (status 202) naming them, and the reason's counter.
+pub(crate) fn record_losses(ctx: &Ctx<'_>, lost: &[std::sync::Arc<str>], accepted: u64) {
+    let named: Vec<&str> = lost.iter().take(LOST_IDS_NAMED).map(|id| &**id).collect();
+    let more = lost.len() - named.len();
+    let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+    let detail = format!(
+        "injected fault: {} of the {accepted} events accepted were forgotten: {}{more}",
+        lost.len(),
+        named.join(", ")
+    );
+    ctx.st.counters.update(|c| *c.rejections_by_reason.entry(Reason::InjectedLostAfterAccept).or_default() += 1);
+    ctx.audit(StatusCode::ACCEPTED.as_u16(), vec![Reason::InjectedLostAfterAccept], Some(detail));
+}
+
 /// `400 invalid_request` with a description, recorded.
 pub(crate) fn bad_request(ctx: &Ctx<'_>, description: &str, rate: RateStatus) -> Response {
     ctx.reject(StatusCode::BAD_REQUEST, vec![Reason::InvalidRequest], description.to_owned());

@@ -15,7 +15,7 @@ use super::gate::{Gate, Metered, Passed, framed, gate};
 use super::reply::{St, json_reply, with_rate};
 use crate::faults::FaultTarget;
 use crate::server::Conn;
-use crate::state::AppState;
+use crate::state::{AppState, StoredEvent};
 
 /// Most events one reconciliation page returns.
 pub const MAX_LIST_LIMIT: usize = 1000;
@@ -117,15 +117,20 @@ fn page(st: &AppState, tenant: &str, q: &ListQuery) -> (Vec<Value>, bool) {
         if events.len() == q.limit {
             return (events, true);
         }
-        let event: Value = serde_json::from_str(&h.json).unwrap_or(Value::Null);
-        events.push(json!({
-            "seq": i + 1,
-            "event_id": &*h.event_id,
-            "received_at": h.received_at.to_rfc3339_opts(SecondsFormat::Micros, true),
-            "event": event,
-        }));
+        events.push(entry(&h.stored(i as u64 + 1)));
     }
     (events, false)
+}
+
+/// One event as the listing shows it: `{"seq", "event_id", "received_at", "event"}`,
+/// `received_at` in UTC to the microsecond.
+pub(super) fn entry(e: &StoredEvent) -> Value {
+    json!({
+        "seq": e.seq,
+        "event_id": e.event_id,
+        "received_at": e.received_at.to_rfc3339_opts(SecondsFormat::Micros, true),
+        "event": e.event,
+    })
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ mod helpers;
 mod rate;
 mod reasons;
 mod reconcile;
+mod reconcile_aids;
 mod telemetry;
 mod thread;
 mod token;
