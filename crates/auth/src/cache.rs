@@ -107,9 +107,10 @@ struct ExtraScope {
 }
 
 impl ExtraScope {
-    /// The billing read scope, under the configured billing policy otherwise.
-    fn billing_read(configured: &BillingPolicy) -> Self {
-        let scope = Scope::billing_read();
+    /// The configured read scope, under the configured billing policy otherwise.
+    fn billing_read(config: &AuthConfig) -> Self {
+        let configured = config.policy();
+        let scope = config.read_scope().clone();
         let policy = configured.clone().with_scope(scope.clone());
         Self { scopes: std::iter::once(scope.clone()).collect(), request: vec![scope], policy }
     }
@@ -199,7 +200,7 @@ impl TokenCache {
         clock: Arc<dyn Clock>,
     ) -> Result<Self, ConfigError> {
         let client = OAuthClient::with_clock(config, clock.clone())?;
-        let read = ExtraScope::billing_read(client.config().policy());
+        let read = ExtraScope::billing_read(client.config());
         let mut cache = Self { client, clock, tenants: HashMap::new(), slots: HashMap::new(), read };
         for auth in tenants {
             cache.add(auth)?;

@@ -357,6 +357,7 @@ pub struct AuthConfig {
     retry: RetryPolicy,
     opaque_lifetime: Duration,
     token_issuer: Option<String>,
+    read_scope: Scope,
 }
 
 impl AuthConfig {
@@ -380,6 +381,7 @@ impl AuthConfig {
             retry: RetryPolicy::default(),
             opaque_lifetime: Duration::from_secs(900),
             token_issuer: None,
+            read_scope: Scope::billing_read(),
         })
     }
 
@@ -433,6 +435,18 @@ impl AuthConfig {
         let issuer = issuer.into();
         self.token_issuer = (!issuer.is_empty()).then_some(issuer);
         self
+    }
+
+    /// Sets the scope of read tokens ([`crate::TokenCache::read_headers`], for
+    /// reconciliation); default `urn:oracle:iot:billing:read`.
+    pub fn with_read_scope(mut self, scope: Scope) -> Self {
+        self.read_scope = scope;
+        self
+    }
+
+    /// The scope of read tokens.
+    pub fn read_scope(&self) -> &Scope {
+        &self.read_scope
     }
 
     /// The token endpoint.

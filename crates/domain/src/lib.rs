@@ -35,6 +35,7 @@ pub mod ids;
 pub mod policy;
 pub mod ports;
 pub mod rate;
+pub mod reconcile;
 pub mod refresh;
 pub mod response;
 pub mod secret;
@@ -50,11 +51,15 @@ pub use ids::{
 };
 pub use policy::{BillingPolicy, BillingRequestHeaders, Violation, ViolationCode, Violations};
 pub use ports::{
-    BillingApi, BillingReply, Claim, ClaimOutcome, Clock, DeadLetter, DeadLetterRecord, EnqueueReport, Holder, Lease,
-    LeaseId, ManualClock, Outbox, OutboxError, StorageFailure, SystemClock, TenantCounts, TokenError, TokenSource,
-    TransportError,
+    BillingApi, BillingReader, BillingReply, Claim, ClaimOutcome, Clock, DeadLetter, DeadLetterRecord, EnqueueReport,
+    Holder, Lease, LeaseId, ListAnswer, ListReply, ManualClock, Outbox, OutboxError, ReconcileStore, RunId,
+    StorageFailure, SystemClock, TenantCounts, TokenError, TokenSource, TransportError,
 };
 pub use rate::{RatePolicy, SlidingWindow};
+pub use reconcile::{
+    Comparison, DayReport, DaySide, DaySummaries, Fact, FactError, HeldEvent, HeldPage, IdList, MeterTotals, Nanos,
+    SummaryError, Window, WindowError, read_pause,
+};
 pub use refresh::{InvalidRefreshFraction, RefreshPolicy};
 pub use response::{
     BillingResponse, EXCERPT_CHARS, HttpAnswer, MAX_RESPONSE_BODY, MAX_SERVER_WAIT, RateLimitStatus, Receipt,

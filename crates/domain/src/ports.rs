@@ -14,6 +14,7 @@ use crate::batch::BatchBody;
 use crate::event::EncodedEvent;
 use crate::ids::{EventId, Tenant, TenantName};
 use crate::policy::{BillingRequestHeaders, Violations};
+use crate::reconcile::{Comparison, Fact, HeldPage, Window};
 use crate::response::{BillingResponse, RateLimitStatus};
 
 /// The time, injected so that tests control it.
@@ -156,6 +157,50 @@ pub trait BillingApi: Send + Sync {
         headers: &BillingRequestHeaders,
         body: &BatchBody,
     ) -> Result<BillingReply, TransportError>;
+}
+
+/// What came back from one read of the platform's listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListReply {
+    /// A page, or why there is none.
+    pub answer: ListAnswer,
+    /// The `X-RateLimit-*` headers, when present (reads count against the billing limit).
+    pub rate_limit: Option<RateLimitStatus>,
+}
+
+/// The meaning of a listing answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListAnswer {
+    /// `200` with the listing of docs/platform.md §3.
+    Page(HeldPage),
+    /// Anything else, classified as a billing answer is (`401`, `403`, `429`, `5xx`, ...; a
+    /// `200` that is not a listing is [`BillingResponse::Unexpected`]).
+    Refused(BillingResponse),
+}
+
+/// Reads what the platform holds for a tenant (`GET .../billing/events`), for reconciliation.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait BillingReader: Send + Sync {
+    /// One page: events received at or after `since`, after the cursor `after`, at most
+    /// `limit` (1 to 1000).
+    ///
+    /// - MUST send `Authorization`, `X-Tenant-ID` and `X-Application-ID` exactly as `headers`
+    ///   gives them (a token with the billing read scope); a GET has no body, so no
+    ///   `Content-Type`.
+    /// - MUST return every HTTP answer as `Ok`; `Err` only when there was none. A `202`
+    ///   receipt is no listing: it comes back as [`BillingResponse::Unexpected`], never as
+    ///   `Accepted`.
+    ///
+    /// # Errors
+    /// [`TransportError`] when no response arrived.
+    async fn list_events(
+        &self,
+        headers: &BillingRequestHeaders,
+        since: DateTime<Utc>,
+        after: u64,
+        limit: u32,
+    ) -> Result<ListReply, TransportError>;
 }
 
 // ---------------------------------------------------------------- outbox
@@ -510,4 +555,79 @@ pub trait Outbox: Send + Sync {
     /// # Errors
     /// [`OutboxError::Storage`].
     async fn release_tenant(&self, tenant: &TenantName, agent: &str) -> Result<(), OutboxError>;
+}
+
+// ---------------------------------------------------------------- reconciliation store
+
+/// Identifies one reconciliation's scratch set of platform events in an outbox.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RunId(String);
+
+impl RunId {
+    /// Wraps an adapter-generated id.
+    pub fn new(id: impl Into<String>) -> Self {
+        Self(id.into())
+    }
+    /// The id.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The outbox's side of reconciliation: its narrow record of every event ([`Fact`]: kept
+/// after compaction drops a delivered event's payload), a scratch set for the platform's
+/// listing in the same database, the comparison as SQL joins, and the two repairs. Memory stays
+/// bounded at any size: the listing is streamed in, the comparison streamed out through the
+/// domain's accumulators.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait ReconcileStore: Send + Sync {
+    /// The first instant from which the outbox holds a [`Fact`] of every event it ever stored
+    /// for `tenant` (`None`: from the beginning).
+    ///
+    /// # Errors
+    /// [`OutboxError::Storage`].
+    async fn horizon(&self, tenant: &TenantName) -> Result<Option<DateTime<Utc>>, OutboxError>;
+
+    /// Starts a comparison of `tenant` over `window`: an empty scratch set.
+    ///
+    /// # Errors
+    /// [`OutboxError::Storage`].
+    async fn begin_reconcile(&self, tenant: &TenantName, window: &Window) -> Result<RunId, OutboxError>;
+
+    /// Adds platform events to the scratch set. Facts outside the window are ignored; an event
+    /// id already in the set is kept once.
+    ///
+    /// # Errors
+    /// [`OutboxError::Storage`].
+    async fn add_held(&self, run: &RunId, facts: &[Fact]) -> Result<(), OutboxError>;
+
+    /// Compares the outbox's facts inside the window with the scratch set: each kind of
+    /// discrepancy (the first `max_ids` ids of each, sorted bytewise, and the exact count) and
+    /// both sides' days. The local side of the days is what was delivered (acked) here.
+    ///
+    /// # Errors
+    /// [`OutboxError::Storage`].
+    async fn compare(&self, run: &RunId, max_ids: usize) -> Result<Comparison, OutboxError>;
+
+    /// Drops the scratch set (also done for runs older than a day at the next begin).
+    ///
+    /// # Errors
+    /// [`OutboxError::Storage`].
+    async fn end_reconcile(&self, run: &RunId) -> Result<(), OutboxError>;
+
+    /// Returns delivered events the platform does not hold to pending, due now, so that they
+    /// are sent again (the platform deduplicates); only those whose payload is still kept.
+    /// Says how many.
+    ///
+    /// # Errors
+    /// [`OutboxError::ClaimLost`] when `claim` is no longer the tenant's; [`OutboxError::Storage`].
+    async fn requeue_delivered(&self, claim: &Claim, ids: &[EventId]) -> Result<u64, OutboxError>;
+
+    /// Settles pending or leased events the platform already holds as delivered, without
+    /// sending them (the platform's listing is its word). Says how many.
+    ///
+    /// # Errors
+    /// [`OutboxError::ClaimLost`] when `claim` is no longer the tenant's; [`OutboxError::Storage`].
+    async fn settle_held(&self, claim: &Claim, ids: &[EventId]) -> Result<u64, OutboxError>;
 }
