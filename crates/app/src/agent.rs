@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use billsync_auth::Diagnosis;
 use billsync_domain::{
-    BillingPolicy, Clock, DeadLetterRecord, EncodedEvent, EnqueueReport, EventId, Outbox, OutboxError, Scope,
-    SystemClock, TenantCounts, TenantName,
+    BillingPolicy, BillingReader, Clock, DeadLetterRecord, EncodedEvent, EnqueueReport, EventId, Outbox, OutboxError,
+    ReconcileStore, SystemClock, Tenant, TenantCounts, TenantName,
 };
 use billsync_http::HttpSettings;
 use billsync_transport::HttpBillingApi;
@@ -21,6 +21,7 @@ use crate::config::{Config, ConfigError, Credential};
 use crate::engine::{Blocked, Engine, Ports, SyncSettings, TenantReport, TenantState};
 use crate::health::Health;
 use crate::metrics::Metrics;
+use crate::reconcile::{Progress, ReconcileError, ReconcileOptions, Reconciler, TenantReconciliation};
 
 /// Why the agent could not be built or could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -112,23 +113,23 @@ impl AgentBuilder {
     pub async fn build(self) -> Result<Agent, AgentError> {
         let config = self.config.ok_or(AgentError::NoConfig)?;
         let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock));
-        let outbox = config.storage.location.open(clock.clone()).await?;
+        let (outbox, store) = config.storage.location.open_with_reconcile(clock.clone()).await?;
         // One set of connection settings, the CA bundle read once, for both HTTP adapters.
         let mut http = HttpSettings::default().with_timeout(config.sync.request_timeout);
         if let Some(path) = &config.platform.ca_file {
             http = http.with_ca_file(path)?;
         }
         let tokens = Arc::new(token_cache(&config, &http, clock.clone())?);
-        let api = HttpBillingApi::new(config.platform.base_url.as_str(), &http)?;
+        let api = Arc::new(HttpBillingApi::new(config.platform.base_url.as_str(), &http)?);
         let settings = engine_settings(self.settings.unwrap_or_default(), &config);
         let metrics = Metrics::default();
         let engine = Engine::new(
-            Ports { outbox: outbox.clone(), tokens: tokens.clone(), api: Arc::new(api), clock: clock.clone() },
+            Ports { outbox: outbox.clone(), tokens: tokens.clone(), api: api.clone(), clock: clock.clone() },
             settings,
             config.tenants.iter().map(|t| t.tenant.clone()).collect(),
             metrics.clone(),
         );
-        Ok(Agent { config: Arc::new(config), outbox, tokens, engine, metrics, clock })
+        Ok(Agent { config: Arc::new(config), outbox, store, reader: api, tokens, engine, metrics, clock })
     }
 }
 
@@ -143,6 +144,7 @@ fn token_cache(config: &Config, http: &HttpSettings, clock: Arc<dyn Clock>) -> R
     let mut auth_config = AuthConfig::new(platform.token_url.as_str())?
         .with_jwks_url(platform.jwks_url.as_str())?
         .with_policy(policy)
+        .with_read_scope(platform.billing_read_scope.clone())
         .with_refresh(config.sync.refresh)
         .with_http(http.clone());
     if let Some(issuer) = &platform.token_issuer {
@@ -163,7 +165,9 @@ fn token_cache(config: &Config, http: &HttpSettings, clock: Arc<dyn Clock>) -> R
         // One assertion serves one token request: a tenant on an assertion file asks for the
         // write and read scopes in one token.
         a = match &t.credential {
-            Credential::AssertionFile { .. } => a.with_scopes([platform.billing_scope.clone(), Scope::billing_read()]),
+            Credential::AssertionFile { .. } => {
+                a.with_scopes([platform.billing_scope.clone(), platform.billing_read_scope.clone()])
+            }
             _ => a.with_scope(platform.billing_scope.clone()),
         }
         .with_jwks_verification(t.verify_jwks);
@@ -209,6 +213,8 @@ fn engine_settings(mut settings: SyncSettings, config: &Config) -> SyncSettings 
 pub struct Agent {
     config: Arc<Config>,
     outbox: Arc<dyn Outbox>,
+    store: Arc<dyn ReconcileStore>,
+    reader: Arc<dyn BillingReader>,
     tokens: Arc<TokenCache>,
     engine: Engine,
     metrics: Metrics,
@@ -373,6 +379,42 @@ impl Agent {
     pub async fn requeue(&self, tenant: &str, ids: Option<Vec<EventId>>) -> Result<u64, AgentError> {
         let name = self.tenant_name(tenant)?;
         Ok(self.outbox.requeue(&name, ids).await?)
+    }
+
+    /// Compares what the platform holds with what this outbox delivered, tenant by tenant and
+    /// day by day, and with `repair` sets right what it can (`billsync reconcile`).
+    /// `progress` is called after each page read.
+    ///
+    /// # Errors
+    /// [`ReconcileError::UnknownTenant`], [`ReconcileError::Window`] (a window before a
+    /// tenant's horizon), [`ReconcileError::Outbox`].
+    pub async fn reconcile(
+        &self,
+        opts: &ReconcileOptions,
+        progress: Progress<'_>,
+    ) -> Result<Vec<TenantReconciliation>, ReconcileError> {
+        let tenants: Vec<Tenant> = match &opts.tenant {
+            Some(name) => {
+                let name = self.tenant_name(name).map_err(|e| ReconcileError::UnknownTenant(e.to_string()))?;
+                self.config.tenants.iter().filter(|t| t.tenant.name() == &name).map(|t| t.tenant.clone()).collect()
+            }
+            None => self.config.tenants.iter().map(|t| t.tenant.clone()).collect(),
+        };
+        let reconciler = Reconciler {
+            tokens: &self.tokens,
+            reader: &self.reader,
+            store: &self.store,
+            outbox: &self.outbox,
+            engine: &self.engine,
+            clock: &self.clock,
+        };
+        let opts = ReconcileOptions { share: opts.share.or(Some(self.config.reconcile.share)), ..opts.clone() };
+        let reports = reconciler.run(&tenants, &opts, progress).await;
+        if opts.repair {
+            self.refresh_gauges().await;
+            self.save_state().await;
+        }
+        reports
     }
 
     /// Gets a token for the tenant and says whether it is billing-ready, and what to change if

@@ -62,7 +62,35 @@ struct RawConfig {
     #[serde(default)]
     sync: RawSync,
     #[serde(default)]
+    reconcile: RawReconcile,
+    #[serde(default)]
     tenants: Vec<RawTenant>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReconcile {
+    share: Option<f64>,
+}
+
+/// How reconciliation reads the platform (`[reconcile]`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReconcileConfig {
+    /// At most this share of a tenant's rate window goes to reads (`share`, default 0.2).
+    pub share: f64,
+}
+
+impl RawReconcile {
+    fn validate(self, at: At<'_>) -> Result<ReconcileConfig, ConfigError> {
+        let share = self.share.unwrap_or(0.2);
+        if !(share > 0.0 && share <= 1.0) {
+            return Err(at.invalid(
+                "reconcile.share",
+                format!("{share} is not a share of the rate window: give a number above 0 and at most 1"),
+            ));
+        }
+        Ok(ReconcileConfig { share })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -72,6 +100,7 @@ struct RawPlatform {
     token_url: Option<String>,
     jwks_url: Option<String>,
     billing_scope: Option<String>,
+    billing_read_scope: Option<String>,
     billing_audience: Option<String>,
     ca_file: Option<PathBuf>,
     token_issuer: Option<String>,
@@ -132,6 +161,8 @@ pub struct PlatformConfig {
     pub jwks_url: Url,
     /// The billing write scope.
     pub billing_scope: Scope,
+    /// The billing read scope (`reconcile` lists the platform's events with it).
+    pub billing_read_scope: Scope,
     /// The billing audience.
     pub billing_audience: Audience,
     /// Extra CA bundle.
@@ -197,6 +228,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// Pace and retries.
     pub sync: SyncConfig,
+    /// Reconciliation.
+    pub reconcile: ReconcileConfig,
     /// The tenants.
     pub tenants: Vec<TenantConfig>,
     /// Non-fatal remarks (an inline secret in a world-readable file).
@@ -238,6 +271,7 @@ impl Config {
         let platform = raw.platform.validate(at)?;
         let storage = raw.storage.validate(at)?;
         let sync = raw.sync.validate(at)?;
+        let reconcile = raw.reconcile.validate(at)?;
         let mut tenants = Vec::new();
         let mut names = HashSet::new();
         let mut warnings = Vec::new();
@@ -249,7 +283,7 @@ impl Config {
             }
             tenants.push(tenant);
         }
-        Ok(Self { platform, storage, sync, tenants, warnings })
+        Ok(Self { platform, storage, sync, reconcile, tenants, warnings })
     }
 
     /// The tenant with this local name.
@@ -294,6 +328,10 @@ impl RawPlatform {
             billing_scope: match self.billing_scope {
                 Some(s) => Scope::parse(s).map_err(|e| at.invalid("platform.billing_scope", e.reason))?,
                 None => Scope::billing_write(),
+            },
+            billing_read_scope: match self.billing_read_scope {
+                Some(s) => Scope::parse(s).map_err(|e| at.invalid("platform.billing_read_scope", e.reason))?,
+                None => Scope::billing_read(),
             },
             billing_audience: match self.billing_audience {
                 Some(a) => Audience::parse(a).map_err(|e| at.invalid("platform.billing_audience", e.reason))?,

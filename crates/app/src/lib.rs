@@ -64,6 +64,7 @@ pub mod engine;
 pub mod health;
 pub mod jsonl;
 pub mod metrics;
+pub mod reconcile;
 
 pub use agent::{Agent, AgentBuilder, AgentError, TenantStatus};
 pub use billsync_auth::{

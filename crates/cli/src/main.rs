@@ -9,11 +9,13 @@
 //! billsync sync                                  # deliver what can be delivered now
 //! billsync run --listen 127.0.0.1:9464           # the long-running agent
 //! billsync status                                # counts and state per tenant
+//! billsync reconcile --days 7                     # does the platform hold exactly what was delivered?
 //! ```
 //!
 //! Exit codes: 0 success; 1 a fatal error; 2 invalid input (for example a bad line given to
-//! `enqueue`); 3 work remains for a blocked or unreachable tenant (`sync`), or a tenant is not
-//! billing-ready (`doctor`).
+//! `enqueue`, or `reconcile --since` before what the outbox can vouch for); 3 work remains for a
+//! blocked or unreachable tenant (`sync`), a tenant is not billing-ready (`doctor`), or
+//! discrepancies remain or a tenant's platform side cannot be read (`reconcile`).
 //!
 //! Built without the default `emulator` feature, the binary is the agent alone: no `demo`,
 //! no `emulator`, and none of the emulator's dependencies.
@@ -23,6 +25,7 @@ mod commands;
 mod demo;
 mod key;
 mod output;
+mod reconcile;
 mod serve;
 
 use std::io::IsTerminal;
@@ -97,6 +100,29 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Prove, tenant by tenant and UTC day by day, that the platform holds exactly what was
+    /// delivered; with --repair, requeue what it lacks and settle what it already holds.
+    Reconcile {
+        /// Only this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// The last N UTC days, today included (default 7).
+        #[arg(long, conflicts_with = "since", value_parser = clap::value_parser!(u32).range(1..))]
+        days: Option<u32>,
+        /// From this UTC day (YYYY-MM-DD) to today.
+        #[arg(long)]
+        since: Option<chrono::NaiveDate>,
+        /// Print JSON (every id of each kind, up to 100,000).
+        #[arg(long)]
+        json: bool,
+        /// Requeue (and send) what the platform lacks, settle what it already holds; under the
+        /// tenant's claim, never deleting anything.
+        #[arg(long)]
+        repair: bool,
+        /// No one else posts for these tenants: the platform's events unknown here count.
+        #[arg(long)]
+        exclusive: bool,
     },
     /// Tokens.
     #[command(subcommand)]
@@ -273,5 +299,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             commands::dead_letter_requeue(&agent().await?, args.tenant.as_deref(), args.all, &args.event_ids).await
         }
         Command::Doctor { tenant, json } => commands::doctor(&agent().await?, tenant.as_deref(), json).await,
+        Command::Reconcile { tenant, days, since, json, repair, exclusive } => {
+            let days = match (days, since) {
+                (_, Some(d)) => billsync::reconcile::Days::Since(d),
+                (Some(n), None) => billsync::reconcile::Days::Last(n),
+                (None, None) => billsync::reconcile::Days::default(),
+            };
+            let opts = billsync::reconcile::ReconcileOptions { tenant, days, repair, exclusive, share: None };
+            let progress = std::io::stderr().is_terminal() && !cli.quiet && !json;
+            reconcile::reconcile(&agent().await?, &opts, json, progress).await
+        }
     }
 }

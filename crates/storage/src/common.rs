@@ -8,6 +8,7 @@ use billsync_domain::{EncodedEvent, EnqueueReport, EventId, Lease, LeaseId, Tena
 use chrono::{DateTime, Utc};
 
 use crate::error::StoreError;
+use crate::reconcile::LedgerFact;
 
 /// The longest lease, claim or backoff accepted; longer ones are cut to it (a century keeps
 /// every sum of times far inside chrono's range).
@@ -49,6 +50,8 @@ pub(crate) struct Row<'a> {
     pub tenant: &'a str,
     pub event_id: &'a str,
     pub body: &'a str,
+    /// Its ledger record (`None`: its JSON gives none, see `ledger_facts`).
+    pub fact: Option<&'a LedgerFact>,
 }
 
 /// Where one distinct event of a call ended up.
@@ -71,15 +74,17 @@ pub(crate) struct EnqueuePlan<'a> {
 }
 
 impl<'a> EnqueuePlan<'a> {
-    /// Plans the calls, in order.
-    pub(crate) fn new(calls: impl IntoIterator<Item = (&'a TenantName, &'a [EncodedEvent])>) -> Self {
+    /// Plans the calls, in order: each call's events with their ledger facts (by position).
+    pub(crate) fn new(
+        calls: impl IntoIterator<Item = (&'a TenantName, &'a [EncodedEvent], &'a [Option<LedgerFact>])>,
+    ) -> Self {
         let mut rows = Vec::new();
         let mut seen: HashSet<(&str, &str)> = HashSet::new();
         let mut plans = Vec::new();
-        for (tenant, events) in calls {
+        for (tenant, events, facts) in calls {
             let mut in_call: HashMap<&str, usize> = HashMap::with_capacity(events.len());
             let mut plan: Vec<(&EventId, Slot, bool)> = Vec::with_capacity(events.len());
-            for e in events {
+            for (i, e) in events.iter().enumerate() {
                 let id = e.event_id();
                 if let Some(&at) = in_call.get(id.as_str()) {
                     plan[at].2 = true;
@@ -88,7 +93,8 @@ impl<'a> EnqueuePlan<'a> {
                 in_call.insert(id.as_str(), plan.len());
                 if seen.insert((tenant.as_str(), id.as_str())) {
                     plan.push((id, Slot::Candidate(rows.len()), false));
-                    rows.push(Row { tenant: tenant.as_str(), event_id: id.as_str(), body: e.json() });
+                    let fact = facts.get(i).and_then(Option::as_ref);
+                    rows.push(Row { tenant: tenant.as_str(), event_id: id.as_str(), body: e.json(), fact });
                 } else {
                     plan.push((id, Slot::Duplicate, false));
                 }
@@ -193,7 +199,7 @@ mod tests {
         let c1 = [ev("1"), ev("2"), ev("1"), ev("1")];
         let c2 = [ev("2"), ev("3")];
         let c3 = [ev("2")];
-        let plan = EnqueuePlan::new([(&a, &c1[..]), (&a, &c2[..]), (&b, &c3[..])]);
+        let plan = EnqueuePlan::new([(&a, &c1[..], &[][..]), (&a, &c2[..], &[][..]), (&b, &c3[..], &[][..])]);
         let keys: Vec<_> = plan.rows().iter().map(|r| (r.tenant, r.event_id)).collect();
         assert_eq!(keys, [("a", "1"), ("a", "2"), ("a", "3"), ("b", "2")]);
         // The database already had a/3.
@@ -206,7 +212,7 @@ mod tests {
         assert_eq!((reports[2].stored, dups(&reports[2])), (1, vec![]));
         // A repeat of an event the database already had is reported once.
         let c4 = [ev("9"), ev("9")];
-        let plan = EnqueuePlan::new([(&a, &c4[..])]);
+        let plan = EnqueuePlan::new([(&a, &c4[..], &[][..])]);
         let reports = plan.reports(&HashSet::new());
         assert_eq!((reports[0].stored, dups(&reports[0])), (0, vec!["9".to_owned()]));
     }

@@ -17,6 +17,11 @@
 //! undo the last of them (the agent dying cannot), which only makes events pending again, and
 //! the platform deduplicates re-sent events on (tenant, event_id) forever.
 //!
+//! Both also serve the port [`billsync_domain::ReconcileStore`] (`billsync reconcile`): a
+//! ledger, the narrow record of every event enqueued, written in the enqueue's transaction and
+//! kept when compaction deletes a delivered event; a scratch set of what the platform holds, in
+//! the same database; and the comparison of the two as SQL joins, streamed.
+//!
 //! [`open`] picks one from a URL. Both store times as integer milliseconds from the
 //! injected [`Clock`], migrate their schema with embedded migrations,
 //! and refuse a database written by a newer billsync ([`OutboxError::SchemaTooNew`]).
@@ -55,11 +60,12 @@
 mod common;
 mod error;
 mod postgres;
+mod reconcile;
 mod sqlite;
 
 use std::sync::Arc;
 
-use billsync_domain::{Clock, Outbox, OutboxError};
+use billsync_domain::{Clock, Outbox, OutboxError, ReconcileStore};
 
 pub use postgres::PostgresOutbox;
 pub use sqlite::{SqliteOptions, SqliteOutbox};
@@ -69,11 +75,11 @@ use crate::error::{StoreError, redact_url};
 /// The SQLite schema version this build writes: its newest embedded migration. An outbox
 /// with a newer one is refused with
 /// [`OutboxError::SchemaTooNew`].
-pub const SQLITE_SCHEMA_VERSION: i64 = 4;
+pub const SQLITE_SCHEMA_VERSION: i64 = 5;
 
 /// The PostgreSQL schema version this build writes, as [`SQLITE_SCHEMA_VERSION`] is for
 /// SQLite (the two schemas move on their own: version 3 is SQLite's lease rows).
-pub const POSTGRES_SCHEMA_VERSION: i64 = 3;
+pub const POSTGRES_SCHEMA_VERSION: i64 = 4;
 
 /// Where an outbox lives, parsed from its URL once, at the edge:
 ///
@@ -137,6 +143,27 @@ impl Location {
             // The error names the file: "unable to open database file" alone does not say which.
             Self::Sqlite { path } => Ok(Arc::new(SqliteOutbox::open(path, clock).await?)),
             Self::Postgres { url } => Ok(Arc::new(PostgresOutbox::connect(url, clock).await?)),
+        }
+    }
+
+    /// Opens (and migrates) the outbox here, as both ports it serves: the outbox, and its side
+    /// of reconciliation (one adapter behind both).
+    ///
+    /// # Errors
+    /// As [`Location::open`].
+    pub async fn open_with_reconcile(
+        &self,
+        clock: Arc<dyn Clock>,
+    ) -> Result<(Arc<dyn Outbox>, Arc<dyn ReconcileStore>), OutboxError> {
+        match self {
+            Self::Sqlite { path } => {
+                let outbox = Arc::new(SqliteOutbox::open(path, clock).await?);
+                Ok((outbox.clone(), outbox))
+            }
+            Self::Postgres { url } => {
+                let outbox = Arc::new(PostgresOutbox::connect(url, clock).await?);
+                Ok((outbox.clone(), outbox))
+            }
         }
     }
 }

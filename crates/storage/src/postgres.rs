@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::common::{EnqueuePlan, Row, count, counts_from, event_id, from_ms, leased, limit, span_ms, to_ms};
 use crate::error::{Chain, During as _, StoreError, redact_url};
+use crate::reconcile::{LedgerFact, ledger_facts};
 
 mod tls;
 
@@ -166,6 +167,9 @@ macro_rules! db_now_ms {
     };
 }
 
+// After the macros above, which it uses.
+mod reconcile;
+
 async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
     let supported = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
     match MIGRATOR.run(pool).await {
@@ -184,6 +188,8 @@ async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
 struct Request {
     tenant: TenantName,
     events: Vec<EncodedEvent>,
+    /// The events' ledger records, by position (read by the caller, off the writer).
+    facts: Vec<Option<LedgerFact>>,
     reply: oneshot::Sender<Result<EnqueueReport, OutboxError>>,
 }
 
@@ -201,7 +207,7 @@ async fn writer_loop(pool: PgPool, mut rx: mpsc::Receiver<Request>, clock: Arc<d
             }
         }
         let now = to_ms(clock.now());
-        let calls: Vec<(&TenantName, &[EncodedEvent])> = group.iter().map(|r| (&r.tenant, &r.events[..])).collect();
+        let calls: Vec<Call<'_>> = group.iter().map(|r| (&r.tenant, &r.events[..], &r.facts[..])).collect();
         let results = match enqueue_calls(&pool, &calls, now).await {
             Ok(reports) => reports.into_iter().map(Ok).collect(),
             Err(e) if group.len() == 1 => {
@@ -235,12 +241,12 @@ async fn writer_loop(pool: PgPool, mut rx: mpsc::Receiver<Request>, clock: Arc<d
     }
 }
 
-/// Stores the calls' events in one statement (atomic by itself), retrying deadlocks.
-async fn enqueue_calls(
-    pool: &PgPool,
-    calls: &[(&TenantName, &[EncodedEvent])],
-    now: i64,
-) -> Result<Vec<EnqueueReport>, StoreError> {
+/// One enqueue call: its tenant, events and their ledger facts.
+type Call<'a> = (&'a TenantName, &'a [EncodedEvent], &'a [Option<LedgerFact>]);
+
+/// Stores the calls' events and their ledger records in one statement (atomic by itself),
+/// retrying deadlocks.
+async fn enqueue_calls(pool: &PgPool, calls: &[Call<'_>], now: i64) -> Result<Vec<EnqueueReport>, StoreError> {
     let plan = EnqueuePlan::new(calls.iter().copied());
     let mut tries = 0;
     loop {
@@ -269,18 +275,37 @@ async fn insert_rows(pool: &PgPool, rows: &[Row<'_>], now: i64) -> Result<HashSe
     let tenants: Vec<&str> = rows.iter().map(|r| r.tenant).collect();
     let ids: Vec<&str> = rows.iter().map(|r| r.event_id).collect();
     let bodies: Vec<&str> = rows.iter().map(|r| r.body).collect();
+    // The ledger's columns, NULL for an event without a fact (then it gets no record).
+    let occurred: Vec<Option<i64>> = rows.iter().map(|r| r.fact.map(|f| f.occurred_at)).collect();
+    let meters: Vec<Option<&str>> = rows.iter().map(|r| r.fact.map(|f| f.meter.as_str())).collect();
+    let units: Vec<Option<&str>> = rows.iter().map(|r| r.fact.map(|f| f.unit.as_str())).collect();
+    let quantities: Vec<Option<&str>> = rows.iter().map(|r| r.fact.map(|f| f.quantity.as_str())).collect();
+    // The ledger records of exactly the events this statement stored (`ins`), in the same
+    // statement. A record already there (the event was compacted, and is enqueued again) is kept.
     let returned = sqlx::query(
-        "INSERT INTO events (tenant, event_id, body, state, enqueued_at, due_at) \
-         SELECT u.tenant, u.event_id, u.body, 0, $4, $4 \
-         FROM UNNEST($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS u(tenant, event_id, body, ord) \
-         ORDER BY u.ord \
-         ON CONFLICT (tenant, event_id) DO NOTHING \
-         RETURNING tenant, event_id",
+        "WITH ins AS (INSERT INTO events (tenant, event_id, body, state, enqueued_at, due_at) \
+             SELECT u.tenant, u.event_id, u.body, 0, $4, $4 \
+             FROM UNNEST($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS u(tenant, event_id, body, ord) \
+             ORDER BY u.ord \
+             ON CONFLICT (tenant, event_id) DO NOTHING \
+             RETURNING tenant, event_id), \
+         led AS (INSERT INTO ledger (tenant, event_id, occurred_at, meter, unit, quantity) \
+             SELECT f.tenant, f.event_id, f.occurred_at, f.meter, f.unit, f.quantity \
+             FROM UNNEST($1::text[], $2::text[], $5::bigint[], $6::text[], $7::text[], $8::text[]) \
+                  AS f(tenant, event_id, occurred_at, meter, unit, quantity) \
+             JOIN ins ON ins.tenant = f.tenant AND ins.event_id = f.event_id \
+             WHERE f.occurred_at IS NOT NULL \
+             ON CONFLICT (tenant, event_id) DO NOTHING) \
+         SELECT tenant, event_id FROM ins",
     )
     .bind(tenants)
     .bind(ids)
     .bind(bodies)
     .bind(now)
+    .bind(occurred)
+    .bind(meters)
+    .bind(units)
+    .bind(quantities)
     .fetch_all(pool)
     .await?;
     returned.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
@@ -465,7 +490,9 @@ impl Outbox for PostgresOutbox {
             return Ok(EnqueueReport::default());
         }
         let (reply, answer) = oneshot::channel();
-        let request = Request { tenant: tenant.clone(), events: events.to_vec(), reply };
+        // The ledger facts are read here, on the caller's task, not on the writer's.
+        let facts = ledger_facts(tenant, events);
+        let request = Request { tenant: tenant.clone(), events: events.to_vec(), facts, reply };
         self.writer.send(request).await.map_err(|_| StoreError::WriterGone)?;
         answer.await.map_err(|_| StoreError::WriterGone)?
     }

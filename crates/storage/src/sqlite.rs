@@ -37,8 +37,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::common::{EnqueuePlan, count, counts_from, event_id, from_ms, limit, span_ms, to_ms};
 use crate::error::{Chain, During as _, StoreError};
+use crate::reconcile::{HeldRow, LedgerFact, ledger_facts};
 
 mod ops;
+mod reconcile;
 mod writer;
 
 use ops::{Fences, exec_one, insert_rows};
@@ -55,7 +57,7 @@ const MAX_GROUP_OPS: usize = 1024;
 const MAX_GROUP_EVENTS: usize = 20_000;
 /// Times the writer yields to let more callers join a group before committing it.
 const GATHER_YIELDS: usize = 2;
-/// Most rows in one `INSERT` statement (a power of two; 5 bound parameters a row, far
+/// Most rows in one `INSERT` statement (a power of two; at most 6 bound parameters a row, far
 /// below SQLite's limit of 32,766).
 const INSERT_CHUNK: usize = 256;
 /// Most delivered rows deleted in one transaction by `compact`.
@@ -310,7 +312,9 @@ impl Outbox for SqliteOutbox {
         if events.is_empty() {
             return Ok(EnqueueReport::default());
         }
-        match self.call(Op::Enqueue { tenant: tenant.clone(), events: events.to_vec() }).await? {
+        // The ledger facts are read here, on the caller's task, not on the writer's.
+        let facts = ledger_facts(tenant, events);
+        match self.call(Op::Enqueue { tenant: tenant.clone(), events: events.to_vec(), facts }).await? {
             Out::Enqueued(report) => Ok(report),
             other => Err(unexpected(other)),
         }

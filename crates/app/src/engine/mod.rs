@@ -180,14 +180,32 @@ impl Engine {
         self.inner.tenants.iter().filter_map(|t| reports.get(t.name()).cloned()).collect()
     }
 
+    /// This engine's agent id (`<host>-<pid>-<random>`), under which it claims tenants.
+    pub fn agent_id(&self) -> &str {
+        &self.inner.agent_id
+    }
+
+    /// Events of a tenant the platform has taken so far (accepted or already held).
+    pub fn delivered(&self, tenant: &TenantName) -> u64 {
+        lock(&self.inner.reports).get(tenant).map_or(0, |r| r.accepted + r.duplicates)
+    }
+
     /// Delivers everything deliverable now, all tenants in parallel, then returns. Transient
     /// failures are retried with backoff up to `give_up_after` times in a row per tenant.
     pub async fn sync_once(&self) -> Vec<TenantReport> {
+        let tenants = self.inner.tenants.clone();
+        self.sync_tenants(&tenants).await;
+        self.reports()
+    }
+
+    /// As [`Engine::sync_once`], for these tenants only (of those this engine serves).
+    pub async fn sync_tenants(&self, tenants: &[Tenant]) {
         let never = CancellationToken::new();
         let mut set = tokio::task::JoinSet::new();
         let mut names = HashMap::new();
-        let busy = Arc::new(AtomicUsize::new(self.inner.tenants.len()));
-        for tenant in self.inner.tenants.clone() {
+        let tenants: Vec<Tenant> = tenants.iter().filter(|t| self.inner.tenants.contains(t)).cloned().collect();
+        let busy = Arc::new(AtomicUsize::new(tenants.len()));
+        for tenant in tenants {
             // Counts add up over syncs; a state is what this sync finds.
             self.update(tenant.name(), |r| {
                 (r.blocked, r.backing_off, r.down) = (None, None, None);
@@ -212,7 +230,6 @@ impl Engine {
                 }
             }
         }
-        self.reports()
     }
 
     /// Runs until `shutdown` resolves: workers keep draining and polling for new events. On

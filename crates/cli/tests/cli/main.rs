@@ -7,6 +7,7 @@ use std::time::Duration;
 
 mod fleet;
 mod keys;
+mod reconcile;
 mod secrets;
 
 use billsync_emulator::{Emulator, EmulatorConfig};

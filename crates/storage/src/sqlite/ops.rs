@@ -8,12 +8,13 @@ use billsync_domain::{DeadLetter, Lease, TenantName};
 use sqlx::Row as _;
 use sqlx::sqlite::SqliteConnection;
 
-use super::{COMPACT_CHUNK, INSERT_CHUNK, Op, Out};
+use super::{COMPACT_CHUNK, INSERT_CHUNK, Op, Out, reconcile};
 use crate::common::{Row, leased};
 use crate::error::StoreError;
+use crate::reconcile::LedgerFact;
 
-/// Inserts new rows, skipping those already stored; returns the (tenant, event_id) pairs
-/// it stored.
+/// Inserts new rows, skipping those already stored, with the ledger records of those it
+/// stored; returns the (tenant, event_id) pairs it stored.
 ///
 /// Rows go in multi-row `INSERT`s of power-of-two sizes (at most [`INSERT_CHUNK`]), so that a
 /// handful of cached statements serve every batch and the bound-parameter limit is never
@@ -29,16 +30,16 @@ pub(super) async fn insert_rows(
     let mut inserted = HashSet::with_capacity(rows.len());
     let mut rest = rows;
     while !rest.is_empty() {
-        let size = if rest.len() >= INSERT_CHUNK { INSERT_CHUNK } else { 1 << rest.len().ilog2() };
-        let (chunk, tail) = rest.split_at(size);
+        let (chunk, tail) = rest.split_at(chunk_size(rest.len()));
         rest = tail;
-        let mut query = sqlx::query(insert_sql(size));
+        let mut query = sqlx::query(insert_sql(chunk.len()));
         for r in chunk {
             query = query.bind(r.tenant).bind(r.event_id).bind(r.body).bind(now).bind(now);
         }
         let done = query.execute(&mut *conn).await?;
         let affected = usize::try_from(done.rows_affected()).unwrap_or(usize::MAX);
         if affected == chunk.len() {
+            insert_ledger(conn, chunk.iter()).await?;
             inserted.extend(chunk.iter().map(|r| (r.tenant.to_owned(), r.event_id.to_owned())));
         } else if affected > 0 {
             let last = done.last_insert_rowid();
@@ -50,36 +51,90 @@ pub(super) async fn insert_rows(
             if new.len() != affected {
                 return Err(StoreError::corrupt("seq", format!("{affected} rows inserted, {} found", new.len())));
             }
-            for row in new {
-                inserted.insert((row.try_get(0)?, row.try_get(1)?));
-            }
+            let new = new
+                .iter()
+                .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+                .collect::<Result<HashSet<_>, StoreError>>()?;
+            let is_new = |r: &&Row<'_>| new.contains(&(r.tenant.to_owned(), r.event_id.to_owned()));
+            insert_ledger(conn, chunk.iter().filter(is_new)).await?;
+            inserted.extend(new);
         }
     }
     Ok(inserted)
 }
 
-/// `INSERT ... VALUES` for `rows` rows (a power of two up to [`INSERT_CHUNK`]): (tenant,
-/// event_id, body, time, time) per row. Built once per size.
+/// Writes the ledger records of newly stored rows (those with a fact), in multi-row inserts as
+/// the events' own. A record already there (the event was compacted, and is enqueued again)
+/// is kept.
+async fn insert_ledger<'r, 'a: 'r>(
+    conn: &mut SqliteConnection,
+    rows: impl Iterator<Item = &'r Row<'a>>,
+) -> Result<(), StoreError> {
+    let facts: Vec<(&Row<'_>, &LedgerFact)> = rows.filter_map(|r| r.fact.map(|f| (r, f))).collect();
+    let mut rest = &facts[..];
+    while !rest.is_empty() {
+        let (chunk, tail) = rest.split_at(chunk_size(rest.len()));
+        rest = tail;
+        let mut query = sqlx::query(ledger_sql(chunk.len()));
+        for (r, f) in chunk {
+            query = query
+                .bind(r.tenant)
+                .bind(r.event_id)
+                .bind(f.occurred_at)
+                .bind(f.meter.as_str())
+                .bind(f.unit.as_str())
+                .bind(f.quantity.as_str());
+        }
+        query.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// The rows of the next multi-row statement out of `len` left: a power of two, at most
+/// [`INSERT_CHUNK`], so that a handful of cached statements serve every batch.
+pub(super) fn chunk_size(len: usize) -> usize {
+    if len >= INSERT_CHUNK { INSERT_CHUNK } else { 1 << len.ilog2() }
+}
+
+/// The statement of `build` for `rows` rows (a power of two up to [`INSERT_CHUNK`]), each size
+/// built once.
 ///
 /// The placeholders are anonymous (`?`), never numbered (`?N`): sqlx looks up each bound
 /// parameter's name, and SQLite finds a numbered parameter's name by walking the list of all
 /// of them, so numbered placeholders cost time quadratic in their number (768 of them made
 /// `sqlite3_bind_parameter_name` the writer's top symbol in a profile of enqueue).
+pub(super) fn sized_sql(
+    cache: &'static OnceLock<Vec<String>>,
+    rows: usize,
+    build: fn(usize) -> String,
+) -> &'static str {
+    let all = cache.get_or_init(|| (0..=INSERT_CHUNK.ilog2()).map(|p| build(1usize << p)).collect());
+    all.get(rows.ilog2() as usize).map_or("", String::as_str)
+}
+
+/// `INSERT ... VALUES` of events: (tenant, event_id, body, time, time) per row.
 fn insert_sql(rows: usize) -> &'static str {
     static SQL: OnceLock<Vec<String>> = OnceLock::new();
-    let all = SQL.get_or_init(|| {
-        (0..=INSERT_CHUNK.ilog2())
-            .map(|p| {
-                let values = vec!["(?, ?, ?, 0, ?, ?)"; 1usize << p];
-                format!(
-                    "INSERT INTO events (tenant, event_id, body, state, enqueued_at, due_at) VALUES {} \
-                     ON CONFLICT (tenant, event_id) DO NOTHING",
-                    values.join(", ")
-                )
-            })
-            .collect()
-    });
-    all.get(rows.ilog2() as usize).map_or("", String::as_str)
+    sized_sql(&SQL, rows, |n| {
+        format!(
+            "INSERT INTO events (tenant, event_id, body, state, enqueued_at, due_at) VALUES {} \
+             ON CONFLICT (tenant, event_id) DO NOTHING",
+            vec!["(?, ?, ?, 0, ?, ?)"; n].join(", ")
+        )
+    })
+}
+
+/// `INSERT ... VALUES` of ledger records: (tenant, event_id, occurred_at, meter, unit,
+/// quantity) per row.
+fn ledger_sql(rows: usize) -> &'static str {
+    static SQL: OnceLock<Vec<String>> = OnceLock::new();
+    sized_sql(&SQL, rows, |n| {
+        format!(
+            "INSERT INTO ledger (tenant, event_id, occurred_at, meter, unit, quantity) VALUES {} \
+             ON CONFLICT (tenant, event_id) DO NOTHING",
+            vec!["(?, ?, ?, ?, ?, ?)"; n].join(", ")
+        )
+    })
 }
 
 /// Runs one operation other than an enqueue (enqueues run together, in `exec_all`).
@@ -111,6 +166,13 @@ pub(super) async fn exec_one(
         Op::Claim { tenant, agent } => exec_claim(conn, tenant, agent, now).await,
         Op::Release { tenant, agent } => exec_release(conn, tenant, agent).await,
         Op::SaveState { tenant, state } => exec_save_state(conn, tenant, state, now).await,
+        Op::BeginReconcile { run, tenant, start, end } => {
+            reconcile::exec_begin(conn, run, tenant, (*start, *end), now).await
+        }
+        Op::AddHeld { run, rows } => reconcile::exec_add_held(conn, run, rows).await,
+        Op::EndReconcile { run } => reconcile::exec_end(conn, run).await,
+        Op::RequeueDelivered { tenant, ids, .. } => reconcile::exec_requeue_delivered(conn, tenant, ids, now).await,
+        Op::SettleHeld { tenant, ids, .. } => reconcile::exec_settle_held(conn, tenant, ids, now).await,
     }
 }
 

@@ -6,9 +6,11 @@ use super::*;
 /// One write, as the writer runs it (owned, so it can be run again after a failed group).
 #[derive(Debug)]
 pub(super) enum Op {
+    /// `facts`: the events' ledger records, by position (read by the caller, off the writer).
     Enqueue {
         tenant: TenantName,
         events: Vec<EncodedEvent>,
+        facts: Vec<Option<LedgerFact>>,
     },
     /// `generation`: the claim it is taken under ([`Outbox::lease_claimed`]), if any.
     Lease {
@@ -57,13 +59,40 @@ pub(super) enum Op {
         tenant: String,
         state: String,
     },
+    /// A new reconciliation run over `[start, end)` (ms), and the end of runs older than a day.
+    BeginReconcile {
+        run: String,
+        tenant: String,
+        start: i64,
+        end: i64,
+    },
+    /// Platform events into a run's scratch set (those outside its window are dropped).
+    AddHeld {
+        run: String,
+        rows: Vec<HeldRow>,
+    },
+    EndReconcile {
+        run: String,
+    },
+    /// Delivered events back to pending, due now, under a claim.
+    RequeueDelivered {
+        tenant: String,
+        ids: Vec<String>,
+        generation: u64,
+    },
+    /// Pending (or leased) events settled as delivered, under a claim.
+    SettleHeld {
+        tenant: String,
+        ids: Vec<String>,
+        generation: u64,
+    },
 }
 
 /// What the operation does, as the `what` of its failures ("ack of 500 events of tenant acme").
 impl fmt::Display for Op {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Op::Enqueue { tenant, events } => write!(f, "enqueue of {} events for tenant {tenant}", events.len()),
+            Op::Enqueue { tenant, events, .. } => write!(f, "enqueue of {} events for tenant {tenant}", events.len()),
             Op::Lease { tenant, max, .. } => write!(f, "lease of up to {max} events of tenant {tenant}"),
             Op::Ack { tenant, ids, .. } => write!(f, "ack of {} events of tenant {tenant}", ids.len()),
             Op::Nack { tenant, lease, .. } => write!(f, "nack of lease {lease} of tenant {tenant}"),
@@ -75,6 +104,13 @@ impl fmt::Display for Op {
             Op::Claim { tenant, .. } => write!(f, "claim of tenant {tenant}"),
             Op::Release { tenant, .. } => write!(f, "release of tenant {tenant}"),
             Op::SaveState { tenant, .. } => write!(f, "saving the state of tenant {tenant}"),
+            Op::BeginReconcile { tenant, .. } => write!(f, "beginning a reconciliation of tenant {tenant}"),
+            Op::AddHeld { run, rows } => write!(f, "adding {} platform events to reconciliation {run}", rows.len()),
+            Op::EndReconcile { run } => write!(f, "ending reconciliation {run}"),
+            Op::RequeueDelivered { tenant, ids, .. } => {
+                write!(f, "requeue of {} delivered events of tenant {tenant}", ids.len())
+            }
+            Op::SettleHeld { tenant, ids, .. } => write!(f, "settling {} events of tenant {tenant}", ids.len()),
         }
     }
 }
@@ -84,14 +120,17 @@ impl Op {
     /// `synchronous=NORMAL`: it survives the process being killed, and only a power loss or an
     /// OS crash before the next durable commit or checkpoint can undo it).
     ///
-    /// Only the two writes that carry information from outside are durable at once: an
-    /// enqueue (the producer's events: losing one would lose billing data) and a requeue (an
-    /// operator's decision). Undoing any other write only repeats work the platform absorbs:
-    /// a lease or claim undone is one that expired; an ack, nack or dead letter undone puts
-    /// its events back to pending, and the platform deduplicates on (tenant, event_id) forever
-    /// (docs/platform.md section 3), so re-sending them is at-least-once delivery, as always.
+    /// Only the writes that carry information from outside are durable at once: an enqueue
+    /// (the producer's events: losing one would lose billing data) and a requeue, of dead
+    /// letters or of delivered events the platform lacks (an operator's decision; undoing the
+    /// latter would leave the platform without them). Undoing any other write only repeats
+    /// work the platform absorbs: a lease or claim undone is one that expired; an ack, nack,
+    /// dead letter or settle of held events undone puts its events back to pending, and the
+    /// platform deduplicates on (tenant, event_id) forever (docs/platform.md section 3), so
+    /// re-sending them is at-least-once delivery, as always; a reconciliation's scratch set
+    /// undone fails its comparison (the run is unknown), or lacks rows that the next one adds.
     pub(super) fn relaxed(&self) -> bool {
-        !matches!(self, Op::Enqueue { .. } | Op::Requeue { .. })
+        !matches!(self, Op::Enqueue { .. } | Op::Requeue { .. } | Op::RequeueDelivered { .. })
     }
 
     /// The tenant and claim generation a lease or settle is fenced by: it writes only while
@@ -103,6 +142,9 @@ impl Op {
             Op::Ack { tenant, generation, .. }
             | Op::Nack { tenant, generation, .. }
             | Op::DeadLetter { tenant, generation, .. } => generation.map(|g| (tenant.as_str(), g)),
+            Op::RequeueDelivered { tenant, generation, .. } | Op::SettleHeld { tenant, generation, .. } => {
+                Some((tenant.as_str(), *generation))
+            }
             _ => None,
         }
     }
@@ -110,6 +152,7 @@ impl Op {
     pub(super) fn weight(&self) -> usize {
         match self {
             Op::Enqueue { events, .. } => events.len(),
+            Op::AddHeld { rows, .. } => rows.len(),
             _ => 1,
         }
     }
@@ -266,7 +309,7 @@ pub(super) fn exec_all<'a>(
             let run = ops[i..].iter().take_while(|op| matches!(op, Op::Enqueue { .. })).count();
             if run > 0 {
                 let calls = ops[i..i + run].iter().filter_map(|op| match op {
-                    Op::Enqueue { tenant, events } => Some((tenant, &events[..])),
+                    Op::Enqueue { tenant, events, facts } => Some((tenant, &events[..], &facts[..])),
                     _ => None,
                 });
                 let plan = EnqueuePlan::new(calls);

@@ -8,5 +8,6 @@ mod crash;
 mod fleet;
 mod helpers;
 mod postgres;
+mod reconcile;
 mod sqlite;
 mod tls;

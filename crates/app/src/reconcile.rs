@@ -1,0 +1,376 @@
+//! `billsync reconcile`: what the platform holds against what this outbox delivered, tenant by
+//! tenant and UTC day by UTC day, and (`--repair`) what can be set right.
+//!
+//! Per tenant: a read-scope token from its own cache slot; the platform's listing, paged and
+//! paced by its `X-RateLimit-*` headers so that delivery keeps `1 - share` of the window,
+//! streamed into the outbox's scratch set; the comparison as SQL joins there
+//! ([`ReconcileStore::compare`]); then, with `--repair` and the tenant's claim, missing events
+//! requeued (and sent) and events the platform already holds settled.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use billsync_auth::TokenCache;
+use billsync_domain::{
+    BillingReader, BillingResponse, Clock, Comparison, IdList, ListAnswer, Outbox, ReconcileStore, RunId, Tenant,
+    TokenSource, Window, WindowError, read_pause,
+};
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::Serialize;
+
+use crate::engine::{Blocked, Engine};
+
+/// The most events asked for per page (the contract's maximum).
+const PAGE: u32 = 1000;
+/// Failed reads of one page (5xx, no answer, 429 without a wait) before the tenant is reported
+/// unreadable.
+const READ_ATTEMPTS: u32 = 5;
+/// How long a repair holds the tenant's claim at most.
+const REPAIR_CLAIM_TTL: Duration = Duration::from_secs(300);
+
+/// Which days to reconcile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Days {
+    /// The last N UTC days, today included.
+    Last(u32),
+    /// From this UTC day to today.
+    Since(NaiveDate),
+}
+
+impl Default for Days {
+    fn default() -> Self {
+        Self::Last(billsync_domain::reconcile::DEFAULT_DAYS)
+    }
+}
+
+/// What `reconcile` is asked to do.
+#[derive(Debug, Clone, Default)]
+pub struct ReconcileOptions {
+    /// One tenant (its local name), or all.
+    pub tenant: Option<String>,
+    /// The window.
+    pub days: Days,
+    /// Requeue what the platform lacks, settle what it already holds (under the claim).
+    pub repair: bool,
+    /// Count the platform's events this outbox never had as discrepancies (no other sender).
+    pub exclusive: bool,
+    /// At most this share of the tenant's rate window goes to reads (default 0.2).
+    pub share: Option<f64>,
+}
+
+/// Called after each page: tenant, pages read, events read.
+pub type Progress<'a> = &'a (dyn Fn(&str, u64, u64) + Send + Sync);
+
+/// Why `reconcile` could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// `--tenant` names no configured tenant.
+    #[error("{0}")]
+    UnknownTenant(String),
+    /// A window that cannot be reconciled (exit 2).
+    #[error(transparent)]
+    Window(#[from] WindowError),
+    /// The outbox failed.
+    #[error(transparent)]
+    Outbox(#[from] billsync_domain::OutboxError),
+}
+
+/// What a repair did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Repair {
+    /// `missing_on_platform` events returned to pending and sent again.
+    pub requeued: u64,
+    /// `held_but_pending` events settled as delivered without sending.
+    pub settled: u64,
+    /// Of the requeued ones, how many the platform accepted during the repair.
+    pub resent: u64,
+    /// `held_but_dead_lettered` events, left for a person to decide.
+    pub left_dead_lettered: u64,
+    /// When another live agent holds the tenant: its id (nothing was repaired).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held_by: Option<String>,
+}
+
+/// The window, as reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct WindowReport {
+    /// The first UTC day.
+    pub from: NaiveDate,
+    /// The last UTC day (included).
+    pub to: NaiveDate,
+}
+
+/// One tenant's reconciliation (`--json`: one element of `tenants`).
+#[derive(Debug, Clone, Serialize)]
+pub struct TenantReconciliation {
+    /// The tenant's local name.
+    pub name: String,
+    /// The window compared.
+    pub window: WindowReport,
+    /// The first instant this outbox vouches for (`null`: its whole history).
+    pub horizon: Option<DateTime<Utc>>,
+    /// What was found (empty when the platform could not be read).
+    #[serde(flatten)]
+    pub comparison: Comparison,
+    /// Why the platform could not be read for this tenant.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unreadable: Option<Blocked>,
+    /// What `--repair` did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repair: Option<Repair>,
+    /// Pages and events read from the platform.
+    pub pages: u64,
+    /// Events the platform listed (inside and around the window).
+    pub events_read: u64,
+    /// Whether nothing remains to be looked at: the sides agree, or all that was found was
+    /// repaired.
+    pub clean: bool,
+}
+
+/// The ports reconciliation uses (all shared with the agent).
+pub(crate) struct Reconciler<'a> {
+    pub tokens: &'a Arc<TokenCache>,
+    pub reader: &'a Arc<dyn BillingReader>,
+    pub store: &'a Arc<dyn ReconcileStore>,
+    pub outbox: &'a Arc<dyn Outbox>,
+    pub engine: &'a Engine,
+    pub clock: &'a Arc<dyn Clock>,
+}
+
+impl Reconciler<'_> {
+    /// Reconciles `tenants` as `opts` says.
+    ///
+    /// # Errors
+    /// [`ReconcileError::Window`] for a window before a tenant's horizon (checked for every
+    /// tenant before any is read); [`ReconcileError::Outbox`].
+    pub async fn run(
+        &self,
+        tenants: &[Tenant],
+        opts: &ReconcileOptions,
+        progress: Progress<'_>,
+    ) -> Result<Vec<TenantReconciliation>, ReconcileError> {
+        let now = self.clock.now();
+        let window = match opts.days {
+            Days::Last(n) => Window::last_days(now, n)?,
+            Days::Since(d) => Window::since(d, now)?,
+        };
+        let mut horizons = Vec::with_capacity(tenants.len());
+        for t in tenants {
+            let horizon = self.store.horizon(t.name()).await?;
+            window.check_horizon(horizon)?;
+            horizons.push(horizon);
+        }
+        let mut out = Vec::with_capacity(tenants.len());
+        for (t, horizon) in tenants.iter().zip(horizons) {
+            out.push(self.tenant(t, window, horizon, opts, progress).await?);
+        }
+        Ok(out)
+    }
+
+    async fn tenant(
+        &self,
+        tenant: &Tenant,
+        window: Window,
+        horizon: Option<DateTime<Utc>>,
+        opts: &ReconcileOptions,
+        progress: Progress<'_>,
+    ) -> Result<TenantReconciliation, ReconcileError> {
+        let mut r = TenantReconciliation {
+            name: tenant.name().to_string(),
+            window: WindowReport { from: window.from, to: window.to },
+            horizon,
+            comparison: Comparison::default(),
+            unreadable: None,
+            repair: None,
+            pages: 0,
+            events_read: 0,
+            clean: false,
+        };
+        let run = self.store.begin_reconcile(tenant.name(), &window).await?;
+        let read = self.read_platform(tenant, &window, &run, opts, &mut r, progress).await;
+        let compared = match read {
+            Ok(()) => Some(self.store.compare(&run, billsync_domain::reconcile::MAX_LISTED_IDS).await),
+            Err(blocked) => {
+                r.unreadable = Some(blocked);
+                None
+            }
+        };
+        // The scratch set goes whatever happened; a failure here is swept at the next begin.
+        if let Err(e) = self.store.end_reconcile(&run).await {
+            tracing::warn!(tenant = %tenant.name(), error = %crate::error_chain(&e), "dropping the reconciliation scratch set failed");
+        }
+        let Some(compared) = compared else { return Ok(r) };
+        r.comparison = compared?;
+        if opts.repair && !r.comparison.agrees(false) {
+            r.repair = Some(self.repair(tenant, &r.comparison).await?);
+        }
+        r.clean = clean(&r.comparison, r.repair.as_ref(), opts.exclusive);
+        Ok(r)
+    }
+
+    /// Streams the platform's listing into the scratch set; the reason when it cannot be read.
+    async fn read_platform(
+        &self,
+        tenant: &Tenant,
+        window: &Window,
+        run: &RunId,
+        opts: &ReconcileOptions,
+        r: &mut TenantReconciliation,
+        progress: Progress<'_>,
+    ) -> Result<(), Blocked> {
+        let share = opts.share.unwrap_or(0.2);
+        let (mut after, mut last_rate, mut renewed) = (0u64, None, false);
+        let mut retries = Retries::default();
+        loop {
+            tokio::time::sleep(read_pause(last_rate, share)).await;
+            let headers = self.tokens.read_headers(tenant).await.map_err(|e| match e {
+                e if e.is_transient() => Blocked::one("token_unavailable", e.to_string()),
+                e => Blocked::by_token(tenant, &e),
+            })?;
+            let reply = match self.reader.list_events(&headers, window.listing_since(), after, PAGE).await {
+                Ok(reply) => reply,
+                Err(e) => {
+                    retries.again(None, || Blocked::one("platform_unreachable", e.to_string())).await?;
+                    continue;
+                }
+            };
+            last_rate = reply.rate_limit.or(last_rate);
+            let page = match reply.answer {
+                ListAnswer::Page(page) => page,
+                ListAnswer::Refused(BillingResponse::InvalidToken) if !renewed => {
+                    self.tokens.invalidate(tenant, &headers).await;
+                    renewed = true;
+                    continue;
+                }
+                ListAnswer::Refused(BillingResponse::RateLimited { retry_after }) => {
+                    let why = || Blocked::one("rate_limited", "the platform kept answering 429 to reads".to_owned());
+                    retries.again(retry_after, why).await?;
+                    continue;
+                }
+                ListAnswer::Refused(BillingResponse::ServerError { status }) => {
+                    let why = || Blocked::one("platform_unavailable", format!("the platform answered HTTP {status}"));
+                    retries.again(None, why).await?;
+                    continue;
+                }
+                ListAnswer::Refused(other) => return Err(refused_read(tenant, &other, &headers)),
+            };
+            retries = Retries::default();
+            r.pages += 1;
+            r.events_read += page.events.len() as u64;
+            after = page.events.last().map_or(after, |e| e.seq);
+            let facts: Vec<_> = page.events.into_iter().map(|e| e.fact).collect();
+            self.store.add_held(run, &facts).await.map_err(|e| {
+                Blocked::one(
+                    "outbox_error",
+                    format!("storing the platform's listing failed: {}", crate::error_chain(&e)),
+                )
+            })?;
+            progress(tenant.name().as_str(), r.pages, r.events_read);
+            if !page.has_more || facts.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Requeues and settles under the tenant's claim, then sends what was requeued.
+    async fn repair(&self, tenant: &Tenant, c: &Comparison) -> Result<Repair, ReconcileError> {
+        let mut repair = Repair { left_dead_lettered: c.held_but_dead_lettered.count, ..Repair::default() };
+        let agent = self.engine.agent_id();
+        let claim = match self.outbox.claim_tenant(tenant.name(), agent, REPAIR_CLAIM_TTL).await? {
+            billsync_domain::ClaimOutcome::Claimed(claim) => claim,
+            billsync_domain::ClaimOutcome::HeldBy(holder) => {
+                repair.held_by = Some(holder.agent);
+                return Ok(repair);
+            }
+        };
+        let result = async {
+            repair.requeued = self.store.requeue_delivered(&claim, &ids(&c.missing_on_platform)).await?;
+            repair.settled = self.store.settle_held(&claim, &ids(&c.held_but_pending)).await?;
+            Ok::<_, billsync_domain::OutboxError>(())
+        }
+        .await;
+        if let Err(e) = self.outbox.release_tenant(tenant.name(), agent).await {
+            tracing::warn!(tenant = %tenant.name(), error = %crate::error_chain(&e), "releasing the claim after the repair failed; it lapses");
+        }
+        result?;
+        if repair.requeued > 0 {
+            let before = self.engine.delivered(tenant.name());
+            self.engine.sync_tenants(std::slice::from_ref(tenant)).await;
+            repair.resent = self.engine.delivered(tenant.name()).saturating_sub(before).min(repair.requeued);
+        }
+        Ok(repair)
+    }
+}
+
+/// The ids of a list, parsed back (they came from the outbox, so they parse).
+fn ids(list: &IdList) -> Vec<billsync_domain::EventId> {
+    list.ids.iter().filter_map(|id| billsync_domain::EventId::parse(id).ok()).collect()
+}
+
+/// Whether nothing remains for a person to look at.
+fn clean(c: &Comparison, repair: Option<&Repair>, exclusive: bool) -> bool {
+    if c.agrees(exclusive) {
+        return true;
+    }
+    let Some(r) = repair.filter(|r| r.held_by.is_none()) else { return false };
+    let all = |list: &IdList, done: u64| list.count == list.ids.len() as u64 && done == list.count;
+    all(&c.missing_on_platform, r.resent)
+        && all(&c.held_but_pending, r.settled)
+        && c.missing_unrecoverable.is_empty()
+        && c.held_but_dead_lettered.is_empty()
+        && (!exclusive || c.unknown_to_outbox.is_empty())
+}
+
+/// Consecutive failed reads of one page.
+#[derive(Default)]
+struct Retries {
+    failures: u32,
+}
+
+impl Retries {
+    /// Waits before reading again (`wait`, or a growing backoff); after [`READ_ATTEMPTS`]
+    /// failures in a row, the reason `why` gives, with the count.
+    async fn again(&mut self, wait: Option<Duration>, why: impl FnOnce() -> Blocked) -> Result<(), Blocked> {
+        self.failures += 1;
+        if self.failures >= READ_ATTEMPTS {
+            let mut blocked = why();
+            for r in &mut blocked.reasons {
+                r.hint = format!("{} ({} reads in a row)", r.hint, self.failures);
+            }
+            return Err(blocked);
+        }
+        let backoff = Duration::from_millis(250).saturating_mul(1 << self.failures.min(6)).min(Duration::from_secs(10));
+        tokio::time::sleep(wait.unwrap_or(backoff)).await;
+        Ok(())
+    }
+}
+
+/// A read refused for a reason a retry cannot fix.
+fn refused_read(
+    tenant: &Tenant,
+    answer: &BillingResponse,
+    headers: &billsync_domain::BillingRequestHeaders,
+) -> Blocked {
+    match answer {
+        BillingResponse::InsufficientClaims { .. } | BillingResponse::InvalidToken => Blocked::one(
+            "read_not_authorized",
+            format!(
+                "the platform refused client {}'s read token ({}): grant the client the billing read scope \
+                 (urn:oracle:iot:billing:read, or [platform] billing_read_scope) under Applications > OAuth Clients > \
+                 {} > Scopes",
+                tenant.client_id(),
+                if matches!(answer, BillingResponse::InvalidToken) { "invalid_token" } else { "insufficient_claims" },
+                tenant.client_id()
+            ),
+        ),
+        BillingResponse::TenantNotAuthorized => {
+            Blocked::by_platform(tenant, &billsync_domain::BlockCause::TenantNotAuthorized, headers)
+        }
+        BillingResponse::MissingHeader { description } => Blocked::by_platform(
+            tenant,
+            &billsync_domain::BlockCause::MissingHeader { description: description.clone() },
+            headers,
+        ),
+        other => Blocked::one("unexpected_response", format!("the platform's listing answered {other:?}")),
+    }
+}

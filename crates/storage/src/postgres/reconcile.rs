@@ -1,0 +1,256 @@
+//! Reconciliation in a PostgreSQL outbox: the scratch set is two unlogged tables shared by the
+//! pool's connections; the comparison runs in one read-only `REPEATABLE READ` transaction (one
+//! snapshot for all four of its queries), streaming each query's rows and ordering ids with
+//! `COLLATE "C"` (bytewise, whatever the database's collation); the repairs are fenced by the
+//! claim's generation as `ack` is.
+
+use async_trait::async_trait;
+use billsync_domain::{Claim, Comparison, EventId, Fact, OutboxError, ReconcileStore, RunId, TenantName, Window};
+use chrono::{DateTime, Utc};
+use sqlx::postgres::PgConnection;
+use sqlx::{PgPool, Row as _};
+
+use super::{PostgresOutbox, begin, gen_i64};
+use crate::common::{count, from_ms};
+use crate::error::{During as _, StoreError};
+use crate::reconcile::{
+    HeldAs, HeldRow, REPAIR_CHUNK, RUN_RETENTION_MS, Run, Tally, new_run_id, next_row, unknown_run, window_ms,
+};
+
+/// Most platform events one statement adds (a larger call is split).
+const HELD_PER_STATEMENT: usize = 10_000;
+
+#[async_trait]
+impl ReconcileStore for PostgresOutbox {
+    async fn horizon(&self, tenant: &TenantName) -> Result<Option<DateTime<Utc>>, OutboxError> {
+        let ms: Result<Option<i64>, _> = sqlx::query_scalar("SELECT value FROM outbox_meta WHERE key = 'ledger_from'")
+            .fetch_optional(&self.pool)
+            .await;
+        ms.map_err(StoreError::from)
+            .and_then(|ms| ms.map(from_ms).transpose())
+            .during(format_args!("reading the reconciliation horizon of tenant {tenant}"))
+    }
+
+    async fn begin_reconcile(&self, tenant: &TenantName, window: &Window) -> Result<RunId, OutboxError> {
+        let run = new_run_id();
+        self.try_begin(&run, tenant, window)
+            .await
+            .during(format_args!("beginning a reconciliation of tenant {tenant}"))?;
+        Ok(RunId::new(run))
+    }
+
+    async fn add_held(&self, run: &RunId, facts: &[Fact]) -> Result<(), OutboxError> {
+        for part in facts.chunks(HELD_PER_STATEMENT) {
+            add_held(&self.pool, run.as_str(), part).await.during(format_args!(
+                "adding {} platform events to reconciliation {}",
+                facts.len(),
+                run.as_str()
+            ))?;
+        }
+        Ok(())
+    }
+
+    async fn compare(&self, run: &RunId, max_ids: usize) -> Result<Comparison, OutboxError> {
+        compare(&self.pool, run.as_str(), max_ids)
+            .await
+            .during(format_args!("comparison of reconciliation {}", run.as_str()))
+    }
+
+    async fn end_reconcile(&self, run: &RunId) -> Result<(), OutboxError> {
+        end(&self.pool, run.as_str()).await.during(format_args!("ending reconciliation {}", run.as_str()))
+    }
+
+    async fn requeue_delivered(&self, claim: &Claim, ids: &[EventId]) -> Result<u64, OutboxError> {
+        self.repair(claim, ids, REQUEUE_DELIVERED).await.during(format_args!(
+            "requeue of {} delivered events of tenant {}",
+            ids.len(),
+            claim.tenant
+        ))
+    }
+
+    async fn settle_held(&self, claim: &Claim, ids: &[EventId]) -> Result<u64, OutboxError> {
+        self.repair(claim, ids, SETTLE_HELD).await.during(format_args!(
+            "settling {} events of tenant {}",
+            ids.len(),
+            claim.tenant
+        ))
+    }
+}
+
+impl PostgresOutbox {
+    /// Records a new run, after dropping the runs (and their scratch rows) older than a day.
+    /// The runs go first, each locked as it is deleted: an `add_held` to one of them finishes
+    /// first (it holds its run shared), and the next statement's snapshot sees its rows.
+    async fn try_begin(&self, run: &str, tenant: &TenantName, window: &Window) -> Result<(), StoreError> {
+        let now = self.now_ms();
+        let (start, end) = window_ms(window);
+        let mut tx = begin(&self.pool).await?;
+        let expired: Vec<String> = sqlx::query_scalar("DELETE FROM reconcile_runs WHERE started_at < $1 RETURNING run")
+            .bind(now.saturating_sub(RUN_RETENTION_MS))
+            .fetch_all(&mut *tx)
+            .await?;
+        if !expired.is_empty() {
+            sqlx::query("DELETE FROM reconcile_held WHERE run = ANY($1)").bind(expired).execute(&mut *tx).await?;
+        }
+        sqlx::query(
+            "INSERT INTO reconcile_runs (run, tenant, window_start, window_end, started_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(run)
+        .bind(tenant.as_str())
+        .bind(start)
+        .bind(end)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Runs a repair statement chunk by chunk, each fenced by the claim: at least once, so that
+    /// a stale claim is refused even with no ids.
+    async fn repair(&self, claim: &Claim, ids: &[EventId], sql: &'static str) -> Result<u64, StoreError> {
+        let mut total = 0;
+        let chunks: Vec<&[EventId]> = if ids.is_empty() { vec![&[]] } else { ids.chunks(REPAIR_CHUNK).collect() };
+        for chunk in chunks {
+            let ids: Vec<&str> = chunk.iter().map(EventId::as_str).collect();
+            let row = sqlx::query(sql)
+                .bind(claim.tenant.as_str())
+                .bind(self.now_ms())
+                .bind(ids)
+                .bind(gen_i64(claim.generation))
+                .fetch_one(&self.pool)
+                .await?;
+            let (held, n): (bool, i64) = (row.try_get(0)?, row.try_get(1)?);
+            if !held {
+                return Err(StoreError::ClaimLost { tenant: claim.tenant.clone(), generation: claim.generation });
+            }
+            total += count(n);
+        }
+        Ok(total)
+    }
+}
+
+/// Delivered events back to pending, due now ($2), attempts kept; under the claim ($4).
+const REQUEUE_DELIVERED: &str = concat!(
+    fence!(),
+    "done AS (UPDATE events SET state = 0, due_at = $2, delivered_at = NULL \
+     WHERE tenant = $1 AND state = 2 AND event_id = ANY($3) AND EXISTS (SELECT 1 FROM fence) RETURNING 1) \
+     SELECT EXISTS (SELECT 1 FROM fence), (SELECT count(*) FROM done)"
+);
+
+/// Pending or leased events settled as delivered now ($2), their lease cleared; under the
+/// claim ($4).
+const SETTLE_HELD: &str = concat!(
+    fence!(),
+    "done AS (UPDATE events SET state = 2, delivered_at = $2, lease_id = NULL, lease_expires_at = NULL \
+     WHERE tenant = $1 AND state IN (0, 1) AND event_id = ANY($3) AND EXISTS (SELECT 1 FROM fence) RETURNING 1) \
+     SELECT EXISTS (SELECT 1 FROM fence), (SELECT count(*) FROM done)"
+);
+
+/// Adds the facts inside the run's window to its scratch set (an id already there is kept),
+/// in one statement that holds the run shared: an end or expiry waits for it.
+async fn add_held(pool: &PgPool, run: &str, facts: &[Fact]) -> Result<(), StoreError> {
+    let rows: Vec<HeldRow> = facts.iter().map(HeldRow::of).collect();
+    let ids: Vec<&str> = rows.iter().map(|r| r.event_id.as_str()).collect();
+    let occurred: Vec<i64> = rows.iter().map(|r| r.occurred_at).collect();
+    let meters: Vec<&str> = rows.iter().map(|r| r.meter.as_str()).collect();
+    let units: Vec<&str> = rows.iter().map(|r| r.unit.as_str()).collect();
+    let quantities: Vec<&str> = rows.iter().map(|r| r.quantity.as_str()).collect();
+    let known: bool = sqlx::query_scalar(
+        "WITH r AS (SELECT run, window_start, window_end FROM reconcile_runs WHERE run = $1 FOR SHARE), \
+         ins AS (INSERT INTO reconcile_held (run, event_id, occurred_at, meter, unit, quantity) \
+             SELECT r.run, f.event_id, f.occurred_at, f.meter, f.unit, f.quantity \
+             FROM r, UNNEST($2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[]) \
+                  AS f(event_id, occurred_at, meter, unit, quantity) \
+             WHERE f.occurred_at >= r.window_start AND f.occurred_at < r.window_end \
+             ON CONFLICT (run, event_id) DO NOTHING) \
+         SELECT EXISTS (SELECT 1 FROM r)",
+    )
+    .bind(run)
+    .bind(ids)
+    .bind(occurred)
+    .bind(meters)
+    .bind(units)
+    .bind(quantities)
+    .fetch_one(pool)
+    .await?;
+    if known { Ok(()) } else { Err(unknown_run(run)) }
+}
+
+/// Drops a run, then (a fresh snapshot, once an `add_held` in flight has committed) its rows.
+async fn end(pool: &PgPool, run: &str) -> Result<(), StoreError> {
+    let mut tx = begin(pool).await?;
+    sqlx::query("DELETE FROM reconcile_runs WHERE run = $1").bind(run).execute(&mut *tx).await?;
+    sqlx::query("DELETE FROM reconcile_held WHERE run = $1").bind(run).execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------- the comparison
+
+/// Delivered events of the window (acked, or compacted: compaction deletes only delivered
+/// ones) the platform does not hold, by id; whether the event's row (its payload) is still here.
+const MISSING: &str = "SELECT l.event_id, e.seq IS NOT NULL \
+     FROM ledger AS l LEFT JOIN events AS e ON e.tenant = l.tenant AND e.event_id = l.event_id \
+     WHERE l.tenant = $1 AND l.occurred_at >= $2 AND l.occurred_at < $3 AND (e.state = 2 OR e.seq IS NULL) \
+     AND NOT EXISTS (SELECT 1 FROM reconcile_held AS h WHERE h.run = $4 AND h.event_id = l.event_id) \
+     ORDER BY l.event_id COLLATE \"C\"";
+
+/// The platform's events that this outbox never had (no ledger row and no event), or holds
+/// pending or leased (0, 1) or dead-lettered (3), by id.
+const HELD: &str = "SELECT h.event_id, l.event_id IS NOT NULL OR e.seq IS NOT NULL, e.state::bigint \
+     FROM reconcile_held AS h \
+     LEFT JOIN ledger AS l ON l.tenant = $1 AND l.event_id = h.event_id \
+     LEFT JOIN events AS e ON e.tenant = $1 AND e.event_id = h.event_id \
+     WHERE h.run = $2 AND ((l.event_id IS NULL AND e.seq IS NULL) OR e.state IN (0, 1, 3)) \
+     ORDER BY h.event_id COLLATE \"C\"";
+
+/// The delivered events of the window, by UTC day (86,400,000 ms) and id.
+const LOCAL_DAYS: &str = "SELECT l.event_id, l.occurred_at, l.meter, l.unit, l.quantity \
+     FROM ledger AS l LEFT JOIN events AS e ON e.tenant = l.tenant AND e.event_id = l.event_id \
+     WHERE l.tenant = $1 AND l.occurred_at >= $2 AND l.occurred_at < $3 AND (e.state = 2 OR e.seq IS NULL) \
+     ORDER BY l.occurred_at / 86400000, l.event_id COLLATE \"C\"";
+
+/// The platform's events (all inside the window: `add_held` keeps no others), by day and id.
+const PLATFORM_DAYS: &str = "SELECT event_id, occurred_at, meter, unit, quantity FROM reconcile_held \
+     WHERE run = $1 ORDER BY occurred_at / 86400000, event_id COLLATE \"C\"";
+
+async fn compare(pool: &PgPool, run: &str, max_ids: usize) -> Result<Comparison, StoreError> {
+    let mut tx = begin(pool).await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
+    let row = sqlx::query("SELECT tenant, window_start, window_end FROM reconcile_runs WHERE run = $1")
+        .bind(run)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| unknown_run(run))?;
+    let r = Run::new(row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)?;
+    let mut tally = Tally::new(r.tenant.clone(), max_ids);
+    let conn: &mut PgConnection = &mut tx;
+    {
+        let mut rows =
+            sqlx::query(MISSING).bind(r.tenant.as_str()).bind(r.start).bind(r.end).bind(run).fetch(&mut *conn);
+        while let Some(row) = next_row!(rows)? {
+            tally.missing(row.try_get(0)?, row.try_get(1)?);
+        }
+    }
+    {
+        let mut rows = sqlx::query(HELD).bind(r.tenant.as_str()).bind(run).fetch(&mut *conn);
+        while let Some(row) = next_row!(rows)? {
+            tally.held(row.try_get(0)?, HeldAs::of(row.try_get(1)?, row.try_get(2)?));
+        }
+    }
+    {
+        let mut rows = sqlx::query_as(LOCAL_DAYS).bind(r.tenant.as_str()).bind(r.start).bind(r.end).fetch(&mut *conn);
+        while let Some(row) = next_row!(rows)? {
+            tally.local_day(row)?;
+        }
+    }
+    {
+        let mut rows = sqlx::query_as(PLATFORM_DAYS).bind(run).fetch(&mut *conn);
+        while let Some(row) = next_row!(rows)? {
+            tally.platform_day(row)?;
+        }
+    }
+    tx.rollback().await?;
+    Ok(tally.finish())
+}
