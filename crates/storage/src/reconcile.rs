@@ -226,6 +226,48 @@ macro_rules! next_row {
 }
 pub(crate) use next_row;
 
+/// The comparison's four streamed queries, the same for both backends but for their SQL (the
+/// constants `MISSING`, `HELD`, `LOCAL_DAYS`, `PLATFORM_DAYS` in scope where it is used):
+/// reads the run, streams each query into a [`Tally`] on `$conn` (inside the caller's read
+/// transaction) and gives the tally. A macro because sqlx's connection and row types differ
+/// per backend, and the bounds to write it generically would hide what it does.
+macro_rules! stream_comparison {
+    ($conn:expr, $run:expr, $max_ids:expr, $run_query:expr) => {{
+        let row =
+            sqlx::query($run_query).bind($run).fetch_optional(&mut *$conn).await?.ok_or_else(|| unknown_run($run))?;
+        let r = Run::new(row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)?;
+        let mut tally = Tally::new(r.tenant.clone(), $max_ids);
+        {
+            let mut rows =
+                sqlx::query(MISSING).bind(r.tenant.as_str()).bind(r.start).bind(r.end).bind($run).fetch(&mut *$conn);
+            while let Some(row) = next_row!(rows)? {
+                tally.missing(row.try_get(0)?, row.try_get(1)?);
+            }
+        }
+        {
+            let mut rows = sqlx::query(HELD).bind(r.tenant.as_str()).bind($run).fetch(&mut *$conn);
+            while let Some(row) = next_row!(rows)? {
+                tally.held(row.try_get(0)?, HeldAs::of(row.try_get(1)?, row.try_get(2)?));
+            }
+        }
+        {
+            let mut rows =
+                sqlx::query_as(LOCAL_DAYS).bind(r.tenant.as_str()).bind(r.start).bind(r.end).fetch(&mut *$conn);
+            while let Some(row) = next_row!(rows)? {
+                tally.local_day(row)?;
+            }
+        }
+        {
+            let mut rows = sqlx::query_as(PLATFORM_DAYS).bind($run).fetch(&mut *$conn);
+            while let Some(row) = next_row!(rows)? {
+                tally.platform_day(row)?;
+            }
+        }
+        tally
+    }};
+}
+pub(crate) use stream_comparison;
+
 #[cfg(test)]
 mod tests {
     use super::*;

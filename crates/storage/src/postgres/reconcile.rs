@@ -14,7 +14,8 @@ use super::{PostgresOutbox, begin, gen_i64};
 use crate::common::{count, from_ms};
 use crate::error::{During as _, StoreError};
 use crate::reconcile::{
-    HeldAs, HeldRow, REPAIR_CHUNK, RUN_RETENTION_MS, Run, Tally, new_run_id, next_row, unknown_run, window_ms,
+    HeldAs, HeldRow, REPAIR_CHUNK, RUN_RETENTION_MS, Run, Tally, new_run_id, next_row, stream_comparison, unknown_run,
+    window_ms,
 };
 
 /// Most platform events one statement adds (a larger call is split).
@@ -218,39 +219,13 @@ const PLATFORM_DAYS: &str = "SELECT event_id, occurred_at, meter, unit, quantity
 async fn compare(pool: &PgPool, run: &str, max_ids: usize) -> Result<Comparison, StoreError> {
     let mut tx = begin(pool).await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
-    let row = sqlx::query("SELECT tenant, window_start, window_end FROM reconcile_runs WHERE run = $1")
-        .bind(run)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or_else(|| unknown_run(run))?;
-    let r = Run::new(row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)?;
-    let mut tally = Tally::new(r.tenant.clone(), max_ids);
     let conn: &mut PgConnection = &mut tx;
-    {
-        let mut rows =
-            sqlx::query(MISSING).bind(r.tenant.as_str()).bind(r.start).bind(r.end).bind(run).fetch(&mut *conn);
-        while let Some(row) = next_row!(rows)? {
-            tally.missing(row.try_get(0)?, row.try_get(1)?);
-        }
-    }
-    {
-        let mut rows = sqlx::query(HELD).bind(r.tenant.as_str()).bind(run).fetch(&mut *conn);
-        while let Some(row) = next_row!(rows)? {
-            tally.held(row.try_get(0)?, HeldAs::of(row.try_get(1)?, row.try_get(2)?));
-        }
-    }
-    {
-        let mut rows = sqlx::query_as(LOCAL_DAYS).bind(r.tenant.as_str()).bind(r.start).bind(r.end).fetch(&mut *conn);
-        while let Some(row) = next_row!(rows)? {
-            tally.local_day(row)?;
-        }
-    }
-    {
-        let mut rows = sqlx::query_as(PLATFORM_DAYS).bind(run).fetch(&mut *conn);
-        while let Some(row) = next_row!(rows)? {
-            tally.platform_day(row)?;
-        }
-    }
+    let tally = stream_comparison!(
+        conn,
+        run,
+        max_ids,
+        "SELECT tenant, window_start, window_end FROM reconcile_runs WHERE run = $1"
+    );
     tx.rollback().await?;
     Ok(tally.finish())
 }
