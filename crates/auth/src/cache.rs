@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
-use std::hash::{Hash, Hasher};
+use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -65,23 +65,12 @@ impl fmt::Display for ScopeSet {
 }
 
 /// The cache key: which token a slot holds. No secrets in it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {
     tenant: TenantName,
     client: ClientId,
     scopes: ScopeSet,
     method: AuthMethod,
-}
-
-// By hand because `AuthMethod` does not implement `Hash`; `as_str` names each method uniquely,
-// so this agrees with the derived `PartialEq`.
-impl Hash for Key {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.tenant.hash(state);
-        self.client.hash(state);
-        self.scopes.hash(state);
-        self.method.as_str().hash(state);
-    }
 }
 
 impl Key {
@@ -511,6 +500,7 @@ mod tests {
     }
 
     fn hash(k: &Key) -> u64 {
+        use std::hash::Hasher as _;
         let mut h = DefaultHasher::new();
         k.hash(&mut h);
         h.finish()

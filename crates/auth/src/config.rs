@@ -64,7 +64,7 @@ pub enum ConfigError {
 }
 
 /// How the client authenticates at the token endpoint (`auth_method` in the configuration).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AuthMethod {
     /// `client_id` and `client_secret` in the form body (the thread's way; the default).

@@ -149,13 +149,7 @@ impl Nanos {
     /// # Errors
     /// The reason, as [`Quantity::parse`] words it.
     pub fn parse(s: &str) -> Result<Self, String> {
-        Quantity::parse(s)?;
-        let (int, frac) = s.split_once('.').unwrap_or((s, ""));
-        let mut units: i128 = 0;
-        for b in int.bytes().chain(frac.bytes()).chain(std::iter::repeat_n(b'0', 9 - frac.len())) {
-            units = units * 10 + i128::from(b - b'0');
-        }
-        Ok(Self(units))
+        Quantity::parse(s).map(Self::from)
     }
 
     /// The sum, or `None` on overflow (past 10²⁹ units: more than 10¹¹ maximal quantities).
@@ -671,7 +665,8 @@ mod tests {
         fn nanos_parse_agrees_with_the_decimal(int in "[0-9]{1,18}", frac in "[0-9]{0,9}") {
             let s = if frac.is_empty() { int.clone() } else { format!("{int}.{frac}") };
             let n = Nanos::parse(&s).unwrap();
-            prop_assert_eq!(n, Nanos::from(Quantity::parse(&s).unwrap()));
+            let expected = int.parse::<i128>().unwrap() * NANOS_PER_UNIT + format!("{frac:0<9}").parse::<i128>().unwrap();
+            prop_assert_eq!(n.units(), expected, "digit by digit");
             let shown = n.to_string();
             let (i, f) = shown.split_once('.').unwrap();
             prop_assert_eq!(i.parse::<u128>().unwrap(), int.parse::<u128>().unwrap());

@@ -404,18 +404,37 @@ async fn prune_lease(conn: &mut SqliteConnection, lease: &str, settled: u64) -> 
     if whole.rows_affected() > 0 {
         return Ok(());
     }
-    sqlx::query(
-        "UPDATE leases SET seqs = (SELECT json_group_array(j.value) FROM json_each(leases.seqs) AS j \
-                                   JOIN events AS e ON e.seq = j.value WHERE e.state = 0) \
-         WHERE lease_id = ?1",
-    )
-    .bind(lease)
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query("DELETE FROM leases WHERE lease_id = ?1 AND json_array_length(seqs) = 0")
-        .bind(lease)
-        .execute(&mut *conn)
-        .await?;
+    trim_leases(conn, LeasesOf::Lease, lease).await
+}
+
+/// Which leases [`trim_leases`] looks at.
+#[derive(Clone, Copy)]
+pub(super) enum LeasesOf {
+    /// The one with this `lease_id`.
+    Lease,
+    /// Every lease of this tenant.
+    Tenant,
+}
+
+/// Shrinks the chosen leases to the events they still hold (still pending) and drops those
+/// left empty.
+pub(super) async fn trim_leases(conn: &mut SqliteConnection, of: LeasesOf, key: &str) -> Result<(), StoreError> {
+    let (shrink, drop) = match of {
+        LeasesOf::Lease => (
+            "UPDATE leases SET seqs = (SELECT json_group_array(j.value) FROM json_each(leases.seqs) AS j \
+                                       JOIN events AS e ON e.seq = j.value WHERE e.state = 0) \
+             WHERE lease_id = ?1",
+            "DELETE FROM leases WHERE lease_id = ?1 AND json_array_length(seqs) = 0",
+        ),
+        LeasesOf::Tenant => (
+            "UPDATE leases SET seqs = (SELECT json_group_array(j.value) FROM json_each(leases.seqs) AS j \
+                                       JOIN events AS e ON e.seq = j.value WHERE e.state = 0) \
+             WHERE tenant = ?1",
+            "DELETE FROM leases WHERE tenant = ?1 AND json_array_length(seqs) = 0",
+        ),
+    };
+    sqlx::query(shrink).bind(key).execute(&mut *conn).await?;
+    sqlx::query(drop).bind(key).execute(&mut *conn).await?;
     Ok(())
 }
 

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use sqlx::sqlite::{SqliteConnection, SqlitePool};
 use sqlx::{Row as _, Sqlite, Transaction};
 
-use super::ops::{chunk_size, sized_sql};
+use super::ops::{LeasesOf, chunk_size, sized_sql, trim_leases};
 use super::{Op, Out, SqliteOutbox, settle_refused, unexpected};
 use crate::common::from_ms;
 use crate::error::{During as _, StoreError};
@@ -264,18 +264,7 @@ pub(super) async fn exec_settle_held(
     .execute(&mut *conn)
     .await?;
     if done.rows_affected() > 0 {
-        sqlx::query(
-            "UPDATE leases SET seqs = (SELECT json_group_array(j.value) FROM json_each(leases.seqs) AS j \
-                                       JOIN events AS e ON e.seq = j.value WHERE e.state = 0) \
-             WHERE tenant = ?1",
-        )
-        .bind(tenant)
-        .execute(&mut *conn)
-        .await?;
-        sqlx::query("DELETE FROM leases WHERE tenant = ?1 AND json_array_length(seqs) = 0")
-            .bind(tenant)
-            .execute(&mut *conn)
-            .await?;
+        trim_leases(conn, LeasesOf::Tenant, tenant).await?;
     }
     Ok(Out::Count(done.rows_affected()))
 }
