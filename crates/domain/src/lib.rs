@@ -55,7 +55,7 @@ pub use ports::{
     Holder, Lease, LeaseId, ListAnswer, ListReply, ManualClock, Outbox, OutboxError, ReconcileStore, RunId,
     StorageFailure, SystemClock, TenantCounts, TokenError, TokenSource, TransportError,
 };
-pub use rate::{RatePolicy, SlidingWindow};
+pub use rate::{RatePolicy, SharedWindow, SlidingWindow};
 pub use reconcile::{
     Comparison, DayReport, DaySide, DaySummaries, Fact, FactError, HeldEvent, HeldPage, IdList, MeterTotals, Nanos,
     SummaryError, Window, WindowError, read_pause,

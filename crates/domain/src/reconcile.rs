@@ -106,6 +106,16 @@ impl Window {
         }
     }
 
+    /// The part of the window the outbox can vouch for, from the first whole day at or after
+    /// `horizon` (`None`: the whole window); `None` when no whole day of it is left.
+    pub fn clip(&self, horizon: Option<DateTime<Utc>>) -> Option<Self> {
+        let Some(h) = horizon else { return Some(*self) };
+        let day = h.date_naive();
+        let first = if h == day_start(day) { day } else { day.succ_opt()? };
+        let from = self.from.max(first);
+        (from <= self.to).then_some(Self { from, to: self.to })
+    }
+
     /// The window's first instant (midnight UTC of `from`).
     pub fn start(&self) -> DateTime<Utc> {
         day_start(self.from)
@@ -546,6 +556,22 @@ pub struct HeldEvent {
 mod tests {
     use chrono::TimeZone;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_window_clipped_to_the_horizon_starts_at_its_first_whole_day() {
+        let now = Utc.with_ymd_and_hms(2026, 3, 10, 12, 0, 0).unwrap();
+        let w = Window::last_days(now, 7).unwrap();
+        assert_eq!(w.clip(None), Some(w));
+        let d = |day| NaiveDate::from_ymd_opt(2026, 3, day).unwrap();
+        let mid = Utc.with_ymd_and_hms(2026, 3, 6, 8, 0, 0).unwrap();
+        assert_eq!(w.clip(Some(mid)), Some(Window { from: d(7), to: d(10) }));
+        let midnight = Utc.with_ymd_and_hms(2026, 3, 6, 0, 0, 0).unwrap();
+        assert_eq!(w.clip(Some(midnight)), Some(Window { from: d(6), to: d(10) }));
+        let long_ago = Utc.with_ymd_and_hms(2025, 1, 1, 8, 0, 0).unwrap();
+        assert_eq!(w.clip(Some(long_ago)), Some(w));
+        assert_eq!(w.clip(Some(now)), None, "no whole day after the horizon");
+        assert!(w.clip(Some(mid)).unwrap().check_horizon(Some(mid)).is_ok());
+    }
 
     use super::*;
 
