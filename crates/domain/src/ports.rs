@@ -630,4 +630,25 @@ pub trait ReconcileStore: Send + Sync {
     /// # Errors
     /// [`OutboxError::ClaimLost`] when `claim` is no longer the tenant's; [`OutboxError::Storage`].
     async fn settle_held(&self, claim: &Claim, ids: &[EventId]) -> Result<u64, OutboxError>;
+
+    /// Retention of the facts (`[reconcile] keep_days`): drops the facts of every event that
+    /// occurred before `before`, in chunks so that writers slip in between, and moves the
+    /// horizon of every tenant to `before` (never back). Says how many facts were dropped.
+    ///
+    /// # Errors
+    /// [`OutboxError::Storage`].
+    async fn trim_facts(&self, before: DateTime<Utc>) -> Result<u64, OutboxError>;
+
+    /// Records `tenant`'s last reconciliation (a JSON document the caller writes and reads
+    /// back; one per tenant, replaced each time), so that `status` in another process shows it.
+    ///
+    /// # Errors
+    /// [`OutboxError::Storage`].
+    async fn save_last_reconcile(&self, tenant: &TenantName, result: &str) -> Result<(), OutboxError>;
+
+    /// What [`ReconcileStore::save_last_reconcile`] recorded last for `tenant`.
+    ///
+    /// # Errors
+    /// [`OutboxError::Storage`].
+    async fn last_reconcile(&self, tenant: &TenantName) -> Result<Option<String>, OutboxError>;
 }

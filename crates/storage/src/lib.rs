@@ -19,8 +19,9 @@
 //!
 //! Both also serve the port [`billsync_domain::ReconcileStore`] (`billsync reconcile`): a
 //! ledger, the narrow record of every event enqueued, written in the enqueue's transaction and
-//! kept when compaction deletes a delivered event; a scratch set of what the platform holds, in
-//! the same database; and the comparison of the two as SQL joins, streamed.
+//! kept when compaction deletes a delivered event, until its own retention drops it (the
+//! horizon moving with it); a scratch set of what the platform holds, in the same database; the
+//! comparison of the two as SQL joins, streamed; and each tenant's last result.
 //!
 //! [`open`] picks one from a URL. Both store times as integer milliseconds from the
 //! injected [`Clock`], migrate their schema with embedded migrations,
@@ -75,11 +76,11 @@ use crate::error::{StoreError, redact_url};
 /// The SQLite schema version this build writes: its newest embedded migration. An outbox
 /// with a newer one is refused with
 /// [`OutboxError::SchemaTooNew`].
-pub const SQLITE_SCHEMA_VERSION: i64 = 5;
+pub const SQLITE_SCHEMA_VERSION: i64 = 6;
 
 /// The PostgreSQL schema version this build writes, as [`SQLITE_SCHEMA_VERSION`] is for
 /// SQLite (the two schemas move on their own: version 3 is SQLite's lease rows).
-pub const POSTGRES_SCHEMA_VERSION: i64 = 4;
+pub const POSTGRES_SCHEMA_VERSION: i64 = 5;
 
 /// Where an outbox lives, parsed from its URL once, at the edge:
 ///

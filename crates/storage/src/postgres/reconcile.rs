@@ -2,7 +2,8 @@
 //! pool's connections; the comparison runs in one read-only `REPEATABLE READ` transaction (one
 //! snapshot for all four of its queries), streaming each query's rows and ordering ids with
 //! `COLLATE "C"` (bytewise, whatever the database's collation); the repairs are fenced by the
-//! claim's generation as `ack` is.
+//! claim's generation as `ack` is. The facts' retention drops chunk by chunk, each its own
+//! statement, as `compact` does.
 
 use async_trait::async_trait;
 use billsync_domain::{Claim, Comparison, EventId, Fact, OutboxError, ReconcileStore, RunId, TenantName, Window};
@@ -11,7 +12,7 @@ use sqlx::postgres::PgConnection;
 use sqlx::{PgPool, Row as _};
 
 use super::{PostgresOutbox, begin, gen_i64};
-use crate::common::{count, from_ms};
+use crate::common::{count, from_ms, to_ms};
 use crate::error::{During as _, StoreError};
 use crate::reconcile::{
     HeldAs, HeldRow, REPAIR_CHUNK, RUN_RETENTION_MS, Run, Tally, new_run_id, next_row, stream_comparison, unknown_run,
@@ -20,6 +21,10 @@ use crate::reconcile::{
 
 /// Most platform events one statement adds (a larger call is split).
 const HELD_PER_STATEMENT: usize = 10_000;
+
+/// Most facts one statement of the retention drops (each its own short transaction, so that
+/// enqueues never wait long on it).
+const TRIM_CHUNK: i64 = 5_000;
 
 #[async_trait]
 impl ReconcileStore for PostgresOutbox {
@@ -75,6 +80,35 @@ impl ReconcileStore for PostgresOutbox {
             ids.len(),
             claim.tenant
         ))
+    }
+
+    async fn trim_facts(&self, before: DateTime<Utc>) -> Result<u64, OutboxError> {
+        trim_facts(&self.pool, to_ms(before))
+            .await
+            .during(format_args!("dropping the facts of events that occurred before {before}"))
+    }
+
+    async fn save_last_reconcile(&self, tenant: &TenantName, result: &str) -> Result<(), OutboxError> {
+        sqlx::query(
+            "INSERT INTO reconcile_last (tenant, result, saved_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (tenant) DO UPDATE SET result = EXCLUDED.result, saved_at = EXCLUDED.saved_at",
+        )
+        .bind(tenant.as_str())
+        .bind(result)
+        .bind(self.now_ms())
+        .execute(&self.pool)
+        .await
+        .during(format_args!("saving the last reconciliation of tenant {tenant}"))?;
+        Ok(())
+    }
+
+    async fn last_reconcile(&self, tenant: &TenantName) -> Result<Option<String>, OutboxError> {
+        let result: Result<Option<String>, _> =
+            sqlx::query_scalar("SELECT result FROM reconcile_last WHERE tenant = $1")
+                .bind(tenant.as_str())
+                .fetch_optional(&self.pool)
+                .await;
+        result.during(format_args!("reading the last reconciliation of tenant {tenant}"))
     }
 }
 
@@ -185,6 +219,46 @@ async fn end(pool: &PgPool, run: &str) -> Result<(), StoreError> {
     sqlx::query("DELETE FROM reconcile_held WHERE run = $1").bind(run).execute(&mut *tx).await?;
     tx.commit().await?;
     Ok(())
+}
+
+// ---------------------------------------------------------------- the facts' retention
+
+/// Drops up to $2 facts that occurred before $1, of any tenant, skipping those another
+/// agent's retention holds. The tenants are walked one seek each on the primary key (a loose
+/// index scan: the next tenant after the last), and each tenant's old facts are a range of
+/// `ledger_time`, deleted by `ctid` (a TID scan), so a chunk reads what it drops and one entry
+/// per tenant; a plain `occurred_at < $1` would scan the whole table at every chunk (no index
+/// leads with `occurred_at`, and one would cost every enqueue a write).
+const TRIM_FACTS: &str = "WITH RECURSIVE tenants(tenant) AS ( \
+         (SELECT tenant FROM ledger ORDER BY tenant LIMIT 1) \
+         UNION ALL \
+         SELECT (SELECT l.tenant FROM ledger AS l WHERE l.tenant > t.tenant \
+                 ORDER BY l.tenant LIMIT 1) \
+         FROM tenants AS t WHERE t.tenant IS NOT NULL) \
+     DELETE FROM ledger WHERE ctid = ANY (ARRAY( \
+         SELECT o.ctid FROM tenants AS t, LATERAL ( \
+             SELECT l.ctid FROM ledger AS l WHERE l.tenant = t.tenant AND l.occurred_at < $1 \
+             LIMIT $2 FOR UPDATE SKIP LOCKED) AS o \
+         LIMIT $2))";
+
+/// Moves the horizon to `before` (never back), then drops the facts that occurred before it,
+/// chunk by chunk; the horizon goes first, so that it is never behind a dropped fact.
+async fn trim_facts(pool: &PgPool, before: i64) -> Result<u64, StoreError> {
+    sqlx::query(
+        "INSERT INTO outbox_meta (key, value) VALUES ('ledger_from', $1) \
+         ON CONFLICT (key) DO UPDATE SET value = GREATEST(outbox_meta.value, EXCLUDED.value)",
+    )
+    .bind(before)
+    .execute(pool)
+    .await?;
+    let mut total = 0;
+    loop {
+        let n = sqlx::query(TRIM_FACTS).bind(before).bind(TRIM_CHUNK).execute(pool).await?.rows_affected();
+        total += n;
+        if n < count(TRIM_CHUNK) {
+            return Ok(total);
+        }
+    }
 }
 
 // ---------------------------------------------------------------- the comparison

@@ -173,6 +173,8 @@ pub(super) async fn exec_one(
         Op::EndReconcile { run } => reconcile::exec_end(conn, run).await,
         Op::RequeueDelivered { tenant, ids, .. } => reconcile::exec_requeue_delivered(conn, tenant, ids, now).await,
         Op::SettleHeld { tenant, ids, .. } => reconcile::exec_settle_held(conn, tenant, ids, now).await,
+        Op::TrimFactsChunk { before } => reconcile::exec_trim_facts_chunk(conn, *before).await,
+        Op::SaveLastReconcile { tenant, result } => reconcile::exec_save_last(conn, tenant, result, now).await,
     }
 }
 

@@ -1,7 +1,8 @@
-//! Reconciliation in a SQLite outbox: the scratch set and the repairs are writes, so they go
-//! through the writer like every other (the repairs fenced by the claim's generation as settles
-//! are); the comparison reads on one connection of the read pool, inside one read transaction
-//! (one snapshot of the file for all four of its queries), streaming each query's rows.
+//! Reconciliation in a SQLite outbox: the scratch set, the repairs, the facts' retention and the
+//! last result are writes, so they go through the writer like every other (the repairs fenced by
+//! the claim's generation as settles are); the comparison reads on one connection of the read pool,
+//! inside one read transaction (one snapshot of the file for all four of its queries), streaming
+//! each query's rows.
 
 use std::sync::OnceLock;
 
@@ -13,7 +14,7 @@ use sqlx::{Row as _, Sqlite, Transaction};
 
 use super::ops::{LeasesOf, chunk_size, sized_sql, trim_leases};
 use super::{Op, Out, SqliteOutbox, settle_refused, unexpected};
-use crate::common::from_ms;
+use crate::common::{count, from_ms, to_ms};
 use crate::error::{During as _, StoreError};
 use crate::reconcile::{
     HeldAs, HeldRow, REPAIR_CHUNK, RUN_RETENTION_MS, Run, Tally, new_run_id, next_row, stream_comparison, unknown_run,
@@ -22,6 +23,10 @@ use crate::reconcile::{
 
 /// Most platform events one writer operation adds (a larger call is split).
 const HELD_PER_OP: usize = 2_048;
+
+/// Most facts one writer operation of the retention drops (each chunk its own transaction, so
+/// that enqueues slip in between).
+const TRIM_CHUNK: i64 = 2_000;
 
 #[async_trait]
 impl ReconcileStore for SqliteOutbox {
@@ -74,6 +79,40 @@ impl ReconcileStore for SqliteOutbox {
 
     async fn settle_held(&self, claim: &Claim, ids: &[EventId]) -> Result<u64, OutboxError> {
         self.repair(claim, ids, |tenant, ids, generation| Op::SettleHeld { tenant, ids, generation }).await
+    }
+
+    async fn trim_facts(&self, before: DateTime<Utc>) -> Result<u64, OutboxError> {
+        let before = to_ms(before);
+        let mut total = 0;
+        // Chunk by chunk, each its own writer operation (and transaction), as `compact` does.
+        loop {
+            match self.call(Op::TrimFactsChunk { before }).await? {
+                Out::Count(n) => {
+                    total += n;
+                    if n < count(TRIM_CHUNK) {
+                        return Ok(total);
+                    }
+                }
+                other => return Err(unexpected(other)),
+            }
+        }
+    }
+
+    async fn save_last_reconcile(&self, tenant: &TenantName, result: &str) -> Result<(), OutboxError> {
+        let op = Op::SaveLastReconcile { tenant: tenant.as_str().to_owned(), result: result.to_owned() };
+        match self.call(op).await? {
+            Out::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn last_reconcile(&self, tenant: &TenantName) -> Result<Option<String>, OutboxError> {
+        let result: Result<Option<String>, _> =
+            sqlx::query_scalar("SELECT result FROM reconcile_last WHERE tenant = ?1")
+                .bind(tenant.as_str())
+                .fetch_optional(&self.reader)
+                .await;
+        result.during(format_args!("reading the last reconciliation of tenant {tenant}"))
     }
 }
 
@@ -269,8 +308,71 @@ pub(super) async fn exec_settle_held(
     Ok(Out::Count(done.rows_affected()))
 }
 
+/// Moves the horizon to `before` (never back), in the same transaction as the chunk it
+/// precedes, so that the horizon is never behind a dropped fact.
+const MOVE_HORIZON: &str = "INSERT INTO outbox_meta (key, value) VALUES ('ledger_from', ?1) \
+     ON CONFLICT (key) DO UPDATE SET value = max(outbox_meta.value, excluded.value)";
+
+/// Drops up to ?2 facts that occurred before ?1, of any tenant. The tenants are walked one
+/// seek each on `ledger_time` (a loose index scan: the next tenant after the last), and each
+/// tenant's old facts are a range of that index, so a chunk reads what it drops and one entry
+/// per tenant; a plain `occurred_at < ?1` would scan the whole index at every chunk (no index
+/// leads with `occurred_at`, and one would cost every enqueue a write).
+const TRIM_FACTS: &str = "WITH RECURSIVE tenants(tenant) AS ( \
+         SELECT min(tenant) FROM ledger \
+         UNION ALL \
+         SELECT (SELECT min(l.tenant) FROM ledger AS l WHERE l.tenant > t.tenant) \
+         FROM tenants AS t WHERE t.tenant IS NOT NULL) \
+     DELETE FROM ledger WHERE (tenant, event_id) IN \
+         (SELECT l.tenant, l.event_id FROM tenants AS t JOIN ledger AS l \
+          ON l.tenant = t.tenant AND l.occurred_at < ?1 LIMIT ?2)";
+
+/// Moves the horizon to `before`, then drops up to [`TRIM_CHUNK`] facts that occurred before it.
+pub(super) async fn exec_trim_facts_chunk(conn: &mut SqliteConnection, before: i64) -> Result<Out, StoreError> {
+    sqlx::query(MOVE_HORIZON).bind(before).execute(&mut *conn).await?;
+    let done = sqlx::query(TRIM_FACTS).bind(before).bind(TRIM_CHUNK).execute(&mut *conn).await?;
+    Ok(Out::Count(done.rows_affected()))
+}
+
+/// Stores (replacing) the tenant's last reconciliation.
+pub(super) async fn exec_save_last(
+    conn: &mut SqliteConnection,
+    tenant: &str,
+    result: &str,
+    now: i64,
+) -> Result<Out, StoreError> {
+    sqlx::query(
+        "INSERT INTO reconcile_last (tenant, result, saved_at) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (tenant) DO UPDATE SET result = excluded.result, saved_at = excluded.saved_at",
+    )
+    .bind(tenant)
+    .bind(result)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(Out::Done)
+}
+
 #[cfg(test)]
 mod tests {
+    /// The retention's chunk seeks each tenant's old facts on `ledger_time` and never scans
+    /// the ledger (a scan would read every fact at every chunk).
+    #[tokio::test]
+    async fn a_trim_chunk_seeks_each_tenants_old_facts() -> Result<(), Box<dyn std::error::Error>> {
+        use sqlx::Row as _;
+
+        let dir = tempfile::tempdir()?;
+        let clock = std::sync::Arc::new(billsync_domain::ManualClock::new(chrono::Utc::now()));
+        let outbox = super::SqliteOutbox::open(&dir.path().join("o.db"), clock).await?;
+        let sql = ["EXPLAIN QUERY PLAN ", super::TRIM_FACTS].concat();
+        let rows = sqlx::query(&sql).bind(0_i64).bind(super::TRIM_CHUNK).fetch_all(&outbox.reader).await?;
+        let plan: Vec<String> = rows.iter().map(|r| r.try_get::<String, _>(3)).collect::<Result<_, _>>()?;
+        let seek = "SEARCH l USING COVERING INDEX ledger_time (tenant=? AND occurred_at<?)";
+        assert!(plan.iter().any(|d| d == seek), "{plan:?}");
+        assert!(plan.iter().all(|d| !d.starts_with("SCAN l") && !d.starts_with("SCAN ledger")), "{plan:?}");
+        Ok(())
+    }
+
     #[test]
     fn the_day_in_the_queries_is_a_day() {
         assert_eq!(crate::reconcile::DAY_MS, 86_400_000);

@@ -86,6 +86,16 @@ pub(super) enum Op {
         ids: Vec<String>,
         generation: u64,
     },
+    /// The facts' retention: the horizon moved to `before` (ms, never back), then a chunk of
+    /// the facts of events that occurred before it dropped.
+    TrimFactsChunk {
+        before: i64,
+    },
+    /// A tenant's last reconciliation (JSON), replacing the one before.
+    SaveLastReconcile {
+        tenant: String,
+        result: String,
+    },
 }
 
 /// What the operation does, as the `what` of its failures ("ack of 500 events of tenant acme").
@@ -111,6 +121,8 @@ impl fmt::Display for Op {
                 write!(f, "requeue of {} delivered events of tenant {tenant}", ids.len())
             }
             Op::SettleHeld { tenant, ids, .. } => write!(f, "settling {} events of tenant {tenant}", ids.len()),
+            Op::TrimFactsChunk { before } => write!(f, "dropping the facts of events that occurred before {before} ms"),
+            Op::SaveLastReconcile { tenant, .. } => write!(f, "saving the last reconciliation of tenant {tenant}"),
         }
     }
 }
@@ -128,7 +140,11 @@ impl Op {
     /// dead letter or settle of held events undone puts its events back to pending, and the
     /// platform deduplicates on (tenant, event_id) forever (docs/platform.md section 3), so
     /// re-sending them is at-least-once delivery, as always; a reconciliation's scratch set
-    /// undone fails its comparison (the run is unknown), or lacks rows that the next one adds.
+    /// undone fails its comparison (the run is unknown), or lacks rows that the next one adds;
+    /// a chunk of the facts' retention undone brings back facts the horizon no longer vouches
+    /// for, or the older horizon with them (each chunk moves it in its own transaction, so it is
+    /// never behind a drop), and the next retention drops them again; a last reconciliation
+    /// undone shows the one before it.
     pub(super) fn relaxed(&self) -> bool {
         !matches!(self, Op::Enqueue { .. } | Op::Requeue { .. } | Op::RequeueDelivered { .. })
     }

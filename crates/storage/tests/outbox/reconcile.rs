@@ -76,6 +76,9 @@ macro_rules! reconcile_conformance {
             end_reconcile_drops_the_scratch_set_and_old_runs_go_at_the_next_begin,
             horizon_is_none_for_a_new_outbox,
             an_event_without_a_fact_is_stored_and_a_compacted_one_enqueued_again_keeps_its_fact,
+            trim_facts_drops_old_facts_and_moves_the_horizon_forward_only,
+            trim_facts_goes_on_chunk_after_chunk_across_tenants,
+            the_last_reconcile_is_kept_per_tenant_and_replaced,
         );
     };
     ($fixture:path => $($check:ident),+ $(,)?) => {
@@ -458,6 +461,102 @@ pub async fn an_event_without_a_fact_is_stored_and_a_compacted_one_enqueued_agai
     let cmp = compare_with(&s, &t, &[], 10).await?;
     assert_eq!(listed(&cmp.missing_on_platform), (1, vec!["e-1"]));
     assert_eq!(cmp.days[0].meters[0].local_total.to_string(), "1.000000000", "the first fact");
+    Ok(())
+}
+
+/// The facts' retention drops the facts of every event (of every tenant, whatever its state)
+/// that occurred before `before`, and only those: the dropped ones no longer count in a
+/// comparison, an event at `before` itself does. The horizon of every tenant moves to `before`,
+/// and a later retention with an earlier instant drops nothing and leaves the horizon where it is.
+pub async fn trim_facts_drops_old_facts_and_moves_the_horizon_forward_only(s: Store) -> TestResult {
+    let (t, u) = (tenant("acme"), tenant("other"));
+    let old = [ev("o-1", "2026-11-21T10:00:00Z", "m", "1"), ev("o-2", "2026-11-21T23:59:59.999Z", "m", "2")];
+    let new = [ev("n-1", "2026-11-22T00:00:00Z", "m", "3"), ev("n-2", "2026-11-22T10:00:00Z", "m", "4")];
+    deliver(&s, &t, &[&old[0], &old[1], &new[0], &new[1]]).await?;
+    let pending_old = ev("p-1", "2026-11-21T12:00:00Z", "m", "5");
+    s.outbox.enqueue(&t, std::slice::from_ref(&pending_old)).await?;
+    s.outbox
+        .enqueue(&u, &[ev("u-1", "2026-11-20T12:00:00Z", "m", "5"), ev("u-2", "2026-11-23T07:00:00Z", "m", "5")])
+        .await?;
+    let facts_of = |tenant: &'static str| {
+        let url = s.url.clone();
+        async move { raw_count(&url, "SELECT count(*) FROM ledger WHERE tenant = $1", tenant).await }
+    };
+    let before_cmp = compare_with(&s, &t, &[], 100).await?;
+    assert_eq!(listed(&before_cmp.missing_on_platform).0, 4, "{before_cmp:?}");
+    assert_eq!(s.store.horizon(&t).await?, None);
+
+    let before: chrono::DateTime<chrono::Utc> = "2026-11-22T00:00:00Z".parse()?;
+    assert_eq!(s.store.trim_facts(before).await?, 4, "o-1, o-2, p-1 and u-1");
+    assert_eq!(s.store.horizon(&t).await?, Some(before));
+    assert_eq!(s.store.horizon(&u).await?, Some(before));
+    let cmp = compare_with(&s, &t, &[], 100).await?;
+    assert_eq!(listed(&cmp.missing_on_platform), (2, vec!["n-1", "n-2"]), "n-1, at `before`, is kept");
+    let days: Vec<(String, u64)> = cmp.days.iter().map(|d| (d.date.to_string(), d.local.count)).collect();
+    assert_eq!(days, [("2026-11-22".to_owned(), 2)], "nothing left of 2026-11-21: {cmp:?}");
+    assert_eq!((facts_of("acme").await?, facts_of("other").await?), (2, 1));
+    assert_eq!(s.outbox.counts(&t).await?.pending, 1, "the events themselves stay");
+
+    let earlier = before - chrono::Duration::days(1);
+    assert_eq!(s.store.trim_facts(earlier).await?, 0);
+    assert_eq!(s.store.horizon(&t).await?, Some(before), "never back");
+    assert_eq!(s.store.trim_facts(before).await?, 0, "nothing left to drop");
+    let later = before + chrono::Duration::hours(12);
+    assert_eq!(s.store.trim_facts(later).await?, 2, "n-1 and n-2");
+    assert_eq!(s.store.horizon(&u).await?, Some(later));
+    assert_eq!((facts_of("acme").await?, facts_of("other").await?), (0, 1));
+    Ok(())
+}
+
+/// The retention goes on until nothing before `before` is left, however many chunks that takes
+/// (more facts than one chunk of either adapter, spread over tenants, interleaved with facts
+/// it keeps), and says how many it dropped in all.
+pub async fn trim_facts_goes_on_chunk_after_chunk_across_tenants(s: Store) -> TestResult {
+    const PER_TENANT: usize = 3_000;
+    let base: chrono::DateTime<chrono::Utc> = "2026-11-01T00:00:00Z".parse()?;
+    let before = base + chrono::Duration::days(10);
+    for (k, name) in ["t-a", "t-b", "t-c", "t-d"].into_iter().enumerate() {
+        // Each tenant's facts alternate, by id, between 9 days before `before` and a day after.
+        let events: Vec<EncodedEvent> = (0..PER_TENANT)
+            .map(|i| {
+                let at = if i % 2 == 0 { base + chrono::Duration::days(1) } else { before + chrono::Duration::days(1) };
+                let at = at + chrono::Duration::seconds(i64::try_from(i * 4 + k)?);
+                Ok(ev(&format!("{name}-{i:05}"), &at.to_rfc3339(), "m", "1"))
+            })
+            .collect::<TestResult<_>>()?;
+        assert_eq!(s.outbox.enqueue(&tenant(name), &events).await?.stored, PER_TENANT);
+    }
+    let old = 4 * PER_TENANT / 2;
+    assert!(old > 5_000, "more than one chunk of either adapter");
+    assert_eq!(s.store.trim_facts(before).await?, u64::try_from(old)?);
+    let url = s.url.clone();
+    for name in ["t-a", "t-b", "t-c", "t-d"] {
+        let left = raw_count(&url, "SELECT count(*) FROM ledger WHERE tenant = $1", name).await?;
+        assert_eq!(left, i64::try_from(PER_TENANT / 2)?, "{name}");
+    }
+    let before_ms = before.timestamp_millis().to_string();
+    let early =
+        raw_count(&url, "SELECT count(*) FROM ledger WHERE occurred_at < CAST($1 AS BIGINT)", &before_ms).await?;
+    assert_eq!(early, 0);
+    Ok(())
+}
+
+/// The last reconciliation is one document per tenant: none at first, read back as saved,
+/// replaced (not added to) by the next, and each tenant's is its own.
+pub async fn the_last_reconcile_is_kept_per_tenant_and_replaced(s: Store) -> TestResult {
+    let (t, u) = (tenant("acme"), tenant("other"));
+    let (first, second) = (r#"{"agrees":false,"missing_on_platform":3}"#, r#"{"agrees":true,"note":"é\n"}"#);
+    assert_eq!(s.store.last_reconcile(&t).await?, None);
+    s.store.save_last_reconcile(&t, first).await?;
+    assert_eq!(s.store.last_reconcile(&t).await?.as_deref(), Some(first));
+    assert_eq!(s.store.last_reconcile(&u).await?, None, "another tenant has none");
+
+    s.store.save_last_reconcile(&u, "{}").await?;
+    s.clock.advance(Duration::from_secs(3_600));
+    s.store.save_last_reconcile(&t, second).await?;
+    assert_eq!(s.store.last_reconcile(&t).await?.as_deref(), Some(second));
+    assert_eq!(s.store.last_reconcile(&u).await?.as_deref(), Some("{}"));
+    assert_eq!(raw_count(&s.url, "SELECT count(*) FROM reconcile_last WHERE tenant = $1", "acme").await?, 1);
     Ok(())
 }
 
