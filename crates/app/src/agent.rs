@@ -21,7 +21,9 @@ use crate::config::{Config, ConfigError, Credential};
 use crate::engine::{Blocked, Engine, Ports, SyncSettings, TenantReport, TenantState};
 use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::reconcile::{Progress, ReconcileError, ReconcileOptions, Reconciler, TenantReconciliation};
+use crate::reconcile::{
+    LastReconcile, Mode, Progress, ReconcileError, ReconcileOptions, Reconciler, Schedule, TenantReconciliation,
+};
 
 /// Why the agent could not be built or could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +78,8 @@ pub struct TenantStatus {
     pub token_expires_at: Option<DateTime<Utc>>,
     /// Enqueue time of the oldest pending event.
     pub oldest_pending: Option<DateTime<Utc>>,
+    /// The tenant's last reconciliation, by `billsync reconcile` or `run`'s schedule.
+    pub last_reconcile: Option<LastReconcile>,
 }
 
 /// Builds an [`Agent`].
@@ -187,6 +191,7 @@ fn token_cache(config: &Config, http: &HttpSettings, clock: Arc<dyn Clock>) -> R
 fn engine_settings(mut settings: SyncSettings, config: &Config) -> SyncSettings {
     settings.batcher = config.sync.batcher;
     settings.rate = config.sync.rate;
+    settings.read_share = config.reconcile.share;
     settings.max_backoff = config.sync.max_backoff;
     if let Some(lease) = config.sync.lease {
         settings.lease_for = lease;
@@ -310,9 +315,10 @@ impl Agent {
     }
 
     /// Runs the agent until `shutdown` resolves: the engine delivers, and beside it the
-    /// outbox's delivered events older than `[storage] retention` are compacted every hour
-    /// and what the agent knows of each tenant is saved every 5 seconds (for `status` in
-    /// another process), and once more at the end.
+    /// outbox's delivered events older than `[storage] retention` (and facts older than
+    /// `[reconcile] keep_days`) are compacted every hour, each tenant this agent holds is
+    /// reconciled every `[reconcile] every_seconds`, and what the agent knows of each tenant is
+    /// saved every 5 seconds (for `status` in another process), and once more at the end.
     pub async fn run_until(&self, shutdown: impl std::future::Future<Output = ()>) {
         let stop = tokio_util::sync::CancellationToken::new();
         // Housekeeping stops between its steps, never in the middle of one.
@@ -335,18 +341,48 @@ impl Agent {
             self.engine.run_until(shutdown).await;
             stop.cancel();
         };
-        tokio::join!(engine, housekeeping);
+        let reconcile = async {
+            let Some(every) = self.config.reconcile.every else { return };
+            let schedule = Schedule {
+                every,
+                opts: ReconcileOptions {
+                    repair: self.config.reconcile.repair,
+                    share: Some(self.config.reconcile.share),
+                    ..ReconcileOptions::default()
+                },
+                claim_ttl: self.engine.claim_ttl(),
+                metrics: &self.metrics,
+            };
+            let tenants: Vec<Tenant> = self.config.tenants.iter().map(|t| t.tenant.clone()).collect();
+            let reconciler = self.reconciler(Mode::InRun);
+            // Stopped between pages or steps: a scratch set left behind is swept at the next begin.
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = reconciler.on_schedule(&tenants, &schedule) => {}
+            }
+        };
+        tokio::join!(engine, housekeeping, reconcile);
         self.save_state().await;
     }
 
     /// Removes delivered events older than `[storage] retention` from the outbox; returns how
-    /// many were removed. Pending and dead-lettered events are never compacted.
+    /// many were removed. Pending and dead-lettered events are never compacted. The narrow
+    /// record reconciliation compares (each event's id, day, meter and quantity) is kept
+    /// longer: those of events that occurred more than `[reconcile] keep_days` ago are dropped,
+    /// and reconciliation vouches from then on.
     ///
     /// # Errors
     /// The outbox's error.
     pub async fn compact(&self) -> Result<u64, AgentError> {
+        let now = self.clock.now();
         let retention = chrono::Duration::from_std(self.config.storage.retention).unwrap_or(chrono::Duration::days(7));
-        Ok(self.outbox.compact(self.clock.now() - retention).await?)
+        let removed = self.outbox.compact(now - retention).await?;
+        let keep = chrono::Duration::from_std(self.config.reconcile.keep).unwrap_or(chrono::Duration::days(35));
+        let trimmed = self.store.trim_facts(now - keep).await?;
+        if trimmed > 0 {
+            tracing::info!(facts = trimmed, "dropped the record of events older than [reconcile] keep_days");
+        }
+        Ok(removed)
     }
 
     /// Events not yet delivered (pending or leased), over every tenant.
@@ -400,14 +436,7 @@ impl Agent {
             }
             None => self.config.tenants.iter().map(|t| t.tenant.clone()).collect(),
         };
-        let reconciler = Reconciler {
-            tokens: &self.tokens,
-            reader: &self.reader,
-            store: &self.store,
-            outbox: &self.outbox,
-            engine: &self.engine,
-            clock: &self.clock,
-        };
+        let reconciler = self.reconciler(Mode::Alone);
         let opts = ReconcileOptions { share: opts.share.or(Some(self.config.reconcile.share)), ..opts.clone() };
         let reports = reconciler.run(&tenants, &opts, progress).await;
         if opts.repair {
@@ -415,6 +444,18 @@ impl Agent {
             self.save_state().await;
         }
         reports
+    }
+
+    fn reconciler(&self, mode: Mode) -> Reconciler<'_> {
+        Reconciler {
+            tokens: &self.tokens,
+            reader: &self.reader,
+            store: &self.store,
+            outbox: &self.outbox,
+            engine: &self.engine,
+            clock: &self.clock,
+            mode,
+        }
     }
 
     /// Gets a token for the tenant and says whether it is billing-ready, and what to change if
@@ -482,6 +523,7 @@ impl Agent {
                 last_error: r.and_then(|r| r.last_error.clone()),
                 token_expires_at: r.and_then(|r| r.token_expires_at),
                 oldest_pending: c.oldest_pending,
+                last_reconcile: self.reconciler(Mode::Alone).load_last(name).await,
             });
         }
         Ok(out)

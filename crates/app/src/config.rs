@@ -71,25 +71,64 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawReconcile {
     share: Option<f64>,
+    every_seconds: Option<u64>,
+    repair: Option<bool>,
+    keep_days: Option<u32>,
 }
 
-/// How reconciliation reads the platform (`[reconcile]`).
+/// Reconciliation (`[reconcile]`): how it reads the platform, how often `run` does it, and
+/// how long the outbox keeps what it compares.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ReconcileConfig {
     /// At most this share of a tenant's rate window goes to reads (`share`, default 0.2).
     pub share: f64,
+    /// How often `run` reconciles each tenant it holds (`every_seconds`, default 86400);
+    /// `None` for never (`0`).
+    pub every: Option<Duration>,
+    /// Whether `run` repairs what it finds (`repair`, default false: it reports only).
+    pub repair: bool,
+    /// How long the narrow record of each event is kept after the event occurred, and so how
+    /// far back reconciliation can vouch (`keep_days`, default 35).
+    pub keep: Duration,
+}
+
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        Self {
+            share: 0.2,
+            every: Some(Duration::from_secs(86_400)),
+            repair: false,
+            keep: Duration::from_secs(35 * 86_400),
+        }
+    }
 }
 
 impl RawReconcile {
     fn validate(self, at: At<'_>) -> Result<ReconcileConfig, ConfigError> {
-        let share = self.share.unwrap_or(0.2);
+        let d = ReconcileConfig::default();
+        let share = self.share.unwrap_or(d.share);
         if !(share > 0.0 && share <= 1.0) {
             return Err(at.invalid(
                 "reconcile.share",
                 format!("{share} is not a share of the rate window: give a number above 0 and at most 1"),
             ));
         }
-        Ok(ReconcileConfig { share })
+        let keep = match self.keep_days {
+            None => d.keep,
+            Some(0) => {
+                return Err(at.invalid(
+                    "reconcile.keep_days",
+                    "must be at least 1: reconciliation compares whole days of what the outbox keeps".into(),
+                ));
+            }
+            Some(days) => Duration::from_secs(u64::from(days) * 86_400),
+        };
+        let every = match self.every_seconds {
+            None => d.every,
+            Some(0) => None,
+            Some(s) => Some(Duration::from_secs(s)),
+        };
+        Ok(ReconcileConfig { share, every, repair: self.repair.unwrap_or(d.repair), keep })
     }
 }
 

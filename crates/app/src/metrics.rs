@@ -31,6 +31,8 @@ struct Inner {
     rate_limit_waits: Family<Labels, Counter>,
     latency: Family<Labels, Histogram>,
     tenant_state: Family<Labels, Gauge>,
+    reconcile_discrepancies: Family<Labels, Gauge>,
+    reconcile_last_success: Family<Labels, Gauge>,
     /// Each tenant's `state="blocked"` series, whose `reason` label changes with the reason.
     blocked_series: Mutex<HashMap<String, Labels>>,
 }
@@ -69,6 +71,18 @@ impl Default for Metrics {
             "1 for the tenant's current state (ok, backing_off, blocked, held, down), else 0; blocked carries its reason",
             tenant_state.clone(),
         );
+        let reconcile_discrepancies = Family::<Labels, Gauge>::default();
+        registry.register(
+            "reconcile_discrepancies",
+            "What the tenant's last reconciliation that read the platform found, by kind (before any repair)",
+            reconcile_discrepancies.clone(),
+        );
+        let reconcile_last_success = Family::<Labels, Gauge>::default();
+        registry.register(
+            "reconcile_last_success_timestamp_seconds",
+            "When a reconciliation of the tenant last read and compared both sides (Unix time)",
+            reconcile_last_success.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
                 registry,
@@ -82,6 +96,8 @@ impl Default for Metrics {
                 rate_limit_waits,
                 latency,
                 tenant_state,
+                reconcile_discrepancies,
+                reconcile_last_success,
                 blocked_series: Mutex::default(),
             }),
         }
@@ -141,6 +157,19 @@ impl Metrics {
                 }
             }
             self.inner.tenant_state.get_or_create(&labels).set(i64::from(s == state));
+        }
+    }
+    /// A tenant's last reconciliation: what it found per kind, when it last succeeded. A run
+    /// that could not read the platform leaves the counts of the last one that could.
+    pub fn reconciled(&self, t: &str, last: &crate::reconcile::LastReconcile) {
+        if last.unreadable.is_none() {
+            for (kind, n) in last.found.kinds() {
+                let labels = vec![("tenant", t.to_owned()), ("kind", kind.to_owned())];
+                self.inner.reconcile_discrepancies.get_or_create(&labels).set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+        }
+        if let Some(at) = last.last_success_at {
+            self.inner.reconcile_last_success.get_or_create(&tenant(t)).set(at.timestamp());
         }
     }
     /// The Prometheus text exposition.

@@ -53,7 +53,39 @@ pub fn status_table(status: &[TenantStatus], now: chrono::DateTime<chrono::Utc>)
             s.reason.as_deref().unwrap_or("-")
         ));
     }
+    if status.iter().any(|s| s.last_reconcile.is_some()) {
+        out.push_str("\nlast reconciliation\n");
+        for s in status {
+            out.push_str(&format!("{:<16} {}\n", s.name, reconciled(s.last_reconcile.as_ref(), now)));
+        }
+    }
     out
+}
+
+/// One tenant's last reconciliation in a line: when, which days, and what it found or why it
+/// could not read the platform.
+fn reconciled(last: Option<&billsync::reconcile::LastReconcile>, now: chrono::DateTime<chrono::Utc>) -> String {
+    let Some(l) = last else { return "never".into() };
+    let when = format!("{} ago, {}..{}", billsync_domain::human_duration(now - l.at), l.window.from, l.window.to);
+    if let Some(why) = &l.unreadable {
+        let since = l
+            .last_success_at
+            .map(|t| format!("last success {} ago", billsync_domain::human_duration(now - t)))
+            .unwrap_or_else(|| "never succeeded".into());
+        return format!("{when}: could not read the platform ({}); {since}", why.codes().join(", "));
+    }
+    let found: Vec<String> =
+        l.found.kinds().iter().filter(|(_, n)| *n > 0).map(|(kind, n)| format!("{n} {kind}")).collect();
+    let repaired = l
+        .repair
+        .as_ref()
+        .map(|r| format!("; repaired: {} requeued, {} settled", r.requeued, r.settled))
+        .unwrap_or_default();
+    match (found.is_empty(), l.clean) {
+        (true, _) => format!("{when}: clean"),
+        (false, true) => format!("{when}: clean after repair ({}){repaired}", found.join(", ")),
+        (false, false) => format!("{when}: DISCREPANCIES {}{repaired}", found.join(", ")),
+    }
 }
 
 #[cfg(test)]
@@ -74,6 +106,7 @@ mod tests {
             last_error: None,
             token_expires_at: None,
             oldest_pending: None,
+            last_reconcile: None,
         }
     }
 
@@ -90,6 +123,46 @@ mod tests {
         assert!(lines[0].contains("state") && lines[0].contains("reason"), "{table}");
         assert!(lines[1].starts_with("acme") && lines[1].contains(" ok "), "{table}");
         assert!(lines[2].contains("blocked") && lines[2].ends_with("unexpected_response"), "{table}");
+    }
+
+    #[test]
+    fn the_status_table_shows_each_tenants_last_reconciliation() {
+        use billsync::reconcile::{Found, LastReconcile, Repair, WindowReport};
+        let now = chrono::Utc::now();
+        let day = now.date_naive();
+        let last = |found: Found, clean, repair, unreadable| LastReconcile {
+            at: now - chrono::Duration::hours(3),
+            window: WindowReport { from: day, to: day },
+            clean,
+            found,
+            repair,
+            unreadable,
+            last_success_at: Some(now - chrono::Duration::days(2)),
+        };
+        let mut a = status("acme", 0, TenantState::Ok, None);
+        a.last_reconcile = Some(last(Found::default(), true, None, None));
+        let mut g = status("globex", 0, TenantState::Ok, None);
+        let lost = Found { missing_on_platform: 4, unknown_to_outbox: 1, ..Found::default() };
+        g.last_reconcile = Some(last(lost, false, None, None));
+        let mut i = status("initech", 0, TenantState::Ok, None);
+        let repair = Repair { requeued: 4, ..Repair::default() };
+        i.last_reconcile = Some(last(lost, true, Some(repair), None));
+        let mut u = status("umbrella", 0, TenantState::Ok, None);
+        u.last_reconcile = Some(last(Found::default(), false, None, Some(Blocked::one("read_not_authorized", "x"))));
+        let n = status("nobody", 0, TenantState::Ok, None);
+        let table = status_table(&[a, g, i, u, n], now);
+        let line = |name: &str| table.lines().filter(|l| l.starts_with(name)).nth(1).unwrap_or_default().to_owned();
+        assert!(
+            line("acme").ends_with("ago, {day}..{day}: clean".replace("{day}", &day.to_string()).as_str()),
+            "{table}"
+        );
+        assert!(line("globex").contains("DISCREPANCIES 4 missing_on_platform, 1 unknown_to_outbox"), "{table}");
+        assert!(line("initech").contains("clean after repair") && line("initech").contains("4 requeued"), "{table}");
+        assert!(
+            line("umbrella").contains("could not read the platform (read_not_authorized); last success 48h 0m ago"),
+            "{table}"
+        );
+        assert!(line("nobody").ends_with("never"), "{table}");
     }
 
     #[test]

@@ -332,7 +332,7 @@ impl Engine {
         let mut looked = false;
         loop {
             let Some(window) = self.inner.limiters.get(tenant.name()) else { return true };
-            let probe = lock(window).clone().try_acquire(self.inner.origin.elapsed());
+            let probe = lock(window).probe_send(self.inner.origin.elapsed());
             let Err(wait) = probe else { return true };
             if !looked {
                 looked = true;
@@ -353,9 +353,7 @@ impl Engine {
     /// next turn of the loop, which leases the usual way and reports what it finds.
     async fn lease_ahead(&self, tenant: &Tenant, claim: &Claim) -> Option<Held<'_>> {
         if let Some(w) = self.inner.limiters.get(tenant.name()) {
-            let mut probe = lock(w).clone();
-            let now = self.inner.origin.elapsed();
-            if probe.try_acquire(now).is_err() || probe.try_acquire(now).is_err() {
+            if !lock(w).has_two_free(self.inner.origin.elapsed()) {
                 return None;
             }
         }

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use billsync_domain::{Batcher, BillingApi, Clock, Outbox, RatePolicy, SlidingWindow, Tenant, TenantName, TokenSource};
+use billsync_domain::{Batcher, BillingApi, Clock, Outbox, RatePolicy, SharedWindow, Tenant, TenantName, TokenSource};
 use chrono::{DateTime, Utc};
 use rand::Rng;
 use tokio::time::Instant;
@@ -38,6 +38,9 @@ pub struct SyncSettings {
     pub batcher: Batcher,
     /// Requests per sliding 60 s window, per tenant.
     pub rate: RatePolicy,
+    /// The most of a tenant's window reconciliation's reads take inside `run` (default 0.2);
+    /// delivery keeps the rest (`[reconcile] share`).
+    pub read_share: f64,
     /// First backoff after a transient failure (default 1 s).
     pub initial_backoff: Duration,
     /// Backoff ceiling (default 300 s).
@@ -71,6 +74,7 @@ impl Default for SyncSettings {
         Self {
             batcher: Batcher::default(),
             rate: RatePolicy::per_minute(std::num::NonZeroU32::new(100).unwrap_or(std::num::NonZeroU32::MIN)),
+            read_share: 0.2,
             initial_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(300),
             lease_for: Duration::from_secs(120),
@@ -119,7 +123,7 @@ struct Inner {
     tenants: Vec<Tenant>,
     agent_id: String,
     origin: Instant,
-    limiters: HashMap<TenantName, Mutex<SlidingWindow>>,
+    limiters: HashMap<TenantName, Mutex<SharedWindow>>,
     in_flight: tokio::sync::Semaphore,
     reports: Mutex<HashMap<TenantName, TenantReport>>,
     metrics: Metrics,
@@ -138,8 +142,10 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     /// An engine over the given ports.
     pub fn new(ports: Ports, settings: SyncSettings, tenants: Vec<Tenant>, metrics: Metrics) -> Self {
-        let limiters =
-            tenants.iter().map(|t| (t.name().clone(), Mutex::new(SlidingWindow::new(settings.rate)))).collect();
+        let limiters = tenants
+            .iter()
+            .map(|t| (t.name().clone(), Mutex::new(SharedWindow::new(settings.rate, settings.read_share))))
+            .collect();
         let reports = tenants
             .iter()
             .map(|t| (t.name().clone(), TenantReport { name: t.name().to_string(), ..Default::default() }))
@@ -183,6 +189,11 @@ impl Engine {
     /// This engine's agent id (`<host>-<pid>-<random>`), under which it claims tenants.
     pub fn agent_id(&self) -> &str {
         &self.inner.agent_id
+    }
+
+    /// How long a tenant claim lasts without a heartbeat.
+    pub fn claim_ttl(&self) -> Duration {
+        self.inner.settings.claim_ttl
     }
 
     /// Events of a tenant the platform has taken so far (accepted or already held).

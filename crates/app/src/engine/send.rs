@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use billsync_domain::{
     Attempt, BatchBody, BillingRequestHeaders, BillingResponse, BlockCause, Decision, EncodedEvent, RetryCause,
-    Settlement, Tenant, settle,
+    Settlement, Tenant, TenantName, settle,
 };
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -125,7 +125,7 @@ impl Engine {
         loop {
             let now = self.inner.origin.elapsed();
             let wait = match self.inner.limiters.get(tenant.name()) {
-                Some(w) => match lock(w).try_acquire(now) {
+                Some(w) => match lock(w).try_send(now) {
                     Ok(()) => return true,
                     Err(wait) => wait,
                 },
@@ -139,8 +139,32 @@ impl Engine {
     }
 
     fn defer(&self, tenant: &Tenant, wait: Duration) {
-        if let Some(w) = self.inner.limiters.get(tenant.name()) {
-            lock(w).defer(self.inner.origin.elapsed(), wait);
+        self.defer_requests(tenant.name(), wait);
+    }
+
+    /// No request of the tenant, delivery or read, before `wait` from now (the platform said
+    /// so: `429` with `Retry-After`, or `X-RateLimit-Remaining: 0` until the reset).
+    pub(crate) fn defer_requests(&self, tenant: &TenantName, wait: Duration) {
+        if let Some(w) = self.inner.limiters.get(tenant) {
+            lock(w).defer(self.inner.origin.elapsed(), wait.min(self.inner.settings.max_server_wait));
+        }
+    }
+
+    /// Takes a slot for a read of the platform in the tenant's window, within the reads' share
+    /// ([`super::SyncSettings::read_share`]), waiting for one; `false` when stopped meanwhile.
+    pub(crate) async fn take_read_slot(&self, tenant: &TenantName, stop: &CancellationToken) -> bool {
+        loop {
+            let now = self.inner.origin.elapsed();
+            let wait = match self.inner.limiters.get(tenant) {
+                Some(w) => match lock(w).try_read(now) {
+                    Ok(()) => return true,
+                    Err(wait) => wait,
+                },
+                None => return true,
+            };
+            if !sleep_or_stop(wait, stop).await {
+                return false;
+            }
         }
     }
 }

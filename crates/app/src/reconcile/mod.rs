@@ -12,13 +12,17 @@ use std::time::Duration;
 
 use billsync_auth::TokenCache;
 use billsync_domain::{
-    BillingReader, BillingResponse, Clock, Comparison, IdList, ListAnswer, Outbox, ReconcileStore, RunId, Tenant,
-    TokenSource, Window, WindowError, read_pause,
+    BillingReader, BillingResponse, Claim, ClaimOutcome, Clock, Comparison, IdList, ListAnswer, Outbox, ReconcileStore,
+    RunId, Tenant, TokenSource, Window, WindowError, read_pause,
 };
 use chrono::{DateTime, NaiveDate, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 
 use crate::engine::{Blocked, Engine};
+
+mod schedule;
+pub(crate) use schedule::Schedule;
 
 /// The most events asked for per page (the contract's maximum).
 const PAGE: u32 = 1000;
@@ -76,9 +80,10 @@ pub enum ReconcileError {
 }
 
 /// What a repair did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Repair {
-    /// `missing_on_platform` events returned to pending and sent again.
+    /// `missing_on_platform` events returned to pending to be sent again (by the repair
+    /// itself in `billsync reconcile`, by the tenant's worker in `run`).
     pub requeued: u64,
     /// `held_but_pending` events settled as delivered without sending.
     pub settled: u64,
@@ -87,12 +92,12 @@ pub struct Repair {
     /// `held_but_dead_lettered` events, left for a person to decide.
     pub left_dead_lettered: u64,
     /// When another live agent holds the tenant: its id (nothing was repaired).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held_by: Option<String>,
 }
 
 /// The window, as reported.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WindowReport {
     /// The first UTC day.
     pub from: NaiveDate,
@@ -127,6 +132,80 @@ pub struct TenantReconciliation {
     pub clean: bool,
 }
 
+/// How many of each kind one reconciliation found (before any repair).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Found {
+    /// Delivered here, absent on the platform.
+    pub missing_on_platform: u64,
+    /// Held by the platform, never in this outbox.
+    pub unknown_to_outbox: u64,
+    /// Pending here, already held by the platform.
+    pub held_but_pending: u64,
+    /// Dead-lettered here, held by the platform.
+    pub held_but_dead_lettered: u64,
+    /// Missing on the platform, its payload compacted away.
+    pub missing_unrecoverable: u64,
+}
+
+impl Found {
+    fn of(c: &Comparison) -> Self {
+        Self {
+            missing_on_platform: c.missing_on_platform.count,
+            unknown_to_outbox: c.unknown_to_outbox.count,
+            held_but_pending: c.held_but_pending.count,
+            held_but_dead_lettered: c.held_but_dead_lettered.count,
+            missing_unrecoverable: c.missing_unrecoverable.count,
+        }
+    }
+
+    /// Each kind's name (as in the report and the `kind` label of
+    /// `billsync_reconcile_discrepancies`) and count.
+    pub fn kinds(&self) -> [(&'static str, u64); 5] {
+        [
+            ("missing_on_platform", self.missing_on_platform),
+            ("unknown_to_outbox", self.unknown_to_outbox),
+            ("held_but_pending", self.held_but_pending),
+            ("held_but_dead_lettered", self.held_but_dead_lettered),
+            ("missing_unrecoverable", self.missing_unrecoverable),
+        ]
+    }
+}
+
+/// A tenant's last reconciliation, as the outbox keeps it for `status` (whichever process
+/// ran it: `billsync reconcile` or `run` on its schedule).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastReconcile {
+    /// When it ended.
+    pub at: DateTime<Utc>,
+    /// The days compared.
+    pub window: WindowReport,
+    /// Whether nothing remained to be looked at (see [`TenantReconciliation::clean`]).
+    pub clean: bool,
+    /// What it found (zero when the platform could not be read).
+    pub found: Found,
+    /// What its repair did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repair: Option<Repair>,
+    /// Why the platform could not be read: the run failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreadable: Option<Blocked>,
+    /// When a reconciliation of this tenant last read and compared both sides (this one, or
+    /// an earlier one if this one failed).
+    pub last_success_at: Option<DateTime<Utc>>,
+}
+
+/// How a reconciliation paces its reads and repairs.
+#[derive(Clone, Copy)]
+pub(crate) enum Mode {
+    /// A process of its own (`billsync reconcile`): reads paced by the platform's
+    /// `X-RateLimit-*` headers; a repair takes the tenant's claim and sends what it requeued.
+    Alone,
+    /// Inside `run`: reads take slots of the engine's own window for the tenant (at most the
+    /// reads' share); the tenant is reconciled under this agent's claim, and its worker sends
+    /// what a repair requeued.
+    InRun,
+}
+
 /// The ports reconciliation uses (all shared with the agent).
 pub(crate) struct Reconciler<'a> {
     pub tokens: &'a Arc<TokenCache>,
@@ -135,6 +214,7 @@ pub(crate) struct Reconciler<'a> {
     pub outbox: &'a Arc<dyn Outbox>,
     pub engine: &'a Engine,
     pub clock: &'a Arc<dyn Clock>,
+    pub mode: Mode,
 }
 
 impl Reconciler<'_> {
@@ -162,9 +242,67 @@ impl Reconciler<'_> {
         }
         let mut out = Vec::with_capacity(tenants.len());
         for (t, horizon) in tenants.iter().zip(horizons) {
-            out.push(self.tenant(t, window, horizon, opts, progress).await?);
+            let r = self.tenant(t, window, horizon, None, opts, progress).await?;
+            self.remember(t, &r).await;
+            out.push(r);
         }
         Ok(out)
+    }
+
+    /// `run`'s scheduled reconciliation of one tenant: the default window clipped to what the
+    /// outbox vouches for, under this agent's claim. `None` when there is nothing to do now:
+    /// another agent holds the tenant (it reconciles it), or no whole day is vouched for yet.
+    ///
+    /// # Errors
+    /// [`ReconcileError::Outbox`].
+    pub async fn scheduled(
+        &self,
+        tenant: &Tenant,
+        opts: &ReconcileOptions,
+        claim_ttl: Duration,
+    ) -> Result<Option<(TenantReconciliation, LastReconcile)>, ReconcileError> {
+        let horizon = self.store.horizon(tenant.name()).await?;
+        let days = match opts.days {
+            Days::Last(n) => n,
+            Days::Since(_) => billsync_domain::reconcile::DEFAULT_DAYS,
+        };
+        let Some(window) = Window::last_days(self.clock.now(), days)?.clip(horizon) else {
+            tracing::info!(tenant = %tenant.name(), ?horizon, "no whole day to reconcile yet: the outbox vouches from its horizon on");
+            return Ok(None);
+        };
+        let claim = match self.outbox.claim_tenant(tenant.name(), self.engine.agent_id(), claim_ttl).await? {
+            ClaimOutcome::Claimed(claim) => claim,
+            ClaimOutcome::HeldBy(holder) => {
+                tracing::debug!(tenant = %tenant.name(), holder = %holder.agent, "not reconciling: another agent holds the tenant");
+                return Ok(None);
+            }
+        };
+        let r = self.tenant(tenant, window, horizon, Some(claim), opts, &|_, _, _| {}).await?;
+        let last = self.remember(tenant, &r).await;
+        Ok(Some((r, last)))
+    }
+
+    /// Records the result for `status`; a failure to record it is logged, not fatal.
+    async fn remember(&self, tenant: &Tenant, r: &TenantReconciliation) -> LastReconcile {
+        let before = self.load_last(tenant.name()).await;
+        let at = self.clock.now();
+        let last = LastReconcile {
+            at,
+            window: r.window,
+            clean: r.clean,
+            found: Found::of(&r.comparison),
+            repair: r.repair.clone(),
+            unreadable: r.unreadable.clone(),
+            last_success_at: if r.unreadable.is_none() { Some(at) } else { before.and_then(|b| b.last_success_at) },
+        };
+        let saved = match serde_json::to_string(&last) {
+            Ok(json) => self.store.save_last_reconcile(tenant.name(), &json).await.map_err(|e| crate::error_chain(&e)),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = saved {
+            tracing::warn!(tenant = %tenant.name(), error = %e, "could not record the reconciliation's result");
+        }
+        last
     }
 
     async fn tenant(
@@ -172,6 +310,7 @@ impl Reconciler<'_> {
         tenant: &Tenant,
         window: Window,
         horizon: Option<DateTime<Utc>>,
+        claim: Option<Claim>,
         opts: &ReconcileOptions,
         progress: Progress<'_>,
     ) -> Result<TenantReconciliation, ReconcileError> {
@@ -202,10 +341,25 @@ impl Reconciler<'_> {
         let Some(compared) = compared else { return Ok(r) };
         r.comparison = compared?;
         if opts.repair && !r.comparison.agrees(false) {
-            r.repair = Some(self.repair(tenant, &r.comparison).await?);
+            r.repair = Some(match claim {
+                Some(claim) => self.repair_under(tenant, &claim, &r.comparison).await?,
+                None => self.repair(tenant, &r.comparison).await?,
+            });
         }
-        r.clean = clean(&r.comparison, r.repair.as_ref(), opts.exclusive);
+        r.clean = clean(&r.comparison, r.repair.as_ref(), opts.exclusive, self.mode);
         Ok(r)
+    }
+
+    /// Waits until the next read may go: in `run`, a read slot of the engine's window; alone,
+    /// as the platform's last `X-RateLimit-*` headers allow.
+    async fn pace(&self, tenant: &Tenant, last_rate: Option<billsync_domain::RateLimitStatus>, share: f64) {
+        match self.mode {
+            Mode::Alone => tokio::time::sleep(read_pause(last_rate, share)).await,
+            Mode::InRun => {
+                // Cancelled only by dropping this future (`run` stopping).
+                let _ = self.engine.take_read_slot(tenant.name(), &CancellationToken::new()).await;
+            }
+        }
     }
 
     /// Streams the platform's listing into the scratch set; the reason when it cannot be read.
@@ -222,7 +376,7 @@ impl Reconciler<'_> {
         let (mut after, mut last_rate, mut renewed) = (0u64, None, false);
         let mut retries = Retries::default();
         loop {
-            tokio::time::sleep(read_pause(last_rate, share)).await;
+            self.pace(tenant, last_rate, share).await;
             let headers = self.tokens.read_headers(tenant).await.map_err(|e| match e {
                 e if e.is_transient() => Blocked::one("token_unavailable", e.to_string()),
                 e => Blocked::by_token(tenant, &e),
@@ -235,6 +389,9 @@ impl Reconciler<'_> {
                 }
             };
             last_rate = reply.rate_limit.or(last_rate);
+            if let (Mode::InRun, Some(rl)) = (self.mode, reply.rate_limit.filter(|rl| rl.remaining == 0)) {
+                self.engine.defer_requests(tenant.name(), rl.reset);
+            }
             let page = match reply.answer {
                 ListAnswer::Page(page) => page,
                 ListAnswer::Refused(BillingResponse::InvalidToken) if !renewed => {
@@ -243,6 +400,9 @@ impl Reconciler<'_> {
                     continue;
                 }
                 ListAnswer::Refused(BillingResponse::RateLimited { retry_after }) => {
+                    if let (Mode::InRun, Some(wait)) = (self.mode, retry_after) {
+                        self.engine.defer_requests(tenant.name(), wait);
+                    }
                     let why = || Blocked::one("rate_limited", "the platform kept answering 429 to reads".to_owned());
                     retries.again(retry_after, why).await?;
                     continue;
@@ -272,27 +432,33 @@ impl Reconciler<'_> {
         }
     }
 
-    /// Requeues and settles under the tenant's claim, then sends what was requeued.
+    /// Requeues and settles under `claim` (which stays held).
+    async fn repair_under(&self, tenant: &Tenant, claim: &Claim, c: &Comparison) -> Result<Repair, ReconcileError> {
+        let requeued = self.store.requeue_delivered(claim, &ids(&c.missing_on_platform)).await?;
+        let settled = self.store.settle_held(claim, &ids(&c.held_but_pending)).await?;
+        if requeued + settled > 0 {
+            tracing::info!(tenant = %tenant.name(), requeued, settled, "reconciliation repaired the outbox");
+        }
+        Ok(Repair { requeued, settled, left_dead_lettered: c.held_but_dead_lettered.count, ..Repair::default() })
+    }
+
+    /// Takes the tenant's claim, requeues and settles under it, gives it back, then sends what
+    /// was requeued (`billsync reconcile --repair`).
     async fn repair(&self, tenant: &Tenant, c: &Comparison) -> Result<Repair, ReconcileError> {
         let mut repair = Repair { left_dead_lettered: c.held_but_dead_lettered.count, ..Repair::default() };
         let agent = self.engine.agent_id();
         let claim = match self.outbox.claim_tenant(tenant.name(), agent, REPAIR_CLAIM_TTL).await? {
-            billsync_domain::ClaimOutcome::Claimed(claim) => claim,
-            billsync_domain::ClaimOutcome::HeldBy(holder) => {
+            ClaimOutcome::Claimed(claim) => claim,
+            ClaimOutcome::HeldBy(holder) => {
                 repair.held_by = Some(holder.agent);
                 return Ok(repair);
             }
         };
-        let result = async {
-            repair.requeued = self.store.requeue_delivered(&claim, &ids(&c.missing_on_platform)).await?;
-            repair.settled = self.store.settle_held(&claim, &ids(&c.held_but_pending)).await?;
-            Ok::<_, billsync_domain::OutboxError>(())
-        }
-        .await;
+        let result = self.repair_under(tenant, &claim, c).await;
         if let Err(e) = self.outbox.release_tenant(tenant.name(), agent).await {
             tracing::warn!(tenant = %tenant.name(), error = %crate::error_chain(&e), "releasing the claim after the repair failed; it lapses");
         }
-        result?;
+        repair = result?;
         if repair.requeued > 0 {
             let before = self.engine.delivered(tenant.name());
             self.engine.sync_tenants(std::slice::from_ref(tenant)).await;
@@ -308,13 +474,18 @@ fn ids(list: &IdList) -> Vec<billsync_domain::EventId> {
 }
 
 /// Whether nothing remains for a person to look at.
-fn clean(c: &Comparison, repair: Option<&Repair>, exclusive: bool) -> bool {
+/// In `run`, the tenant's worker sends what was requeued: requeued is repaired there.
+fn clean(c: &Comparison, repair: Option<&Repair>, exclusive: bool, mode: Mode) -> bool {
     if c.agrees(exclusive) {
         return true;
     }
     let Some(r) = repair.filter(|r| r.held_by.is_none()) else { return false };
     let all = |list: &IdList, done: u64| list.count == list.ids.len() as u64 && done == list.count;
-    all(&c.missing_on_platform, r.resent)
+    let sent = match mode {
+        Mode::Alone => r.resent,
+        Mode::InRun => r.requeued,
+    };
+    all(&c.missing_on_platform, sent)
         && all(&c.held_but_pending, r.settled)
         && c.missing_unrecoverable.is_empty()
         && c.held_but_dead_lettered.is_empty()

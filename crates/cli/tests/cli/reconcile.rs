@@ -222,3 +222,76 @@ async fn per_day_totals_match_to_the_last_digit_on_a_day_of_100000_events() {
     assert!(r.pages >= 100, "read in pages of at most 1000: {}", r.pages);
     platform.shutdown().await;
 }
+
+/// Adds `[reconcile]` settings to the configuration (before the `[[tenants]]` tables).
+fn reconcile_settings(env: &Env, settings: &str) {
+    let cfg = std::fs::read_to_string(&env.config).unwrap();
+    let (head, tenants) = cfg.split_once("[[tenants]]").unwrap();
+    std::fs::write(&env.config, format!("{head}[reconcile]\n{settings}\n[[tenants]]{tenants}")).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_reconciles_on_its_schedule_repairs_and_exports_the_result() {
+    // Arrange: `run` reconciles every 2 s and repairs; the platform forgets 3 of the 12 events
+    // it accepts.
+    let env = env(&[("acme", "acme-prod-001", "app-acme")]).await;
+    reconcile_settings(&env, "every_seconds = 2\nrepair = true");
+    env.platform.inject(Fault::next(FaultKind::lose_after_accept("acme-prod-001"), 3));
+    let log = env.dir.path().join("agent.log");
+    let mut agent = std::process::Command::new(env!("CARGO_BIN_EXE_billsync"))
+        .arg("--config")
+        .arg(&env.config)
+        .args(["run", "--listen", "127.0.0.1:0"])
+        .env("SECRET_ACME", "secret-acme")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+
+    // Act: events arrive while it runs.
+    enqueue(&env, "acme", 0, 12);
+
+    // Assert: the lost events are found and sent again by `run` alone.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let lost = env.platform.lost_event_ids("acme-prod-001").len();
+        let held = env.platform.stored_event_ids("acme-prod-001").len();
+        if lost == 3 && held == 12 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{held} held, {lost} lost; the agent's log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // The next scheduled run finds the sides agree, and says so on /metrics.
+    let port = crate::served_port(&log);
+    let clean = "billsync_reconcile_discrepancies{tenant=\"acme\",kind=\"missing_on_platform\"} 0";
+    let mut metrics = String::new();
+    while !metrics.contains(clean) {
+        assert!(std::time::Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        metrics = crate::reqwest_get(port, "/metrics").await;
+    }
+    let success = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("billsync_reconcile_last_success_timestamp_seconds{tenant=\"acme\"} "))
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .unwrap_or_else(|| panic!("no last success for acme: {metrics}"));
+    assert!((chrono::Utc::now().timestamp() - success).abs() < 60, "{success}");
+    assert!(metrics.contains("billsync_reconcile_discrepancies{tenant=\"acme\",kind=\"unknown_to_outbox\"} 0"));
+    assert!(std::process::Command::new("kill").args(["-TERM", &agent.id().to_string()]).status().unwrap().success());
+    assert!(agent.wait().unwrap().success());
+
+    // `status` in another process shows the last result.
+    let s = crate::status_json(&env);
+    let last = &s["tenants"][0]["last_reconcile"];
+    assert_eq!(last["clean"], true, "{s:#}");
+    assert_eq!(last["found"]["missing_on_platform"], 0, "{s:#}");
+    let out = billsync(&env, &["status"], None);
+    let said = text(&out);
+    assert!(said.contains("last reconciliation") && said.contains(": clean"), "{said}");
+    env.platform.shutdown().await;
+}
