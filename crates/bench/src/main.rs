@@ -24,6 +24,12 @@
 //! - `peak_rss_1000_tenants_1m_pending`: VmHWM of the real `billsync run` (a child process)
 //!   while it delivers 1,000,000 pending events of 1,000 tenants to the emulator; baseline
 //!   `idle_rss_1000_tenants`, the same process with the same tenants and an empty outbox.
+//! - `drain_while_reconciling`: billing requests accepted in the 60 s from the first one, while
+//!   `run` (in process) reconciles a large listing of the same tenant under the same limit;
+//!   baseline the limit itself (`[reconcile] share` = 0.2 leaves delivery 0.8 of it).
+//! - `peak_rss_reconcile_{1m,100k}`: VmHWM of `billsync reconcile` comparing 1,000,000
+//!   delivered events with the emulator's same 1,000,000 (rate limit off); baseline
+//!   `idle_rss_same_outbox`, `billsync run` idle on the same outbox.
 //! - `binary_size`: bytes of the release `billsync` (no baseline).
 //! - `cold_start_status`: median wall time of `billsync status` on an empty outbox; baseline
 //!   `billsync --version` (process start without runtime, configuration or database).
@@ -48,6 +54,8 @@ use billsync_storage::SqliteOutbox;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{Connection, PgConnection, SqliteConnection};
+
+mod reconcile;
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -194,6 +202,19 @@ async fn run(args: &Args) -> Res<()> {
 
     if args.wants("drain") {
         figures.push(drain(q).await?);
+        print_last(&figures);
+    }
+
+    if args.wants("reconcile") {
+        figures.push(reconcile::drain_while_reconciling(q).await?);
+        print_last(&figures);
+        let bin = &args.billsync;
+        if !bin.exists() {
+            return Err(
+                format!("{} not found: build it with cargo build --release -p billsync-cli", bin.display()).into()
+            );
+        }
+        figures.push(reconcile::memory(bin, q).await?);
         print_last(&figures);
     }
 

@@ -1,0 +1,193 @@
+//! Reconciliation's figures: the memory of `billsync reconcile` over a large listing, and how
+//! much of the rate limit delivery keeps while `run` reconciles.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use billsync_domain::{Clock, SystemClock};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+use sqlx::{Connection, SqliteConnection};
+
+use crate::{Figure, Res, agent, config_text, event_json, platform, run_child, start, tenant, tmp_root, vm_hwm_kib};
+
+/// Fills a migrated outbox with `n` delivered events of tenant `b0` (payload and fact), and
+/// the emulator with the same events: the two sides of a clean reconciliation.
+async fn prefill_delivered(path: &Path, emu: &billsync_emulator::Emulator, n: usize) -> Res<()> {
+    drop(billsync_storage::SqliteOutbox::open(path, std::sync::Arc::new(SystemClock)).await?);
+    let mut conn = SqliteConnection::connect_with(
+        &SqliteConnectOptions::new()
+            .filename(path)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Off),
+    )
+    .await?;
+    let now = SystemClock.now();
+    let at = now - chrono::Duration::minutes(1);
+    let template = event_json("@@", 42, &at.to_rfc3339());
+    let (head, tail) = template.split_once("@@").ok_or("template")?;
+    let ms = now.timestamp_millis() - 3_600_000;
+    let started = Instant::now();
+    sqlx::query(
+        "WITH RECURSIVE c(x) AS (SELECT 0 UNION ALL SELECT x + 1 FROM c WHERE x + 1 < ?1) \
+         INSERT INTO events (tenant, event_id, body, state, enqueued_at, due_at, delivered_at) \
+         SELECT 'b0', 'rec-' || x, ?2 || 'rec-' || x || ?3, 2, ?4, ?4, ?4 FROM c",
+    )
+    .bind(i64::try_from(n)?)
+    .bind(head)
+    .bind(tail)
+    .bind(ms)
+    .execute(&mut conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO ledger (tenant, event_id, occurred_at, meter, unit, quantity) \
+         SELECT tenant, event_id, ?1, 'energy.active', 'kWh', '12.500' FROM events WHERE tenant = 'b0'",
+    )
+    .bind(at.timestamp_millis())
+    .execute(&mut conn)
+    .await?;
+    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&mut conn).await?;
+    conn.close().await?;
+    std::fs::File::open(path)?.sync_all()?;
+    let (_, tenant_id, ..) = tenant(0);
+    for first in (0..n).step_by(10_000) {
+        let chunk: Vec<serde_json::Value> = (first..(first + 10_000).min(n))
+            .map(|i| serde_json::from_str(&event_json(&format!("rec-{i}"), 42, &at.to_rfc3339())))
+            .collect::<Result<_, _>>()?;
+        emu.insert_events(&tenant_id, &chunk).map_err(|e| format!("{e:?}"))?;
+    }
+    eprintln!("  prefilled {n} delivered events on both sides in {:.2?}", started.elapsed());
+    Ok(())
+}
+
+/// Peak RSS of `billsync reconcile` over `n` events held on both sides, against the same
+/// outbox under an idle `billsync run`.
+pub(crate) async fn memory(bin: &Path, quick: bool) -> Res<Figure> {
+    let n = if quick { 100_000 } else { 1_000_000 };
+    let emu = start(platform(1, None)).await?;
+    let dir = tempfile::tempdir_in(tmp_root())?;
+    let db = dir.path().join("outbox.db");
+    prefill_delivered(&db, &emu, n).await?;
+    let text = config_text(&emu.base_url(), &format!("sqlite://{}", db.display()), 1, "");
+    let cfg = dir.path().join("billsync.toml");
+    std::fs::write(&cfg, text)?;
+
+    let started = Instant::now();
+    let mut child = tokio::process::Command::new(bin)
+        .arg("--config")
+        .arg(&cfg)
+        .args(["-q", "reconcile", "--tenant", "b0", "--days", "2", "--json"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = child.id().ok_or("child has no pid")?;
+    let mut peak = 0;
+    let status = loop {
+        if let Some(h) = vm_hwm_kib(pid) {
+            peak = peak.max(h);
+        }
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let took = started.elapsed();
+    if !status.success() {
+        return Err(format!("billsync reconcile over {n} events exited with {status}").into());
+    }
+    let read = emu.audit().iter().filter(|a| a.endpoint == "GET /iot/api/v2/billing/events").count();
+    eprintln!("  billsync reconcile: {n} events, {read} pages, {took:.2?}, VmHWM {peak} KiB");
+
+    // The same outbox, an idle agent.
+    let (idle, _, _) = run_child(bin, dir.path(), &emu, u64::MAX, Duration::from_secs(5)).await?;
+    emu.shutdown().await;
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    Ok(Figure {
+        name: format!("peak_rss_reconcile_{}", if quick { "100k" } else { "1m" }),
+        value: mib(peak),
+        unit: "MiB",
+        baseline_name: "idle_rss_same_outbox".into(),
+        baseline: Some(mib(idle)),
+        ratio: Some(peak as f64 / idle as f64),
+        target: "value < 100 MiB".into(),
+        note: format!(
+            "VmHWM of `billsync reconcile` (release, exit 0: clean) comparing {n} delivered events with the \
+             emulator's {n} ({read} listing pages, rate limit off) in {took:.1?}; baseline: `billsync run` idle on \
+             the same outbox, 5 s"
+        ),
+    })
+}
+
+/// Billing requests the emulator answered in `[t0, t0 + 60 s)`, where `t0` is its first.
+fn posts_in_first_window(emu: &billsync_emulator::Emulator) -> (usize, usize) {
+    let audit = emu.audit();
+    let posts: Vec<_> = audit.iter().filter(|a| a.endpoint == "POST /iot/api/v2/billing/events").collect();
+    let Some(t0) = posts.iter().map(|a| a.time).min() else { return (0, 0) };
+    let end = t0 + chrono::Duration::seconds(60);
+    let in_window = |endpoint: &str| {
+        audit.iter().filter(|a| a.endpoint == endpoint && a.time >= t0 && a.time < end && a.status < 300).count()
+    };
+    (in_window("POST /iot/api/v2/billing/events"), in_window("GET /iot/api/v2/billing/events"))
+}
+
+/// A backlog drained by `run` while it reconciles a large listing of the same tenant, both
+/// under the emulator's rate limit: the share of the limit delivery keeps.
+pub(crate) async fn drain_while_reconciling(quick: bool) -> Res<Figure> {
+    const LIMIT: u32 = 60;
+    const BATCH: usize = 10;
+    let held = if quick { 50_000 } else { 100_000 };
+    let emu = start(platform(1, Some(LIMIT))).await?;
+    let dir = tempfile::tempdir_in(tmp_root())?;
+    let db = dir.path().join("outbox.db");
+    prefill_delivered(&db, &emu, held).await?;
+    let sync = format!(
+        "max_batch_events = {BATCH}\nrequests_per_minute = {LIMIT}\n\n[reconcile]\nevery_seconds = 1\nshare = 0.2"
+    );
+    let agent =
+        agent(&config_text(&emu.base_url(), &format!("sqlite://{}", db.display()), 1, &sync), dir.path()).await?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let runner = {
+        let agent = agent.clone();
+        tokio::spawn(async move { agent.run_until(async { drop(stopped.await) }).await })
+    };
+    // The reconciliation starts (1 s after the agent), then the backlog arrives.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !emu.audit().iter().any(|a| a.endpoint == "GET /iot/api/v2/billing/events") {
+        if Instant::now() > deadline {
+            return Err("run never started reconciling".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let backlog = LIMIT as usize * BATCH * 2;
+    for chunk in crate::events("drain-rec", backlog)?.chunks(500) {
+        agent.enqueue("b0", chunk).await?;
+    }
+    // One full window from the first billing request.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while emu.audit().iter().all(|a| a.endpoint != "POST /iot/api/v2/billing/events") {
+        if Instant::now() > deadline {
+            return Err("run delivered nothing".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    let (posts, reads) = posts_in_first_window(&emu);
+    let refused = emu.counters().status(429);
+    let _ = stop.send(());
+    runner.await?;
+    emu.shutdown().await;
+    Ok(Figure {
+        name: "drain_while_reconciling".into(),
+        value: posts as f64,
+        unit: "requests/60s",
+        baseline_name: "rate_limit".into(),
+        baseline: Some(f64::from(LIMIT)),
+        ratio: Some(posts as f64 / f64::from(LIMIT)),
+        target: "ratio >= 0.75".into(),
+        note: format!(
+            "billing posts accepted in the 60 s from the first one, while `run` reconciles {held} held events of the \
+             same tenant ([reconcile] share = 0.2), limit {LIMIT}/60 s on both sides; {reads} listing reads in that \
+             window; the emulator answered 429 {refused} time(s)"
+        ),
+    })
+}
