@@ -5,6 +5,7 @@
 mod helpers;
 mod migrations;
 mod referee;
+mod retention;
 mod token_source;
 
 use std::time::Duration;

@@ -559,6 +559,25 @@ extra_token_params = { audience = "https://iot.oraclecloud.com/billing" }
     }
 
     #[test]
+    fn reconcile_settings_have_defaults_and_refuse_what_cannot_work() {
+        let with = |extra: &str| GOOD.replace("[[tenants]]", &format!("[reconcile]\n{extra}\n[[tenants]]"));
+        let d = parse(GOOD).unwrap().reconcile;
+        assert_eq!(d, ReconcileConfig::default());
+        assert_eq!(
+            (d.every, d.repair, d.keep),
+            (Some(Duration::from_secs(86_400)), false, Duration::from_secs(35 * 86_400))
+        );
+        let c = parse(&with("every_seconds = 0\nrepair = true\nkeep_days = 40\nshare = 0.5")).unwrap().reconcile;
+        assert_eq!((c.every, c.repair, c.keep, c.share), (None, true, Duration::from_secs(40 * 86_400), 0.5));
+        let e = parse(&with("keep_days = 0")).unwrap_err();
+        assert!(e.contains("reconcile.keep_days") && e.contains("at least 1"), "{e}");
+        let e = parse(&with("share = 0")).unwrap_err();
+        assert!(e.contains("reconcile.share"), "{e}");
+        let e = parse(&with("every_seconds = -5")).unwrap_err();
+        assert!(e.contains("line 6") && e.contains("expected u64"), "{e}");
+    }
+
+    #[test]
     fn urls_and_the_storage_location_are_parsed_once_and_never_show_a_password() {
         let with = |extra: &str| GOOD.replace("[[tenants]]", &format!("{extra}\n[[tenants]]"));
         let text = with("[storage]\nurl = \"postgres://bob:pg-s3cret@db:5432/billing\"")
