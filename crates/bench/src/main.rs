@@ -820,20 +820,31 @@ async fn footprint(bin: &Path, quick: bool) -> Res<Figure> {
     std::fs::write(idle_dir.path().join("billsync.toml"), text)?;
     let (idle, _, _) = run_child(bin, idle_dir.path(), &emu, u64::MAX, Duration::from_secs(5)).await?;
     emu.shutdown().await;
-    let mib = |kib: u64| kib as f64 / 1024.0;
-    Ok(Figure {
-        name: format!("peak_rss_1000_tenants_{}_pending", if quick { "100k" } else { "1m" }),
-        value: mib(busy),
-        unit: "MiB",
-        baseline_name: "idle_rss_1000_tenants".into(),
-        baseline: Some(mib(idle)),
-        ratio: Some(busy as f64 / idle as f64),
-        target: "value < 50 MiB".into(),
-        note: format!(
+    Ok(rss_figure(
+        format!("peak_rss_1000_tenants_{}_pending", if quick { "100k" } else { "1m" }),
+        (busy, idle),
+        "idle_rss_1000_tenants",
+        "value < 50 MiB",
+        format!(
             "VmHWM of `billsync run` (release) delivering {delivered} of {total} pending events of {TENANTS} tenants \
              to the emulator (rate limit off) in {took:.1?}; baseline: the same process, same tenants, empty outbox, 5 s"
         ),
-    })
+    ))
+}
+
+/// A peak RSS figure in MiB from `(peak, baseline)` VmHWM readings in KiB.
+fn rss_figure(name: String, (peak, idle): (u64, u64), baseline_name: &str, target: &str, note: String) -> Figure {
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    Figure {
+        name,
+        value: mib(peak),
+        unit: "MiB",
+        baseline_name: baseline_name.into(),
+        baseline: Some(mib(idle)),
+        ratio: Some(peak as f64 / idle as f64),
+        target: target.into(),
+        note,
+    }
 }
 
 async fn cold_start(bin: &Path, runs: usize) -> Res<Figure> {
