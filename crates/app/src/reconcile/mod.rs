@@ -5,7 +5,13 @@
 //! paced by its `X-RateLimit-*` headers so that delivery keeps `1 - share` of the window,
 //! streamed into the outbox's scratch set; the comparison as SQL joins there
 //! ([`ReconcileStore::compare`]); then, with `--repair` and the tenant's claim, missing events
-//! requeued (and sent) and events the platform already holds settled.
+//! requeued (and sent) and events the platform already holds settled. Each tenant's result is
+//! recorded in the outbox ([`LastReconcile`]) for `status`.
+//!
+//! Inside `billsync run` the same runs on a schedule (`schedule.rs`), with two differences:
+//! reads take read slots of the engine's own window for the tenant
+//! ([`billsync_domain::SharedWindow`]), and only tenants this agent holds are reconciled,
+//! repaired under its claim, their requeued events sent by the tenant's worker.
 
 use std::sync::Arc;
 use std::time::Duration;
