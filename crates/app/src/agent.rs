@@ -17,6 +17,7 @@ use billsync_transport::HttpBillingApi;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::backpressure::{PendingCount, Pressure};
 use crate::config::{Config, ConfigError, Credential};
 use crate::engine::{Blocked, Engine, Ports, SyncSettings, TenantReport, TenantState};
 use crate::health::Health;
@@ -51,6 +52,17 @@ pub enum AgentError {
     /// The HTTP client could not be set up (the CA bundle, TLS).
     #[error("HTTP client configuration")]
     Http(#[from] billsync_http::HttpSetupError),
+    /// The outbox takes no new events now; nothing was stored (try again later).
+    #[error(transparent)]
+    Backpressure(#[from] Pressure),
+}
+
+impl AgentError {
+    /// Whether trying again later may succeed with nothing changed: the outbox pushed back,
+    /// or its disk is full (`EX_TEMPFAIL`, 75, for the command line).
+    pub fn is_temporary(&self) -> bool {
+        matches!(self, Self::Backpressure(_) | Self::Outbox(OutboxError::Full))
+    }
 }
 
 /// One tenant as `billsync status` shows it.
@@ -133,7 +145,17 @@ impl AgentBuilder {
             config.tenants.iter().map(|t| t.tenant.clone()).collect(),
             metrics.clone(),
         );
-        Ok(Agent { config: Arc::new(config), outbox, store, reader: api, tokens, engine, metrics, clock })
+        Ok(Agent {
+            config: Arc::new(config),
+            outbox,
+            store,
+            reader: api,
+            tokens,
+            engine,
+            metrics,
+            clock,
+            pending: Arc::default(),
+        })
     }
 }
 
@@ -224,6 +246,7 @@ pub struct Agent {
     engine: Engine,
     metrics: Metrics,
     clock: Arc<dyn Clock>,
+    pending: Arc<PendingCount>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -287,12 +310,58 @@ impl Agent {
     /// Stores events durably for a tenant; duplicates are reported, not errors.
     ///
     /// # Errors
-    /// [`AgentError::UnknownTenant`], or the outbox's error (then nothing was stored).
+    /// [`AgentError::UnknownTenant`]; [`AgentError::Backpressure`] when the outbox is at its
+    /// limits ([`Agent::backpressure`]); or the outbox's error. In each case nothing was stored.
     pub async fn enqueue(&self, tenant: &str, events: &[EncodedEvent]) -> Result<EnqueueReport, AgentError> {
         let name = self.tenant_name(tenant)?;
+        if let Some(pressure) = self.backpressure().await? {
+            return Err(pressure.into());
+        }
         let report = self.outbox.enqueue(&name, events).await?;
+        self.pending.add(report.stored as u64);
         self.metrics.enqueued(name.as_str(), report.stored as u64);
         Ok(report)
+    }
+
+    /// Why the outbox takes no new events now (`[storage] max_pending_events`, and for SQLite
+    /// `min_free_disk_mb`), or `None` when it does. The count of pending events is read at
+    /// most once a second.
+    ///
+    /// # Errors
+    /// The outbox's error counting pending events; [`AgentError::Outbox`] when the free space
+    /// of the outbox's disk cannot be read.
+    pub async fn backpressure(&self) -> Result<Option<Pressure>, AgentError> {
+        let storage = &self.config.storage;
+        if storage.min_free_disk > 0 {
+            if let Some(free) = storage.location.disk_available() {
+                let free = free.map_err(|e| {
+                    OutboxError::Storage(
+                        billsync_domain::StorageFailure::new(format!(
+                            "reading the free space of the disk of {}",
+                            storage.location
+                        ))
+                        .with_source(e),
+                    )
+                })?;
+                if free < storage.min_free_disk {
+                    return Ok(Some(Pressure::DiskLow {
+                        location: storage.location.to_string(),
+                        free_mib: free / (1024 * 1024),
+                        floor_mib: storage.min_free_disk / (1024 * 1024),
+                    }));
+                }
+            }
+        }
+        let Some(max) = storage.max_pending_events else { return Ok(None) };
+        let pending = match self.pending.fresh() {
+            Some(n) => n,
+            None => {
+                let n = self.pending_total().await?;
+                self.pending.set(n);
+                n
+            }
+        };
+        Ok((pending >= max).then_some(Pressure::TooManyPending { pending, max }))
     }
 
     /// Delivers everything deliverable now, then returns what happened per tenant.

@@ -150,6 +150,8 @@ struct RawPlatform {
 struct RawStorage {
     url: Option<String>,
     retention_days: Option<u32>,
+    max_pending_events: Option<u64>,
+    min_free_disk_mb: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -217,6 +219,12 @@ pub struct StorageConfig {
     pub location: Location,
     /// How long delivered events are kept before compaction.
     pub retention: Duration,
+    /// New events are refused (try again later) while this many are pending, over all tenants
+    /// (`max_pending_events`; `None`: no limit, the default).
+    pub max_pending_events: Option<u64>,
+    /// SQLite: new events are refused while less than this is free on the outbox's disk
+    /// (`min_free_disk_mb`, default 256 MiB; 0 turns the check off).
+    pub min_free_disk: u64,
 }
 
 /// Pace and retries.
@@ -392,9 +400,16 @@ impl RawPlatform {
 impl RawStorage {
     fn validate(self, at: At<'_>) -> Result<StorageConfig, ConfigError> {
         let url = self.url.unwrap_or_else(|| "sqlite://billsync.db".into());
+        if self.max_pending_events == Some(0) {
+            return Err(
+                at.invalid("storage.max_pending_events", "must be at least 1; leave it out for no limit".into())
+            );
+        }
         Ok(StorageConfig {
             location: Location::parse(&url).map_err(|e| at.invalid("storage.url", e.to_string()))?,
             retention: Duration::from_secs(u64::from(self.retention_days.unwrap_or(7)) * 86_400),
+            max_pending_events: self.max_pending_events,
+            min_free_disk: self.min_free_disk_mb.unwrap_or(256).saturating_mul(1024 * 1024),
         })
     }
 }

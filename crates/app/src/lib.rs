@@ -59,6 +59,7 @@
 #![deny(missing_docs)]
 
 pub mod agent;
+pub mod backpressure;
 pub mod config;
 pub mod engine;
 pub mod health;

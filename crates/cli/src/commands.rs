@@ -40,7 +40,15 @@ pub async fn enqueue(agent: &Agent, tenant: &str, file: Option<&Path>) -> anyhow
         }
         Err(e) => return Err(e.into()),
     };
-    let report = agent.enqueue(name.as_str(), &events).await?;
+    let report = match agent.enqueue(name.as_str(), &events).await {
+        Ok(report) => report,
+        Err(e) if e.is_temporary() => {
+            eprintln!("billsync enqueue: {e}");
+            // EX_TEMPFAIL: try again later.
+            return Ok(ExitCode::from(75));
+        }
+        Err(e) => return Err(e.into()),
+    };
     println!("{name}: {} stored, {} duplicate(s) already in the outbox", report.stored, report.duplicates.len());
     Ok(ExitCode::SUCCESS)
 }

@@ -169,6 +169,26 @@ impl Location {
     }
 }
 
+impl Location {
+    /// Bytes free for this process on the disk that holds a SQLite outbox (the directory of
+    /// its file); `None` for PostgreSQL, whose disk is the server's.
+    ///
+    /// # Errors
+    /// The file system's error (the directory is missing, or `statvfs` fails).
+    pub fn disk_available(&self) -> Option<std::io::Result<u64>> {
+        match self {
+            Self::Sqlite { path } => {
+                let dir = match path.parent() {
+                    Some(d) if !d.as_os_str().is_empty() => d,
+                    _ => std::path::Path::new("."),
+                };
+                Some(fs4::available_space(dir))
+            }
+            Self::Postgres { .. } => None,
+        }
+    }
+}
+
 impl std::fmt::Display for Location {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

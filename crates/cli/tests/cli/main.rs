@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+mod backpressure;
 mod fleet;
 mod keys;
 mod reconcile;
