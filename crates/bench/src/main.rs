@@ -706,17 +706,23 @@ async fn drain(quick: bool) -> Res<Figure> {
 // ---------------------------------------------------------------------------------------------
 // Footprint
 
-/// Fills a migrated outbox with `per_tenant` pending events for each of `tenants` tenants, in
-/// a few big statements without fsyncs (setup, not measurement).
-async fn prefill(path: &Path, tenants: usize, per_tenant: usize) -> Res<()> {
+/// Creates (and migrates) the outbox at `path` and opens a connection to fill it without
+/// fsyncs (setup, not measurement).
+async fn fill_connection(path: &Path) -> Res<SqliteConnection> {
     drop(SqliteOutbox::open(path, Arc::new(SystemClock)).await?);
-    let mut conn = SqliteConnection::connect_with(
+    Ok(SqliteConnection::connect_with(
         &SqliteConnectOptions::new()
             .filename(path)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Off),
     )
-    .await?;
+    .await?)
+}
+
+/// Fills a migrated outbox with `per_tenant` pending events for each of `tenants` tenants, in
+/// a few big statements without fsyncs (setup, not measurement).
+async fn prefill(path: &Path, tenants: usize, per_tenant: usize) -> Res<()> {
+    let mut conn = fill_connection(path).await?;
     let now = SystemClock.now();
     let due = now.timestamp_millis() - 3_600_000;
     let at = (now - chrono::Duration::minutes(1)).to_rfc3339();

@@ -5,8 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use billsync_domain::{Clock, SystemClock};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
-use sqlx::{Connection, SqliteConnection};
+use sqlx::Connection;
 
 use crate::{
     Figure, Res, agent, config_text, event_json, platform, rss_figure, run_child, start, tenant, tmp_root, vm_hwm_kib,
@@ -15,14 +14,7 @@ use crate::{
 /// Fills a migrated outbox with `n` delivered events of tenant `b0` (payload and fact), and
 /// the emulator with the same events: the two sides of a clean reconciliation.
 async fn prefill_delivered(path: &Path, emu: &billsync_emulator::Emulator, n: usize) -> Res<()> {
-    drop(billsync_storage::SqliteOutbox::open(path, std::sync::Arc::new(SystemClock)).await?);
-    let mut conn = SqliteConnection::connect_with(
-        &SqliteConnectOptions::new()
-            .filename(path)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Off),
-    )
-    .await?;
+    let mut conn = crate::fill_connection(path).await?;
     let now = SystemClock.now();
     let at = now - chrono::Duration::minutes(1);
     let template = event_json("@@", 42, &at.to_rfc3339());

@@ -121,6 +121,23 @@ impl fmt::Debug for SqliteOutbox {
 }
 
 impl SqliteOutbox {
+    /// Runs the writer operation `op` makes, each a chunk of at most `chunk` rows in its own
+    /// transaction (so that enqueues slip in between), until one does fewer; the rows in all.
+    async fn in_chunks(&self, chunk: i64, op: impl Fn() -> Op) -> Result<u64, OutboxError> {
+        let mut total = 0;
+        loop {
+            match self.call(op()).await? {
+                Out::Count(n) => {
+                    total += n;
+                    if n < count(chunk) {
+                        return Ok(total);
+                    }
+                }
+                other => return Err(unexpected(other)),
+            }
+        }
+    }
+
     /// Leases up to `max` events of `tenant`, fenced by `generation` when it is given (a lease
     /// taken under a claim carries it, and is refused once the tenant's generation moved on).
     async fn lease_under(
@@ -423,19 +440,7 @@ impl Outbox for SqliteOutbox {
 
     async fn compact(&self, before: DateTime<Utc>) -> Result<u64, OutboxError> {
         let before = to_ms(before);
-        let mut total = 0;
-        // Chunk by chunk, each its own transaction, so that enqueues slip in between.
-        loop {
-            match self.call(Op::CompactChunk { before }).await? {
-                Out::Count(n) => {
-                    total += n;
-                    if n < count(COMPACT_CHUNK) {
-                        return Ok(total);
-                    }
-                }
-                other => return Err(unexpected(other)),
-            }
-        }
+        self.in_chunks(COMPACT_CHUNK, || Op::CompactChunk { before }).await
     }
 
     async fn claim_tenant(

@@ -14,7 +14,7 @@ use sqlx::{Row as _, Sqlite, Transaction};
 
 use super::ops::{LeasesOf, chunk_size, sized_sql, trim_leases};
 use super::{Op, Out, SqliteOutbox, settle_refused, unexpected};
-use crate::common::{count, from_ms, to_ms};
+use crate::common::{from_ms, to_ms};
 use crate::error::{During as _, StoreError};
 use crate::reconcile::{
     HeldAs, HeldRow, REPAIR_CHUNK, RUN_RETENTION_MS, Run, Tally, new_run_id, next_row, stream_comparison, unknown_run,
@@ -83,19 +83,7 @@ impl ReconcileStore for SqliteOutbox {
 
     async fn trim_facts(&self, before: DateTime<Utc>) -> Result<u64, OutboxError> {
         let before = to_ms(before);
-        let mut total = 0;
-        // Chunk by chunk, each its own writer operation (and transaction), as `compact` does.
-        loop {
-            match self.call(Op::TrimFactsChunk { before }).await? {
-                Out::Count(n) => {
-                    total += n;
-                    if n < count(TRIM_CHUNK) {
-                        return Ok(total);
-                    }
-                }
-                other => return Err(unexpected(other)),
-            }
-        }
+        self.in_chunks(TRIM_CHUNK, || Op::TrimFactsChunk { before }).await
     }
 
     async fn save_last_reconcile(&self, tenant: &TenantName, result: &str) -> Result<(), OutboxError> {
