@@ -331,6 +331,13 @@ impl Agent {
     /// The outbox's error counting pending events; [`AgentError::Outbox`] when the free space
     /// of the outbox's disk cannot be read.
     pub async fn backpressure(&self) -> Result<Option<Pressure>, AgentError> {
+        let pressure = self.check_pressure().await?;
+        self.metrics.backpressure(pressure.as_ref());
+        self.pending.pushing_back(pressure.clone());
+        Ok(pressure)
+    }
+
+    async fn check_pressure(&self) -> Result<Option<Pressure>, AgentError> {
         let storage = &self.config.storage;
         if storage.min_free_disk > 0 {
             if let Some(free) = storage.location.disk_available() {
@@ -362,6 +369,53 @@ impl Agent {
             }
         };
         Ok((pending >= max).then_some(Pressure::TooManyPending { pending, max }))
+    }
+
+    /// Which tenant a request to the ingest may write to: the tenant named in its path, when
+    /// `bearer` is that tenant's ingest token, or when the tenant has none (the configuration
+    /// allows that on a loopback ingest only). `None` for an unknown tenant, a missing token
+    /// or another's: the ingest answers all three alike, so names cannot be probed.
+    pub fn authorize_ingest(&self, tenant: &str, bearer: Option<&str>) -> Option<TenantName> {
+        let Some(t) = self.config.tenant(tenant) else {
+            // Spend the comparison an existing tenant would, so a miss is not faster.
+            let _ = crate::ingest::IngestToken::new("").matches(bearer.unwrap_or_default());
+            return None;
+        };
+        let allowed = match (&t.ingest_token, bearer) {
+            (None, _) => true,
+            (Some(token), Some(presented)) => token.matches(presented),
+            (Some(_), None) => false,
+        };
+        allowed.then(|| t.tenant.name().clone())
+    }
+
+    /// Stores events that the ingest received for a tenant, as [`Agent::enqueue`] does, and
+    /// counts them by result in `billsync_ingest_events_total`. The answer comes once they
+    /// are committed; with the outbox's other writers, they share its group commit.
+    ///
+    /// # Errors
+    /// As [`Agent::enqueue`].
+    pub async fn ingest(&self, tenant: &TenantName, events: &[EncodedEvent]) -> Result<EnqueueReport, AgentError> {
+        let n = events.len() as u64;
+        let name = tenant.as_str();
+        if let Some(pressure) = self.backpressure().await? {
+            self.metrics.ingested(name, "backpressure", n);
+            return Err(pressure.into());
+        }
+        crate::ingest::failpoint("ingest_before_commit");
+        match self.outbox.enqueue(tenant, events).await {
+            Ok(report) => {
+                self.pending.add(report.stored as u64);
+                self.metrics.enqueued(name, report.stored as u64);
+                self.metrics.ingested(name, "stored", report.stored as u64);
+                self.metrics.ingested(name, "duplicate", report.duplicates.len() as u64);
+                Ok(report)
+            }
+            Err(e) => {
+                self.metrics.ingested(name, "failed", n);
+                Err(e.into())
+            }
+        }
     }
 
     /// Delivers everything deliverable now, then returns what happened per tenant.
@@ -537,9 +591,10 @@ impl Agent {
         Ok(self.tokens.diagnose(&name).await)
     }
 
-    /// The agent's health, from what its engine knows of each tenant (`/healthz`).
+    /// The agent's health (`/healthz`), from what its engine knows of each tenant, and whether
+    /// the outbox pushed back when last asked ([`Agent::backpressure`]).
     pub fn health(&self) -> Health {
-        Health::of(&self.engine.reports())
+        Health::of(&self.engine.reports()).with_outbox(self.pending.pressure().as_ref())
     }
 
     /// Updates the pending, token and state gauges of the metrics.

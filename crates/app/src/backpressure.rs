@@ -39,10 +39,25 @@ pub enum Pressure {
     },
 }
 
+impl Pressure {
+    /// Every reason, as [`Pressure::reason`] names them.
+    pub const REASONS: [&'static str; 2] = ["max_pending_events", "min_free_disk_mb"];
+
+    /// The limit reached, by its configuration key.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::TooManyPending { .. } => Self::REASONS[0],
+            Self::DiskLow { .. } => Self::REASONS[1],
+        }
+    }
+}
+
 /// The last count of pending events, and when it was read.
 #[derive(Debug, Default)]
 pub(crate) struct PendingCount {
     last: Mutex<Option<(Instant, u64)>>,
+    /// Whether the outbox pushed back when last asked.
+    pressure: Mutex<Option<Pressure>>,
 }
 
 impl PendingCount {
@@ -55,6 +70,16 @@ impl PendingCount {
     /// Records a count just read.
     pub(crate) fn set(&self, n: u64) {
         *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), n));
+    }
+
+    /// Records whether the outbox pushes back now.
+    pub(crate) fn pushing_back(&self, pressure: Option<Pressure>) {
+        *self.pressure.lock().unwrap_or_else(|p| p.into_inner()) = pressure;
+    }
+
+    /// Whether the outbox pushed back when last asked.
+    pub(crate) fn pressure(&self) -> Option<Pressure> {
+        self.pressure.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Adds events just stored.

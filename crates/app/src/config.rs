@@ -4,6 +4,8 @@
 
 mod credential;
 pub use credential::Credential;
+mod ingest;
+pub use ingest::{IngestConfig, IngestTls};
 mod secret_file;
 mod syntax;
 
@@ -63,6 +65,7 @@ struct RawConfig {
     sync: RawSync,
     #[serde(default)]
     reconcile: RawReconcile,
+    ingest: Option<ingest::RawIngest>,
     #[serde(default)]
     tenants: Vec<RawTenant>,
 }
@@ -189,6 +192,8 @@ struct RawTenant {
     key_id: Option<String>,
     assertion_lifetime_seconds: Option<u64>,
     token_url: Option<String>,
+    ingest_token_env: Option<String>,
+    ingest_token_file: Option<PathBuf>,
 }
 
 /// The platform's endpoints and what billing needs.
@@ -264,6 +269,9 @@ pub struct TenantConfig {
     pub extra_token_params: BTreeMap<String, String>,
     /// Verify token signatures against the JWKS.
     pub verify_jwks: bool,
+    /// What its devices send to the ingest (`ingest_token_env` or `ingest_token_file`); without
+    /// one, the tenant takes events on a loopback ingest only.
+    pub ingest_token: Option<crate::ingest::IngestToken>,
 }
 
 /// A validated configuration.
@@ -277,6 +285,8 @@ pub struct Config {
     pub sync: SyncConfig,
     /// Reconciliation.
     pub reconcile: ReconcileConfig,
+    /// The HTTP ingest of `run` (`[ingest]`); `None`: off.
+    pub ingest: Option<IngestConfig>,
     /// The tenants.
     pub tenants: Vec<TenantConfig>,
     /// Non-fatal remarks (an inline secret in a world-readable file).
@@ -330,7 +340,9 @@ impl Config {
             }
             tenants.push(tenant);
         }
-        Ok(Self { platform, storage, sync, reconcile, tenants, warnings })
+        ingest::check_tokens_distinct(&tenants, at)?;
+        let ingest = raw.ingest.map(|i| i.validate(at, &tenants, &mut warnings)).transpose()?;
+        Ok(Self { platform, storage, sync, reconcile, ingest, tenants, warnings })
     }
 
     /// The tenant with this local name.
@@ -467,6 +479,14 @@ impl RawTenant {
             Some(u) => Some(at.url(&key("token_url"), u)?),
             None => None,
         };
+        let ingest_token = ingest::token(
+            self.ingest_token_env.as_deref(),
+            self.ingest_token_file.as_ref(),
+            self.allow_insecure_key_permissions,
+            at,
+            &key,
+            warnings,
+        )?;
         Ok(TenantConfig {
             tenant: Tenant::new(name, tenant_id, application_id, client_id),
             credential,
@@ -474,6 +494,7 @@ impl RawTenant {
             auth_method: self.auth_method.unwrap_or_default(),
             extra_token_params: self.extra_token_params,
             verify_jwks: self.verify_jwks,
+            ingest_token,
         })
     }
 

@@ -71,6 +71,18 @@ impl Health {
         Self { status, checks }
     }
 
+    /// Adds the outbox's check: degraded while it pushes back (the ingest answers `503`,
+    /// `enqueue` exits 75), naming the limit.
+    pub fn with_outbox(mut self, pressure: Option<&crate::backpressure::Pressure>) -> Self {
+        let (status, detail) = match pressure {
+            None => (HealthStatus::Ok, "ok".to_owned()),
+            Some(p) => (HealthStatus::Degraded, format!("pushing back: {}", p.reason())),
+        };
+        self.status = self.status.max(status);
+        self.checks.push(Check { name: "outbox".into(), status, detail });
+        self
+    }
+
     /// `200` for ok or degraded, `503` for down.
     pub fn http_status(&self) -> u16 {
         if self.status == HealthStatus::Down { 503 } else { 200 }
@@ -102,14 +114,20 @@ mod tests {
         assert_eq!((h.status, h.http_status()), (HealthStatus::Degraded, 200));
         assert_eq!(h.checks[1].detail, "backing_off: unexpected_response: 418");
 
-        let h = Health::of(&[ok, down]);
+        let h = Health::of(&[ok.clone(), down]);
         assert_eq!((h.status, h.http_status()), (HealthStatus::Down, 503));
         assert_eq!(
             h.checks[1],
             Check { name: "tenant:d".into(), status: HealthStatus::Down, detail: "down: the worker panicked".into() }
         );
+        let h = Health::of(std::slice::from_ref(&ok))
+            .with_outbox(Some(&crate::backpressure::Pressure::TooManyPending { pending: 10, max: 10 }));
+        assert_eq!((h.status, h.http_status()), (HealthStatus::Degraded, 200));
+        assert_eq!(h.checks[1].detail, "pushing back: max_pending_events");
+        let h = Health::of(&[ok]).with_outbox(None);
+        assert_eq!((h.status, h.checks[1].name.as_str()), (HealthStatus::Ok, "outbox"));
         let json = serde_json::to_value(&h).unwrap();
-        assert_eq!(json["status"], "down");
+        assert_eq!(json["status"], "ok");
         assert_eq!(json["checks"][0]["status"], "ok");
     }
 }

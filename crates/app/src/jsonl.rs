@@ -42,34 +42,60 @@ pub fn read_events(
     rules: &EventRules,
     now: DateTime<Utc>,
 ) -> Result<Vec<EncodedEvent>, ReadError> {
-    let mut events = Vec::new();
-    let mut errors = Vec::new();
-    let mut seen = std::collections::HashMap::new();
+    let mut gather = Gather::new(rules, now, "on line");
     for (i, line) in input.lines().enumerate() {
-        let line_no = i + 1;
         let line = line?;
         let text = line.trim();
-        if text.is_empty() {
-            continue;
-        }
-        match rules.parse(text, now) {
-            Ok(e) => {
-                if let Some(first) = seen.insert(e.event_id().clone(), line_no) {
-                    errors.push(LineError {
-                        line: line_no,
-                        error: EventError {
-                            field: "event_id".into(),
-                            reason: format!("\"{}\" already appears on line {first}", e.event_id()),
-                        },
-                    });
-                } else {
-                    events.push(e.encode());
-                }
-            }
-            Err(error) => errors.push(LineError { line: line_no, error }),
+        if !text.is_empty() {
+            gather.take(i + 1, text);
         }
     }
-    if errors.is_empty() { Ok(events) } else { Err(ReadError::Invalid(errors)) }
+    gather.finish().map_err(|errors| {
+        ReadError::Invalid(errors.into_iter().map(|(line, error)| LineError { line, error }).collect())
+    })
+}
+
+/// Events parsed one by one, each at its position (a line or an index), with every error kept:
+/// the all-or-nothing reading that `enqueue` and the ingest share.
+pub(crate) struct Gather<'a> {
+    rules: &'a EventRules,
+    now: DateTime<Utc>,
+    /// How a position is named in a duplicate's reason (`on line`, `at index`).
+    unit: &'static str,
+    events: Vec<EncodedEvent>,
+    errors: Vec<(usize, EventError)>,
+    seen: std::collections::HashMap<billsync_domain::EventId, usize>,
+}
+
+impl<'a> Gather<'a> {
+    pub(crate) fn new(rules: &'a EventRules, now: DateTime<Utc>, unit: &'static str) -> Self {
+        Self { rules, now, unit, events: Vec::new(), errors: Vec::new(), seen: std::collections::HashMap::new() }
+    }
+
+    /// Parses the event at `pos`; the same event id twice is an error at its second position.
+    pub(crate) fn take(&mut self, pos: usize, text: &str) {
+        match self.rules.parse(text, self.now) {
+            Ok(e) => {
+                if let Some(first) = self.seen.insert(e.event_id().clone(), pos) {
+                    let reason = format!("\"{}\" already appears {} {first}", e.event_id(), self.unit);
+                    self.errors.push((pos, EventError { field: "event_id".into(), reason }));
+                } else {
+                    self.events.push(e.encode());
+                }
+            }
+            Err(error) => self.errors.push((pos, error)),
+        }
+    }
+
+    /// Records an error found before parsing (not UTF-8, say).
+    pub(crate) fn refuse(&mut self, pos: usize, error: EventError) {
+        self.errors.push((pos, error));
+    }
+
+    /// The events, or every error by position.
+    pub(crate) fn finish(self) -> Result<Vec<EncodedEvent>, Vec<(usize, EventError)>> {
+        if self.errors.is_empty() { Ok(self.events) } else { Err(self.errors) }
+    }
 }
 
 #[cfg(test)]

@@ -63,6 +63,7 @@ pub mod backpressure;
 pub mod config;
 pub mod engine;
 pub mod health;
+pub mod ingest;
 pub mod jsonl;
 pub mod metrics;
 pub mod reconcile;

@@ -33,6 +33,8 @@ struct Inner {
     tenant_state: Family<Labels, Gauge>,
     reconcile_discrepancies: Family<Labels, Gauge>,
     reconcile_last_success: Family<Labels, Gauge>,
+    ingest_events: Family<Labels, Counter>,
+    backpressure: Family<Labels, Gauge>,
     /// Each tenant's `state="blocked"` series, whose `reason` label changes with the reason.
     blocked_series: Mutex<HashMap<String, Labels>>,
 }
@@ -43,45 +45,62 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
+/// Registers a new family of `M` under `name` (prefixed `billsync_`).
+fn family<M>(registry: &mut Registry, name: &str, help: &str) -> Family<Labels, M>
+where
+    M: prometheus_client::metrics::TypedMetric
+        + prometheus_client::encoding::EncodeMetric
+        + Default
+        + Clone
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let family = Family::<Labels, M>::default();
+    registry.register(name, help, family.clone());
+    family
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("billsync");
-        let enqueued = Family::<Labels, Counter>::default();
-        let delivered = Family::<Labels, Counter>::default();
-        let duplicate = Family::<Labels, Counter>::default();
-        let dead_lettered = Family::<Labels, Counter>::default();
-        let pending = Family::<Labels, Gauge>::default();
-        let requests = Family::<Labels, Counter>::default();
-        let token_refreshes = Family::<Labels, Gauge>::default();
-        let rate_limit_waits = Family::<Labels, Counter>::default();
+        let r = &mut registry;
+        let enqueued = family(r, "events_enqueued", "Events stored in the outbox");
+        let delivered = family(r, "events_delivered", "Events newly accepted by the platform");
+        let duplicate = family(r, "events_duplicate", "Events the platform already had");
+        let dead_lettered = family(r, "events_dead_lettered", "Events refused for good");
+        let pending = family(r, "events_pending", "Events waiting for delivery");
+        let requests = family(r, "requests", "Billing requests by answer");
+        let token_refreshes = family(r, "token_requests", "Token requests made");
+        let rate_limit_waits = family(r, "rate_limit_waits", "Times a worker waited for its rate window");
         let latency =
             Family::<Labels, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 2.0, 16)));
-        registry.register("events_enqueued", "Events stored in the outbox", enqueued.clone());
-        registry.register("events_delivered", "Events newly accepted by the platform", delivered.clone());
-        registry.register("events_duplicate", "Events the platform already had", duplicate.clone());
-        registry.register("events_dead_lettered", "Events refused for good", dead_lettered.clone());
-        registry.register("events_pending", "Events waiting for delivery", pending.clone());
-        registry.register("requests", "Billing requests by answer", requests.clone());
-        registry.register("token_requests", "Token requests made", token_refreshes.clone());
-        registry.register("rate_limit_waits", "Times a worker waited for its rate window", rate_limit_waits.clone());
-        registry.register("request_duration_seconds", "Billing request latency", latency.clone());
-        let tenant_state = Family::<Labels, Gauge>::default();
-        registry.register(
+        r.register("request_duration_seconds", "Billing request latency", latency.clone());
+        let tenant_state = family(
+            r,
             "tenant_state",
             "1 for the tenant's current state (ok, backing_off, blocked, held, down), else 0; blocked carries its reason",
-            tenant_state.clone(),
         );
-        let reconcile_discrepancies = Family::<Labels, Gauge>::default();
-        registry.register(
+        let reconcile_discrepancies = family(
+            r,
             "reconcile_discrepancies",
             "What the tenant's last reconciliation that read the platform found, by kind (before any repair)",
-            reconcile_discrepancies.clone(),
         );
-        let reconcile_last_success = Family::<Labels, Gauge>::default();
-        registry.register(
+        let reconcile_last_success = family(
+            r,
             "reconcile_last_success_timestamp_seconds",
             "When a reconciliation of the tenant last read and compared both sides (Unix time)",
-            reconcile_last_success.clone(),
+        );
+        let ingest_events = family(
+            r,
+            "ingest_events",
+            "Events received by the HTTP ingest, by result (stored, duplicate, invalid, backpressure, failed)",
+        );
+        let backpressure = family(
+            r,
+            "backpressure",
+            "1 while the outbox refuses new events, by reason (max_pending_events, min_free_disk_mb), else 0",
         );
         Self {
             inner: Arc::new(Inner {
@@ -98,6 +117,8 @@ impl Default for Metrics {
                 tenant_state,
                 reconcile_discrepancies,
                 reconcile_last_success,
+                ingest_events,
+                backpressure,
                 blocked_series: Mutex::default(),
             }),
         }
@@ -170,6 +191,22 @@ impl Metrics {
         }
         if let Some(at) = last.last_success_at {
             self.inner.reconcile_last_success.get_or_create(&tenant(t)).set(at.timestamp());
+        }
+    }
+    /// Events of a tenant that the ingest received, and what became of them.
+    pub fn ingested(&self, t: &str, result: &str, n: u64) {
+        let labels = vec![("tenant", t.to_owned()), ("result", result.to_owned())];
+        self.inner.ingest_events.get_or_create(&labels).inc_by(n);
+    }
+    /// Events of a tenant the ingest received with this result so far.
+    pub fn ingested_with(&self, t: &str, result: &str) -> u64 {
+        self.inner.ingest_events.get_or_create(&vec![("tenant", t.to_owned()), ("result", result.to_owned())]).get()
+    }
+    /// Whether the outbox pushes back now, and why (`pressure`: `None` when it takes events).
+    pub fn backpressure(&self, pressure: Option<&crate::backpressure::Pressure>) {
+        for reason in crate::backpressure::Pressure::REASONS {
+            let on = pressure.is_some_and(|p| p.reason() == reason);
+            self.inner.backpressure.get_or_create(&vec![("reason", reason.to_owned())]).set(i64::from(on));
         }
     }
     /// The Prometheus text exposition.

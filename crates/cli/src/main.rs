@@ -23,6 +23,7 @@
 mod commands;
 #[cfg(feature = "emulator")]
 mod demo;
+mod ingest;
 mod key;
 mod output;
 mod reconcile;

@@ -19,6 +19,10 @@ fn router(agent: Agent) -> axum::Router {
     let health = move || {
         let agent = health_agent.clone();
         async move {
+            // Whether the outbox pushes back now (its count is read at most once a second).
+            if let Err(e) = agent.backpressure().await {
+                tracing::warn!(error = %e, "cannot tell whether the outbox pushes back");
+            }
             let health = agent.health();
             let status = StatusCode::from_u16(health.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             (status, axum::Json(health))
@@ -51,6 +55,16 @@ pub async fn run(agent: Agent, listen: SocketAddr) -> anyhow::Result<ExitCode> {
     });
     tracing::info!(%listen, tenants = agent.config().tenants.len(), "billsync agent running");
     eprintln!("billsync run: serving /metrics and /healthz on http://{listen}");
+    let ingest = match &agent.config().ingest {
+        Some(config) => {
+            let (at, task) = crate::ingest::serve(agent.clone(), config, stop.clone()).await?;
+            let scheme = if config.tls.is_some() { "https" } else { "http" };
+            tracing::info!(listen = %at, "ingest running");
+            eprintln!("billsync run: taking events on {scheme}://{at}/v1/tenants/{{name}}/events");
+            Some(task)
+        }
+        None => None,
+    };
     let engine = {
         let agent = agent.clone();
         let stopped = stop.clone().cancelled_owned();
@@ -63,6 +77,12 @@ pub async fn run(agent: Agent, listen: SocketAddr) -> anyhow::Result<ExitCode> {
     // pending by its lease's expiry, and the platform's deduplication absorbs a resend.
     if tokio::time::timeout(Duration::from_secs(9), engine).await.is_err() {
         tracing::warn!("requests still in flight after 9 s; their leases expire and they are resent");
+    }
+    if let Some(ingest) = ingest {
+        // Requests being stored finish (their devices get their answer); new ones are refused.
+        if tokio::time::timeout(Duration::from_secs(5), ingest).await.is_err() {
+            tracing::warn!("the ingest did not stop within 5 s");
+        }
     }
     if tokio::time::timeout(Duration::from_millis(500), server).await.is_err() {
         tracing::warn!("the /metrics server did not stop within 500 ms");
