@@ -98,7 +98,16 @@ async fn events(State(agent): State<Agent>, Path(name): Path<String>, headers: H
             );
         }
     };
-    match agent.ingest(&tenant, &events).await {
+    store(&agent, &tenant, &events).await
+}
+
+/// Stores the events and answers: `200` once committed, `503` while the outbox pushes back or fails.
+async fn store(
+    agent: &Agent,
+    tenant: &billsync_domain::TenantName,
+    events: &[billsync_domain::EncodedEvent],
+) -> Response {
+    match agent.ingest(tenant, events).await {
         Ok(report) => (StatusCode::OK, Json(json!({ "stored": report.stored, "duplicates": report.duplicates.len() })))
             .into_response(),
         Err(e) if e.is_temporary() => {
