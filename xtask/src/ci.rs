@@ -4,6 +4,10 @@ use std::process::Command;
 
 use crate::{cargo, output, root, sh};
 
+/// The features every test build has: the failpoints of the crash tests (one build serves the
+/// tests, the doctests and the soak's binary).
+pub const TEST_FEATURES: [&str; 2] = ["--features", "billsync-cli/failpoints"];
+
 pub fn run() -> Result<(), String> {
     let vars = test_env()?;
     sh(cargo().args(["fmt", "--all", "--", "--check"]))?;
@@ -20,10 +24,14 @@ pub fn run() -> Result<(), String> {
     } else {
         tests.args(["test", "--workspace", "--locked", "--no-fail-fast"]);
     }
+    tests.args(TEST_FEATURES);
     sh(tests.envs(vars.iter().map(|(k, v)| (k, v))))?;
     if nextest {
         // nextest does not run doctests.
-        sh(cargo().args(["test", "--workspace", "--locked", "--doc"]).envs(vars.iter().map(|(k, v)| (k, v))))?;
+        sh(cargo()
+            .args(["test", "--workspace", "--locked", "--doc"])
+            .args(TEST_FEATURES)
+            .envs(vars.iter().map(|(k, v)| (k, v))))?;
     }
     // Hostile conditions (docs/hostile.md): a one-minute fault soak with SIGKILLed agents, then
     // a short run of every fuzz target (skipped with a message where cargo-fuzz cannot be had).

@@ -23,7 +23,10 @@ pub fn run(args: &[String]) -> Result<(), String> {
         }
     }
     let profile: &[&str] = if release { &["--release"] } else { &[] };
-    sh(cargo().args(["build", "--locked", "-p", "billsync-cli", "--bin", "billsync"]).args(profile))?;
+    sh(cargo()
+        .args(["build", "--locked", "-p", "billsync-cli", "--bin", "billsync"])
+        .args(crate::ci::TEST_FEATURES)
+        .args(profile))?;
     sh(cargo().args(["build", "--locked", "-p", "billsync-tests", "--example", "soak"]).args(profile))?;
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| root().join("target"));

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 mod backpressure;
 mod fleet;
+mod ingest;
+mod ingest_crash;
 mod keys;
 mod reconcile;
 mod secrets;
@@ -45,6 +47,7 @@ fn billsync(env: &Env, args: &[&str], stdin: Option<&str>) -> Output {
         .args(args)
         .env("SECRET_ACME", "secret-acme")
         .env("SECRET_INITECH", "secret-initech")
+        .env("INGEST_ACME", ingest::ACME_TOKEN)
         .env_remove("RUST_LOG")
         .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
