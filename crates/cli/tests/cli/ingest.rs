@@ -198,6 +198,8 @@ async fn the_ingest_refuses_by_name_and_stores_nothing_it_refuses() {
     assert_eq!(stored, Some(3.0));
     let invalid = metric(&client, &running, "billsync_ingest_events_total{tenant=\"acme\",result=\"invalid\"}").await;
     assert_eq!(invalid, Some(3.0), "2 bad events in the first refusal, 1 in the second");
+    let logged = running.stderr.lock().unwrap().clone();
+    assert!(!logged.contains(ACME_TOKEN) && !logged.contains(INITECH_TOKEN), "{logged}");
     env.platform.shutdown().await;
 }
 

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use crate::ingest::{configure, events, start};
-use crate::{env, line, status_json};
+use crate::{env, line};
 
 /// Waits (up to `secs`) until the platform holds every id of `want` for acme.
 async fn wait_for(env: &crate::Env, want: &HashSet<String>, secs: u64) -> Vec<String> {
@@ -127,6 +127,8 @@ async fn a_sigkill_mid_ingest_loses_nothing_that_got_a_200() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_between_receipt_and_commit_acknowledges_nothing_and_stores_nothing() {
     use std::os::unix::process::ExitStatusExt as _;
+
+    use crate::status_json;
     // Arrange: the agent aborts just before it would commit what it received.
     let env = fast().await;
     let mut crashing = start(&env.config, &[("BILLSYNC_FAILPOINT", "ingest_before_commit")]);
