@@ -24,6 +24,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("billing_response", billing_response),
     ("config", config),
     ("www_authenticate", www_authenticate),
+    ("ingest_body", ingest_body),
 ];
 
 /// A fixed "now" so that a run is reproducible: 2026-11-23T10:20:00Z.
@@ -48,6 +49,31 @@ pub fn billing_event(data: &[u8]) {
             .unwrap_or_else(|e| panic!("an accepted event's encoding is refused: {e}: {}", encoded.json()));
         assert_eq!(again.encode().json(), encoded.json(), "encoding is not stable");
         assert_eq!(again.event_id(), event.event_id());
+    }
+}
+
+/// `billsync::ingest::read_body`, the HTTP ingest's reading of a device's body, in both formats:
+/// the first byte chooses JSON Lines (even) or JSON (odd). An accepted body's events must each
+/// be accepted again on their own, and their ids must be distinct.
+pub fn ingest_body(data: &[u8]) {
+    use billsync::ingest::{BodyFormat, BodyRefusal, MAX_ERRORS, MAX_EVENTS, read_body};
+    let Some((&first, body)) = data.split_first() else { return };
+    let format = if first % 2 == 0 { BodyFormat::JsonLines } else { BodyFormat::Json };
+    match read_body(format, body, &billsync_domain::EventRules::default(), now()) {
+        Ok(events) => {
+            assert!(events.len() <= MAX_EVENTS, "{} events accepted", events.len());
+            let mut ids = std::collections::HashSet::new();
+            for e in &events {
+                BillingEvent::parse(e.json(), now())
+                    .unwrap_or_else(|err| panic!("an accepted event is refused alone: {err}: {}", e.json()));
+                assert!(ids.insert(e.event_id().clone()), "{} accepted twice", e.event_id());
+            }
+        }
+        Err(BodyRefusal::Invalid { errors, total }) => {
+            assert!(!errors.is_empty() && errors.len() <= MAX_ERRORS.min(total), "{} of {total}", errors.len());
+        }
+        Err(BodyRefusal::TooManyEvents { events }) => assert!(events > MAX_EVENTS),
+        Err(BodyRefusal::Malformed { .. }) => {}
     }
 }
 

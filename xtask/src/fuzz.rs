@@ -10,8 +10,15 @@ use std::process::Command;
 
 use crate::{cargo, root, sh};
 
-pub const TARGETS: &[&str] =
-    &["billing_event", "jwt_inspect", "token_response", "billing_response", "config", "www_authenticate"];
+pub const TARGETS: &[&str] = &[
+    "billing_event",
+    "jwt_inspect",
+    "token_response",
+    "billing_response",
+    "config",
+    "www_authenticate",
+    "ingest_body",
+];
 
 pub fn run(args: &[String]) -> Result<(), String> {
     let mut seconds = "10".to_owned();

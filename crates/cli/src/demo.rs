@@ -2,7 +2,8 @@
 //! platform emulator in-process on a free loopback port, makes a temporary SQLite outbox,
 //! enqueues sample events for the demo tenants, syncs them and prints what happened,
 //! including the thread's misconfigured tenant, which billsync refuses to send for and explains,
-//! and a tenant on a private key (`private_key_jwt`) instead of a secret.
+//! and a tenant on a private key (`private_key_jwt`) instead of a secret. One tenant's events
+//! come from a device posting them over HTTP to the agent's ingest, as devices on a LAN do.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -77,6 +78,43 @@ pub fn sample_events(tenant: &str, n: usize, now: chrono::DateTime<chrono::Utc>)
         .collect()
 }
 
+/// The tenant whose events a device posts over HTTP.
+const DEVICE_TENANT: &str = "globex";
+
+/// A device posts `events` to the agent's ingest in two requests of JSON Lines, then one bad
+/// event, which is refused by name.
+async fn device_posts(agent: &Agent, events: &[EncodedEvent]) -> anyhow::Result<()> {
+    let config = agent.config().ingest.as_ref().context("the demo configuration has an [ingest] section")?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (at, server) = crate::ingest::serve(agent.clone(), config, stop.clone()).await?;
+    let url = format!("http://{at}/v1/tenants/{DEVICE_TENANT}/events");
+    let client = reqwest::Client::new();
+    let post = |body: String| {
+        client.post(&url).header(reqwest::header::CONTENT_TYPE, "application/x-ndjson").body(body).send()
+    };
+    for half in events.chunks(events.len().div_ceil(2).max(1)) {
+        let body = half.iter().map(EncodedEvent::json).collect::<Vec<_>>().join("\n");
+        let response = post(body).await.context("the device's request to the ingest")?;
+        let status = response.status();
+        let answer = response.text().await.unwrap_or_default();
+        println!("  device posted      {DEVICE_TENANT}: {} events to {url}: {status} {answer}", half.len());
+    }
+    let bad = r#"{"event_id":"bad-1","device_id":"meter-9","meter":"energy.active","quantity":1.5,"unit":"kWh","occurred_at":"2026-11-23T10:00:00Z"}"#;
+    let response = post(bad.to_owned()).await.context("the device's request to the ingest")?;
+    let status = response.status();
+    let answer: serde_json::Value = response.json().await.unwrap_or_default();
+    let first = &answer["errors"][0];
+    println!(
+        "  device posted      {DEVICE_TENANT}: 1 bad event: {status}, line {}: {}: {} (nothing of that request stored)",
+        first["line"],
+        first["field"].as_str().unwrap_or_default(),
+        first["reason"].as_str().unwrap_or_default()
+    );
+    stop.cancel();
+    let _ = server.await;
+    Ok(())
+}
+
 /// Runs the demo.
 ///
 /// # Errors
@@ -86,7 +124,9 @@ pub async fn run() -> anyhow::Result<ExitCode> {
     let (registry, kid) = keyed_registry(dir.path())?;
     let emulator = Emulator::start(registry, "127.0.0.1:0".parse()?).await?;
     let db = dir.path().join("billsync.db");
-    let text = demo_config(&emulator.base_url(), &db) + &keyed_config(&emulator.token_v2_url());
+    let text = demo_config(&emulator.base_url(), &db)
+        + &keyed_config(&emulator.token_v2_url())
+        + "\n[ingest]\nlisten = \"127.0.0.1:0\"\n";
     let config = Config::parse(&text, &dir.path().join("billsync.toml"))?;
     println!("billsync demo");
     println!(
@@ -102,6 +142,10 @@ pub async fn run() -> anyhow::Result<ExitCode> {
     let agent = Agent::builder().config(config).build().await?;
     let now = chrono::Utc::now();
     for (name, _, _, n) in TENANTS.into_iter().chain([KEYED]) {
+        if name == DEVICE_TENANT {
+            device_posts(&agent, &sample_events(name, n, now)?).await?;
+            continue;
+        }
         let report = agent.enqueue(name, &sample_events(name, n, now)?).await?;
         println!("  enqueued           {name}: {} events", report.stored);
     }

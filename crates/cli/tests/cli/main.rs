@@ -461,3 +461,21 @@ async fn a_sync_killed_anywhere_is_taken_over_by_an_immediate_restart() {
     assert_eq!(s["tenants"][0]["in_flight"], 0, "{s}");
     eprintln!("restart to its first delivered batch, per kill: {waits:?}");
 }
+
+#[test]
+fn the_demo_tells_the_whole_story_with_a_device_posting_over_http() {
+    let out = Command::new(env!("CARGO_BIN_EXE_billsync"))
+        .arg("demo")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert_eq!(shown.matches("device posted      globex: 400 events").count(), 2, "{shown}");
+    assert!(shown.contains(r#"200 OK {"duplicates":0,"stored":400}"#), "{shown}");
+    assert!(shown.contains("1 bad event: 400 Bad Request, line 1: quantity"), "{shown}");
+    assert!(shown.contains("initech is blocked") && shown.contains("missing_scope"), "{shown}");
+    assert!(shown.contains("globex-prod-001      800 events"), "{shown}");
+}

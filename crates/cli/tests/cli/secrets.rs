@@ -1,7 +1,9 @@
 //! No secret in any output channel. A marker secret sits in each secret-bearing field (an
 //! inline `client_secret`, one from `client_secret_env`, one in a `client_secret_file`, the
 //! password of the PostgreSQL URL, and a secret the platform refuses), and a tenant signs with a
-//! private key (`private_key_file`) whose PEM body must never show either; every channel a user or
+//! private key (`private_key_file`) whose PEM body must never show either, and two tenants take
+//! events on the ingest with tokens (`ingest_token_env`, `ingest_token_file`) that devices send
+//! right and wrong; every channel a user or
 //! a log collector sees is searched for each marker: stdout and stderr of `sync` at `-vvv` with
 //! trace logs, `status --json`, `doctor --json`, `/metrics` and `/healthz` of `run`, and the
 //! errors for a malformed configuration (a syntax error on a secret's line, a URL with a
@@ -20,7 +22,9 @@ const FROM_ENV: &str = "MARK-env-90ab";
 const IN_FILE: &str = "MARK-file-33c7";
 const DB_PASSWORD: &str = "MARK-pg-71e0";
 const REFUSED: &str = "MARK-refused-c4d2";
-const MARKERS: [&str; 5] = [INLINE, FROM_ENV, IN_FILE, DB_PASSWORD, REFUSED];
+const INGEST_ENV: &str = "MARK-ingest-env-7a21b4c9";
+const INGEST_FILE: &str = "MARK-ingest-file-3e9d0f12";
+const MARKERS: [&str; 7] = [INLINE, FROM_ENV, IN_FILE, DB_PASSWORD, REFUSED, INGEST_ENV, INGEST_FILE];
 
 fn tenant(name: &str, secret_line: &str) -> String {
     format!(
@@ -35,6 +39,7 @@ fn billsync(config: &Path, args: &[&str]) -> Output {
         .args(args)
         .env("MARK_SECRET", FROM_ENV)
         .env("REFUSED_SECRET", REFUSED)
+        .env("MARK_INGEST", INGEST_ENV)
         .env("RUST_LOG", "trace")
         .stdin(Stdio::null())
         .output()
@@ -79,10 +84,13 @@ async fn no_secret_reaches_any_output_channel() {
     let secret_file = dir.path().join("secret.txt");
     std::fs::write(&secret_file, format!("{IN_FILE}\n")).unwrap();
     set_mode(&secret_file, 0o600);
+    let ingest_file = dir.path().join("ingest.token");
+    std::fs::write(&ingest_file, format!("{INGEST_FILE}\n")).unwrap();
+    set_mode(&ingest_file, 0o600);
     let url = db.url.replacen("postgres://postgres@", &format!("postgres://postgres:{DB_PASSWORD}@"), 1);
     assert!(url.contains(DB_PASSWORD), "{url}");
     let good = format!(
-        "[platform]\nbase_url = \"{}\"\n[storage]\nurl = \"{url}\"\n{}{}{}{}{}",
+        "[platform]\nbase_url = \"{}\"\n[storage]\nurl = \"{url}\"\n[ingest]\nlisten = \"127.0.0.1:0\"\n{}{}{}{}{}",
         platform.base_url(),
         tenant(
             "keyed",
@@ -91,9 +99,9 @@ async fn no_secret_reaches_any_output_channel() {
                 platform.token_v2_url()
             )
         ),
-        tenant("inline", &format!("client_secret = \"{INLINE}\"")),
+        tenant("inline", &format!("client_secret = \"{INLINE}\"\ningest_token_env = \"MARK_INGEST\"")),
         tenant("env", "client_secret_env = \"MARK_SECRET\""),
-        tenant("file", "client_secret_file = \"secret.txt\""),
+        tenant("file", "client_secret_file = \"secret.txt\"\ningest_token_file = \"ingest.token\""),
         tenant("refused", "client_secret_env = \"REFUSED_SECRET\""),
     );
     let config = dir.path().join("billsync.toml");
@@ -170,6 +178,7 @@ async fn served(config: &Path, dir: &Path) -> (String, String, String) {
         .args(["-vvv", "run", "--listen", "127.0.0.1:0"])
         .env("MARK_SECRET", FROM_ENV)
         .env("REFUSED_SECRET", REFUSED)
+        .env("MARK_INGEST", INGEST_ENV)
         .env("RUST_LOG", "trace")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
@@ -185,6 +194,27 @@ async fn served(config: &Path, dir: &Path) -> (String, String, String) {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     let port = served_port(&log);
+    // Devices post with the right token, and with one tenant's token to another.
+    let shown = std::fs::read_to_string(&log).unwrap_or_default();
+    let ingest = shown.split("taking events on ").nth(1).and_then(|s| s.split("/v1/").next()).unwrap().to_owned();
+    let client = reqwest::Client::new();
+    let at = (chrono::Utc::now() - chrono::Duration::minutes(1)).to_rfc3339();
+    let event =
+        format!(r#"{{"event_id":"i1","device_id":"d","meter":"m","quantity":"1","unit":"kWh","occurred_at":"{at}"}}"#);
+    for (tenant, token, status) in
+        [("inline", INGEST_ENV, 200), ("inline", INGEST_FILE, 401), ("file", INGEST_FILE, 200)]
+    {
+        let response = client
+            .post(format!("{ingest}/v1/tenants/{tenant}/events"))
+            .bearer_auth(token)
+            .header("content-type", "application/x-ndjson")
+            .body(event.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), status, "{tenant}");
+        assert_no_marker("the ingest's answer", &response.text().await.unwrap());
+    }
     let metrics = http_get(port, "/metrics").await.1;
     let health = http_get(port, "/healthz").await.1;
     let _ = Command::new("kill").args(["-TERM", &run.id().to_string()]).status();
