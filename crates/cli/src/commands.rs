@@ -123,10 +123,20 @@ pub async fn sync(agent: &Agent, progress: bool) -> anyhow::Result<ExitCode> {
 /// The outbox's error.
 pub async fn status(agent: &Agent, json: bool) -> anyhow::Result<ExitCode> {
     let status = agent.status().await?;
+    // Whether new events are refused now (the ingest's 503, enqueue's exit 75).
+    let pressure = agent.backpressure().await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "tenants": status }))?);
+        let backpressure =
+            pressure.as_ref().map(|p| serde_json::json!({ "reason": p.reason(), "message": p.to_string() }));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "tenants": status, "backpressure": backpressure }))?
+        );
     } else {
         print!("{}", status_table(&status, chrono::Utc::now()));
+        if let Some(p) = pressure {
+            println!("\nthe outbox pushes back ({}): {p}", p.reason());
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -31,11 +31,16 @@ async fn enqueue_past_max_pending_events_is_exit_75_and_keeps_what_was_stored() 
     let said = text(&refused);
     assert!(said.contains("5 pending events") && said.contains("max_pending_events is 5"), "{said}");
     assert!(said.contains("nothing was stored"), "{said}");
-    assert_eq!(status_json(&env)["tenants"][0]["pending"], 5);
+    let status = status_json(&env);
+    assert_eq!(status["tenants"][0]["pending"], 5);
+    assert_eq!(status["backpressure"]["reason"], "max_pending_events", "{status}");
+    let table = text(&billsync(&env, &["status"], None));
+    assert!(table.contains("the outbox pushes back (max_pending_events)"), "{table}");
     // Once delivered, events are taken again.
     assert!(billsync(&env, &["sync"], None).status.success());
     let again = enqueue(&env, "b.jsonl", 5..7);
     assert!(again.status.success(), "{}", text(&again));
+    assert!(status_json(&env)["backpressure"].is_null());
     assert_eq!(env.platform.stored_event_ids("acme-prod-001").len(), 5);
     env.platform.shutdown().await;
 }
