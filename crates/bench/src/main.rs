@@ -16,6 +16,13 @@
 //! - `enqueue_{sqlite,postgres}_batch_500`: events/s of `Agent::enqueue` in batches of 500;
 //!   baseline `raw_sqlx_insert`, a plain sqlx insert loop, one transaction per 500 events, with
 //!   the same durability (SQLite: WAL + `synchronous=FULL`).
+//! - `ingest_http_batch_500` (group `ingest`): events/s posted to the HTTP ingest of the real
+//!   `billsync run` (a child process, `[ingest]` on loopback, no token) as JSON Lines bodies of
+//!   500 events, pre-serialised, by 4 concurrent clients, timed until the last `200`; delivery
+//!   to the emulator held off by `[sync] requests_per_minute = 1`; baseline
+//!   `enqueue_sqlite_batch_500`, measured again in the group: an in-process `Agent::enqueue` of
+//!   the same number of events in batches of 500. Fresh SQLite outboxes; medians of three
+//!   rounds in which the two take turns.
 //! - `drain_rate_limited_2_tenants`: seconds to drain a backlog under an exact sliding-window
 //!   limit (client and emulator both at the limit); baseline `rate_limit_minimum`, the least
 //!   time the limit allows: for R requests at L per window W, the first L go at once and each
@@ -55,6 +62,7 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{Connection, PgConnection, SqliteConnection};
 
+mod ingest;
 mod reconcile;
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
@@ -194,6 +202,17 @@ async fn run(args: &Args) -> Res<()> {
             }
             Err(e) => eprintln!("postgres figures skipped: {e}"),
         }
+    }
+
+    if args.wants("ingest") {
+        let bin = &args.billsync;
+        if !bin.exists() {
+            return Err(
+                format!("{} not found: build it with cargo build --release -p billsync-cli", bin.display()).into()
+            );
+        }
+        figures.push(ingest::ingest_http(bin, q).await?);
+        print_last(&figures);
     }
 
     if args.only.as_ref().is_some_and(|o| o.iter().any(|g| g == "probe")) {
