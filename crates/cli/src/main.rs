@@ -7,7 +7,7 @@
 //! billsync doctor                                # is each tenant's token billing-ready?
 //! billsync enqueue --tenant acme events.jsonl    # store events durably, all or nothing
 //! billsync sync                                  # deliver what can be delivered now
-//! billsync run --listen 127.0.0.1:9464           # the long-running agent
+//! billsync run --listen 127.0.0.1:9464           # the long-running agent (and the ingest of [ingest])
 //! billsync status                                # counts and state per tenant
 //! billsync reconcile --days 7                     # does the platform hold exactly what was delivered?
 //! ```
@@ -15,7 +15,8 @@
 //! Exit codes: 0 success; 1 a fatal error; 2 invalid input (for example a bad line given to
 //! `enqueue`, or `reconcile --since` before what the outbox can vouch for); 3 work remains for a
 //! blocked or unreachable tenant (`sync`), a tenant is not billing-ready (`doctor`), or
-//! discrepancies remain or a tenant's platform side cannot be read (`reconcile`).
+//! discrepancies remain or a tenant's platform side cannot be read (`reconcile`); 75 try again
+//! later (`enqueue` while the outbox pushes back).
 //!
 //! Built without the default `emulator` feature, the binary is the agent alone: no `demo`,
 //! no `emulator`, and none of the emulator's dependencies.
@@ -78,7 +79,8 @@ enum Command {
     },
     /// Deliver everything deliverable now, then return.
     Sync,
-    /// The long-running agent, with /metrics and /healthz.
+    /// The long-running agent, with /metrics and /healthz, and the HTTP ingest for devices
+    /// when the configuration has an [ingest] section.
     Run {
         /// Where to serve /metrics and /healthz.
         #[arg(long, default_value = "127.0.0.1:9464")]
