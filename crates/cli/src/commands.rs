@@ -124,7 +124,10 @@ pub async fn sync(agent: &Agent, progress: bool) -> anyhow::Result<ExitCode> {
 pub async fn status(agent: &Agent, json: bool) -> anyhow::Result<ExitCode> {
     let status = agent.status().await?;
     // Whether new events are refused now (the ingest's 503, enqueue's exit 75).
-    let pressure = agent.backpressure().await?;
+    let pressure = agent.backpressure().await.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot tell whether the outbox pushes back");
+        None
+    });
     if json {
         let backpressure =
             pressure.as_ref().map(|p| serde_json::json!({ "reason": p.reason(), "message": p.to_string() }));
