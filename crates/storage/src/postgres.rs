@@ -132,8 +132,17 @@ macro_rules! fence {
     };
 }
 
-/// Opens a transaction on the pool, even when the caller stops waiting (a `select!`, a timeout,
-/// an aborted task) while the `BEGIN` is on the wire.
+/// How every transaction of billsync begins: the server ends the session of one left idle
+/// inside it for 10 s. A transaction of billsync waits on nothing but the database (never on
+/// the platform, nor on another task), so only a frozen or cut-off agent (SIGSTOP, a stalled
+/// VM, a lost network) idles that long; its transaction (a lease holding the tenant's claim
+/// row shared, say) then no longer keeps the fleet from its rows for as long as it stands
+/// still. `SET LOCAL`, in `BEGIN`'s round trip, rather than a startup option: PgBouncer refuses
+/// those, and the setting ends with the transaction.
+const BEGIN_TRANSACTION: &str = "BEGIN; SET LOCAL idle_in_transaction_session_timeout = '10s'";
+
+/// Opens a transaction on the pool (see [`BEGIN_TRANSACTION`]), even when the caller stops
+/// waiting (a `select!`, a timeout, an aborted task) while the `BEGIN` is on the wire.
 ///
 /// sqlx 0.8 (and 0.9.0) counts a connection as inside a transaction only once `BEGIN` has
 /// answered; a future dropped before then returns the connection to the pool with the
@@ -143,7 +152,9 @@ macro_rules! fence {
 async fn begin(pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
     let pool = pool.clone();
     // The task ends only by finishing, or with the runtime (then nothing waits for it).
-    tokio::spawn(async move { pool.begin().await }).await.map_err(|e| sqlx::Error::Io(std::io::Error::other(e)))?
+    tokio::spawn(async move { pool.begin_with(BEGIN_TRANSACTION).await })
+        .await
+        .map_err(|e| sqlx::Error::Io(std::io::Error::other(e)))?
 }
 
 /// A generation as PostgreSQL stores it.
@@ -391,10 +402,15 @@ impl PostgresOutbox {
         .bind(tenant.as_str())
         .execute(&mut *tx)
         .await?;
+        // The claim is judged once the row is locked, by the outer query. With `FOR UPDATE` on
+        // the query that judges it, PostgreSQL computes the select list before waiting for the
+        // lock (and again only if the row was updated meanwhile): a takeover that waited behind
+        // a lease or settle holding the row shared (its agent frozen mid-transaction) would see
+        // the holder live as of before the wait, and leave it a claim that lapsed meanwhile.
         let row = sqlx::query(concat!(
             "SELECT holder, generation, expires_at, expires_at > ",
             db_now_ms!(),
-            " FROM tenant_claims WHERE tenant = $1 FOR UPDATE"
+            " FROM (SELECT holder, generation, expires_at FROM tenant_claims WHERE tenant = $1 FOR UPDATE) AS locked"
         ))
         .bind(tenant.as_str())
         .fetch_one(&mut *tx)

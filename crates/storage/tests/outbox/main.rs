@@ -6,6 +6,7 @@
 mod cancel;
 mod crash;
 mod fleet;
+mod frozen;
 mod helpers;
 mod postgres;
 mod reconcile;
