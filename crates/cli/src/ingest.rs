@@ -24,13 +24,20 @@ use tokio_util::sync::CancellationToken;
 /// How long a client is told to wait when the outbox pushes back.
 const RETRY_AFTER_SECONDS: u64 = 5;
 
-/// The ingest's routes for `agent`.
-pub fn router(agent: Agent) -> axum::Router {
+/// The ingest's routes for `agent`; a body must arrive within `read_timeout`.
+pub fn router(agent: Agent, read_timeout: Duration) -> axum::Router {
     axum::Router::new()
         .route("/v1/tenants/{name}/events", axum::routing::post(events))
         // The body's limit is checked by the handler, after the token.
         .layer(DefaultBodyLimit::disable())
-        .with_state(agent)
+        .with_state(Ingest { agent, read_timeout })
+}
+
+/// What the handler needs.
+#[derive(Clone)]
+struct Ingest {
+    agent: Agent,
+    read_timeout: Duration,
 }
 
 /// A refusal as JSON: `{"error": code, "message": ...}`.
@@ -53,7 +60,8 @@ fn too_large(what: &str) -> Response {
 }
 
 /// `POST /v1/tenants/{name}/events`.
-async fn events(State(agent): State<Agent>, Path(name): Path<String>, headers: HeaderMap, body: Body) -> Response {
+async fn events(State(ingest): State<Ingest>, Path(name): Path<String>, headers: HeaderMap, body: Body) -> Response {
+    let Ingest { agent, read_timeout } = ingest;
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -78,10 +86,14 @@ async fn events(State(agent): State<Agent>, Path(name): Path<String>, headers: H
     if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
         return too_large(&too_big);
     }
-    let bytes: Bytes = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
-        Ok(bytes) => bytes,
+    let bytes: Bytes = match tokio::time::timeout(read_timeout, axum::body::to_bytes(body, MAX_BODY_BYTES)).await {
+        Ok(Ok(bytes)) => bytes,
         // Over the limit, or the client went away mid-body (then no one reads the answer).
-        Err(_) => return too_large(&too_big),
+        Ok(Err(_)) => return too_large(&too_big),
+        Err(_) => {
+            let said = format!("the body did not arrive within {} s; nothing was stored", read_timeout.as_secs());
+            return refuse(StatusCode::REQUEST_TIMEOUT, "timeout", said);
+        }
     };
     let read =
         tokio::task::spawn_blocking(move || read_body(format, &bytes, &EventRules::default(), chrono::Utc::now()))
@@ -156,32 +168,28 @@ pub async fn serve(
     stop: CancellationToken,
 ) -> anyhow::Result<(SocketAddr, JoinHandle<()>)> {
     let listen = config.listen;
-    let app = router(agent);
-    match &config.tls {
-        None => {
-            let listener = tokio::net::TcpListener::bind(listen)
-                .await
-                .with_context(|| format!("[ingest] cannot listen on {listen}"))?;
-            let addr = listener.local_addr().with_context(|| format!("[ingest] cannot listen on {listen}"))?;
-            let server = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
-            Ok((addr, tokio::spawn(async move { log_end(server.await) })))
-        }
+    let app = router(agent, config.read_timeout).into_make_service();
+    let listener =
+        tokio::net::TcpListener::bind(listen).await.with_context(|| format!("[ingest] cannot listen on {listen}"))?;
+    let addr = listener.local_addr().with_context(|| format!("[ingest] cannot listen on {listen}"))?;
+    let handle = axum_server::Handle::new();
+    let mut server = axum_server::Server::<SocketAddr>::from_listener(listener).handle(handle.clone());
+    // A client that does not finish its headers in time is disconnected.
+    server.http_builder().http1().header_read_timeout(Some(config.read_timeout));
+    tokio::spawn(async move {
+        stop.cancelled().await;
+        // Requests being stored finish; new ones are refused.
+        handle.graceful_shutdown(Some(Duration::from_secs(5)));
+    });
+    let task = match &config.tls {
+        None => tokio::spawn(async move { log_end(server.serve(app).await) }),
         Some(tls) => {
             let rustls = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(server_config(tls)?));
-            let listener =
-                std::net::TcpListener::bind(listen).with_context(|| format!("[ingest] cannot listen on {listen}"))?;
-            let addr = listener.local_addr().with_context(|| format!("[ingest] cannot listen on {listen}"))?;
-            let handle = axum_server::Handle::new();
-            let server = axum_server::from_tcp_rustls(listener, rustls)
-                .with_context(|| format!("[ingest] cannot listen on {listen}"))?
-                .handle(handle.clone());
-            tokio::spawn(async move {
-                stop.cancelled().await;
-                handle.graceful_shutdown(Some(Duration::from_secs(5)));
-            });
-            Ok((addr, tokio::spawn(async move { log_end(server.serve(app.into_make_service()).await) })))
+            let server = server.acceptor(axum_server::tls_rustls::RustlsAcceptor::new(rustls));
+            tokio::spawn(async move { log_end(server.serve(app).await) })
         }
-    }
+    };
+    Ok((addr, task))
 }
 
 fn log_end(result: std::io::Result<()>) {

@@ -20,6 +20,7 @@ pub(super) struct RawIngest {
     listen: String,
     tls_cert_file: Option<PathBuf>,
     tls_key_file: Option<PathBuf>,
+    read_timeout_seconds: Option<u64>,
 }
 
 /// The HTTP ingest of `billsync run` (`[ingest]`; off when the section is absent).
@@ -29,6 +30,10 @@ pub struct IngestConfig {
     pub listen: SocketAddr,
     /// Its certificate and key, when it serves HTTPS (`tls_cert_file`, `tls_key_file`).
     pub tls: Option<IngestTls>,
+    /// How long a client may take to send a request's headers, and then its body
+    /// (`read_timeout_seconds`, default 30): a slow or stalled client does not hold a
+    /// connection for ever.
+    pub read_timeout: std::time::Duration,
 }
 
 /// The ingest's certificate chain and private key, read when the configuration is loaded.
@@ -106,7 +111,14 @@ impl RawIngest {
                 ));
             }
         }
-        Ok(IngestConfig { listen, tls })
+        let read_timeout = match self.read_timeout_seconds {
+            None => std::time::Duration::from_secs(30),
+            Some(0) => {
+                return Err(at.invalid("ingest.read_timeout_seconds", "must be at least 1".into()));
+            }
+            Some(s) => std::time::Duration::from_secs(s),
+        };
+        Ok(IngestConfig { listen, tls, read_timeout })
     }
 }
 
@@ -199,6 +211,11 @@ mod tests {
         let cfg = parse("[ingest]\nlisten = \"127.0.0.1:8788\"", &tenant("acme", ""), dir.path()).unwrap();
         let ingest = cfg.ingest.unwrap();
         assert_eq!((ingest.listen.port(), ingest.tls.is_none()), (8788, true));
+        assert_eq!(ingest.read_timeout, std::time::Duration::from_secs(30));
+        let err =
+            parse("[ingest]\nlisten = \"127.0.0.1:1\"\nread_timeout_seconds = 0", &tenant("acme", ""), dir.path())
+                .unwrap_err();
+        assert!(err.contains("ingest.read_timeout_seconds: must be at least 1"), "{err}");
         let err = parse("[ingest]\nlisten = \"localhost\"", &tenant("acme", ""), dir.path()).unwrap_err();
         assert!(err.contains("ingest.listen: \"localhost\" is not an address and port"), "{err}");
     }

@@ -319,3 +319,35 @@ async fn under_backpressure_the_ingest_answers_503_and_healthz_degrades() {
     assert_eq!(status_json(&env)["tenants"][0]["pending"], 3);
     env.platform.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stalls_is_cut_off_after_the_read_timeout() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    // Arrange: one second to send headers, and one more for the body.
+    let env = env(&[("acme", "acme-prod-001", "app-acme")]).await;
+    configure(&env, "[ingest]\nlisten = \"127.0.0.1:0\"\nread_timeout_seconds = 1\n", &[]);
+    let running = start(&env.config, &[]);
+    let addr = running.ingest.trim_start_matches("http://").to_owned();
+
+    // Act: one client stops inside its headers, another inside its body.
+    let mut headers_only = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    headers_only.write_all(b"POST /v1/tenants/acme/events HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let mut half_body = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = "POST /v1/tenants/acme/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ndjson\r\n\
+                Content-Length: 100\r\n\r\n{\"event_id\":";
+    half_body.write_all(head.as_bytes()).await.unwrap();
+
+    // Assert: the first is disconnected, the second told 408; neither is held for long.
+    let within = Duration::from_secs(10);
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(within, headers_only.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "a client stalled in its headers is still connected after {within:?}");
+    let mut answer = vec![0; 4096];
+    let n =
+        tokio::time::timeout(within, half_body.read(&mut answer)).await.expect("no answer to a stalled body").unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("did not arrive within 1 s"), "{answer}");
+    assert_eq!(status_json(&env)["tenants"][0]["pending"], 0);
+    env.platform.shutdown().await;
+}
