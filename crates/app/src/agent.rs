@@ -314,10 +314,24 @@ impl Agent {
     /// limits ([`Agent::backpressure`]); or the outbox's error. In each case nothing was stored.
     pub async fn enqueue(&self, tenant: &str, events: &[EncodedEvent]) -> Result<EnqueueReport, AgentError> {
         let name = self.tenant_name(tenant)?;
+        self.store(&name, events, None).await
+    }
+
+    /// The one way events enter the outbox: refused while it pushes back, else committed and
+    /// counted. `failpoint` names the test-only failpoint just before the commit.
+    async fn store(
+        &self,
+        name: &TenantName,
+        events: &[EncodedEvent],
+        failpoint: Option<&str>,
+    ) -> Result<EnqueueReport, AgentError> {
         if let Some(pressure) = self.backpressure().await? {
             return Err(pressure.into());
         }
-        let report = self.outbox.enqueue(&name, events).await?;
+        if let Some(point) = failpoint {
+            crate::ingest::failpoint(point);
+        }
+        let report = self.outbox.enqueue(name, events).await?;
         self.pending.add(report.stored as u64);
         self.metrics.enqueued(name.as_str(), report.stored as u64);
         Ok(report)
@@ -396,26 +410,17 @@ impl Agent {
     /// # Errors
     /// As [`Agent::enqueue`].
     pub async fn ingest(&self, tenant: &TenantName, events: &[EncodedEvent]) -> Result<EnqueueReport, AgentError> {
-        let n = events.len() as u64;
-        let name = tenant.as_str();
-        if let Some(pressure) = self.backpressure().await? {
-            self.metrics.ingested(name, "backpressure", n);
-            return Err(pressure.into());
-        }
-        crate::ingest::failpoint("ingest_before_commit");
-        match self.outbox.enqueue(tenant, events).await {
+        let stored = self.store(tenant, events, Some("ingest_before_commit")).await;
+        let (name, n) = (tenant.as_str(), events.len() as u64);
+        match &stored {
             Ok(report) => {
-                self.pending.add(report.stored as u64);
-                self.metrics.enqueued(name, report.stored as u64);
                 self.metrics.ingested(name, "stored", report.stored as u64);
                 self.metrics.ingested(name, "duplicate", report.duplicates.len() as u64);
-                Ok(report)
             }
-            Err(e) => {
-                self.metrics.ingested(name, "failed", n);
-                Err(e.into())
-            }
+            Err(AgentError::Backpressure(_)) => self.metrics.ingested(name, "backpressure", n),
+            Err(_) => self.metrics.ingested(name, "failed", n),
         }
+        stored
     }
 
     /// Delivers everything deliverable now, then returns what happened per tenant.

@@ -122,22 +122,19 @@ async fn store(
     match agent.ingest(tenant, events).await {
         Ok(report) => (StatusCode::OK, Json(json!({ "stored": report.stored, "duplicates": report.duplicates.len() })))
             .into_response(),
-        Err(e) if e.is_temporary() => {
-            let mut response = refuse(StatusCode::SERVICE_UNAVAILABLE, "backpressure", e.to_string());
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
-            response
-        }
+        Err(e) if e.is_temporary() => unavailable("backpressure", e.to_string()),
         Err(e) => {
             tracing::error!(tenant = %tenant, error = format!("{:#}", anyhow::Error::new(e)), "the ingest could not store events");
-            let mut response = refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "storage",
-                "the outbox could not store the events; nothing was stored",
-            );
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
-            response
+            unavailable("storage", "the outbox could not store the events; nothing was stored")
         }
     }
+}
+
+/// `503` with `Retry-After`: nothing was stored, and trying again later may succeed.
+fn unavailable(code: &str, message: impl Into<String>) -> Response {
+    let mut response = refuse(StatusCode::SERVICE_UNAVAILABLE, code, message);
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+    response
 }
 
 fn refused_body(agent: &Agent, tenant: &str, refusal: &BodyRefusal) -> Response {
