@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)] // test, bench and example code: a panic is a failure
 
 mod helpers;
+mod messages;
 mod migrations;
 mod referee;
 mod retention;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use billsync_auth::Diagnosis;
 use billsync_domain::{
     BillingPolicy, BillingReader, Clock, DeadLetterRecord, EncodedEvent, EnqueueReport, EventId, Outbox, OutboxError,
-    ReconcileStore, SystemClock, Tenant, TenantCounts, TenantName,
+    QuarantineStore, ReconcileStore, SystemClock, Tenant, TenantCounts, TenantName,
 };
 use billsync_http::HttpSettings;
 use billsync_transport::HttpBillingApi;
@@ -20,11 +20,14 @@ use serde::Serialize;
 use crate::backpressure::{PendingCount, Pressure};
 use crate::config::{Config, ConfigError, Credential};
 use crate::engine::{Blocked, Engine, Ports, SyncSettings, TenantReport, TenantState};
-use crate::health::Health;
+use crate::health::{Check, Health};
+
+mod messages;
 use crate::metrics::Metrics;
 use crate::reconcile::{
     LastReconcile, Mode, Progress, ReconcileError, ReconcileOptions, Reconciler, Schedule, TenantReconciliation,
 };
+pub use messages::{Message, Requeued, Taken};
 
 /// Why the agent could not be built or could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -129,7 +132,8 @@ impl AgentBuilder {
     pub async fn build(self) -> Result<Agent, AgentError> {
         let config = self.config.ok_or(AgentError::NoConfig)?;
         let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock));
-        let (outbox, store) = config.storage.location.open_with_reconcile(clock.clone()).await?;
+        let stores = config.storage.location.open_stores(clock.clone()).await?;
+        let (outbox, store, quarantine) = (stores.outbox, stores.reconcile, stores.quarantine);
         // One set of connection settings, the CA bundle read once, for both HTTP adapters.
         let mut http = HttpSettings::default().with_timeout(config.sync.request_timeout);
         if let Some(path) = &config.platform.ca_file {
@@ -149,12 +153,14 @@ impl AgentBuilder {
             config: Arc::new(config),
             outbox,
             store,
+            quarantine,
             reader: api,
             tokens,
             engine,
             metrics,
             clock,
             pending: Arc::default(),
+            checks: Arc::default(),
         })
     }
 }
@@ -241,12 +247,15 @@ pub struct Agent {
     config: Arc<Config>,
     outbox: Arc<dyn Outbox>,
     store: Arc<dyn ReconcileStore>,
+    quarantine: Arc<dyn QuarantineStore>,
     reader: Arc<dyn BillingReader>,
     tokens: Arc<TokenCache>,
     engine: Engine,
     metrics: Metrics,
     clock: Arc<dyn Clock>,
     pending: Arc<PendingCount>,
+    /// Checks the parts around the engine report ([`Agent::report_check`]), by name.
+    checks: Arc<std::sync::Mutex<std::collections::BTreeMap<String, Check>>>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -599,7 +608,16 @@ impl Agent {
     /// The agent's health (`/healthz`), from what its engine knows of each tenant, and whether
     /// the outbox pushed back when last asked ([`Agent::backpressure`]).
     pub fn health(&self) -> Health {
-        Health::of(&self.engine.reports()).with_outbox(self.pending.pressure().as_ref())
+        let health = Health::of(&self.engine.reports()).with_outbox(self.pending.pressure().as_ref());
+        let checks = self.checks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        checks.values().cloned().fold(health, Health::with)
+    }
+
+    /// Reports the state of a part the embedding program runs around the agent (the MQTT
+    /// ingest's broker connection: `mqtt`), shown by [`Agent::health`] until replaced.
+    pub fn report_check(&self, check: Check) {
+        let mut checks = self.checks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        checks.insert(check.name.clone(), check);
     }
 
     /// Updates the pending, token and state gauges of the metrics.

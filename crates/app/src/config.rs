@@ -5,7 +5,9 @@
 mod credential;
 pub use credential::Credential;
 mod ingest;
+mod mqtt;
 pub use ingest::{IngestConfig, IngestTls};
+pub use mqtt::{MqttConfig, MqttCredentials, TopicTemplate};
 mod secret_file;
 mod syntax;
 
@@ -285,8 +287,10 @@ pub struct Config {
     pub sync: SyncConfig,
     /// Reconciliation.
     pub reconcile: ReconcileConfig,
-    /// The HTTP ingest of `run` (`[ingest]`); `None`: off.
+    /// The HTTP ingest of `run` (`[ingest] listen`); `None`: off.
     pub ingest: Option<IngestConfig>,
+    /// The MQTT ingest of `run` (`[ingest.mqtt]`); `None`: off.
+    pub mqtt: Option<MqttConfig>,
     /// The tenants.
     pub tenants: Vec<TenantConfig>,
     /// Non-fatal remarks (an inline secret in a world-readable file).
@@ -341,8 +345,11 @@ impl Config {
             tenants.push(tenant);
         }
         ingest::check_tokens_distinct(&tenants, at)?;
-        let ingest = raw.ingest.map(|i| i.validate(at, &tenants, &mut warnings)).transpose()?;
-        Ok(Self { platform, storage, sync, reconcile, ingest, tenants, warnings })
+        let (ingest, mqtt) = match raw.ingest {
+            Some(i) => i.validate(at, &tenants, &mut warnings)?,
+            None => (None, None),
+        };
+        Ok(Self { platform, storage, sync, reconcile, ingest, mqtt, tenants, warnings })
     }
 
     /// The tenant with this local name.

@@ -83,6 +83,14 @@ impl Health {
         self
     }
 
+    /// Adds a check of another part (the MQTT ingest's broker connection).
+    #[must_use]
+    pub fn with(mut self, check: Check) -> Self {
+        self.status = self.status.max(check.status);
+        self.checks.push(check);
+        self
+    }
+
     /// `200` for ok or degraded, `503` for down.
     pub fn http_status(&self) -> u16 {
         if self.status == HealthStatus::Down { 503 } else { 200 }

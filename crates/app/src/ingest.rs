@@ -169,6 +169,54 @@ pub fn read_body(
     }
 }
 
+/// Reads one broker message's events, all or nothing: one event as JSON (on one line or
+/// several), or several as JSON Lines; at most [`MAX_EVENTS`] events and [`MAX_BODY_BYTES`]
+/// bytes. A message of blank lines holds no events.
+///
+/// # Errors
+/// [`BodyRefusal`], as [`read_body`]'s.
+pub fn read_message(payload: &[u8], rules: &EventRules, now: DateTime<Utc>) -> Result<Vec<EncodedEvent>, BodyRefusal> {
+    if payload.len() > MAX_BODY_BYTES {
+        return Err(BodyRefusal::Malformed {
+            expected: "at most 10 MiB",
+            reason: format!("the message has {} bytes", payload.len()),
+        });
+    }
+    let lines = read_lines(payload, rules, now);
+    if lines.is_err() && payload.trim_ascii_start().first() == Some(&b'{') {
+        // One event written over several lines: the same event on one line.
+        if let Ok(value @ serde_json::Value::Object(_)) = serde_json::from_slice::<serde_json::Value>(payload) {
+            if let Ok(line) = serde_json::to_vec(&value) {
+                return read_lines(&line, rules, now);
+            }
+        }
+    }
+    lines
+}
+
+impl BodyRefusal {
+    /// The refusal in one line, naming each bad event's line or index, field and reason (the
+    /// first three): what the quarantine keeps as an entry's reason.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Invalid { errors, total } => {
+                let named: Vec<String> = errors
+                    .iter()
+                    .take(3)
+                    .map(|e| match e.at {
+                        Position::Line(n) => format!("line {n}: {}: {}", e.field, e.reason),
+                        Position::Index(i) => format!("index {i}: {}: {}", e.field, e.reason),
+                    })
+                    .collect();
+                let more =
+                    if *total > named.len() { format!(" (and {} more)", total - named.len()) } else { String::new() };
+                format!("{total} invalid event(s): {}{more}", named.join("; "))
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
 fn read_lines(body: &[u8], rules: &EventRules, now: DateTime<Utc>) -> Result<Vec<EncodedEvent>, BodyRefusal> {
     let lines = body.split(|b| *b == b'\n').enumerate().filter(|(_, l)| !l.trim_ascii().is_empty());
     let count = lines.clone().take(MAX_EVENTS + 1).count();
@@ -319,6 +367,28 @@ mod tests {
         let not_utf8 = read_body(BodyFormat::JsonLines, b"\xff\xfe\n", &EventRules::default(), now()).unwrap_err();
         let BodyRefusal::Invalid { errors, .. } = not_utf8 else { panic!("expected invalid") };
         assert_eq!((errors[0].at, errors[0].field.as_str()), (Position::Line(1), "json"));
+    }
+
+    #[test]
+    fn a_message_is_one_event_or_json_lines_and_its_refusal_names_the_field() {
+        let pretty = "{\n  \"event_id\": \"p\", \"device_id\": \"d\", \"meter\": \"m\",\n  \"quantity\": \"1\", \"unit\": \"kWh\", \"occurred_at\": \"2026-11-23T10:00:00Z\"\n}\n";
+        let ids = |r: Result<Vec<EncodedEvent>, BodyRefusal>| -> Vec<String> {
+            r.unwrap().iter().map(|e| e.event_id().to_string()).collect()
+        };
+        let rules = EventRules::default();
+        assert_eq!(ids(read_message(pretty.as_bytes(), &rules, now())), ["p"]);
+        assert_eq!(ids(read_message(event("a", "\"1\"").as_bytes(), &rules, now())), ["a"]);
+        let lines = format!("{}\n{}", event("a", "\"1\""), event("b", "\"2\""));
+        assert_eq!(ids(read_message(lines.as_bytes(), &rules, now())), ["a", "b"]);
+        assert!(ids(read_message(b"\n \n", &rules, now())).is_empty());
+
+        let bad = format!("{}\n{}", event("a", "\"1\""), event("b", "2"));
+        let refusal = read_message(bad.as_bytes(), &rules, now()).unwrap_err();
+        assert!(refusal.describe().starts_with("1 invalid event(s): line 2: quantity: "), "{}", refusal.describe());
+        let garbage = read_message(b"not json at all", &rules, now()).unwrap_err();
+        assert!(garbage.describe().contains("line 1: json"), "{}", garbage.describe());
+        let huge = vec![b' '; MAX_BODY_BYTES + 1];
+        assert!(read_message(&huge, &rules, now()).unwrap_err().describe().contains("10485761 bytes"));
     }
 
     #[test]

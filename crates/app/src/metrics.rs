@@ -35,6 +35,7 @@ struct Inner {
     reconcile_last_success: Family<Labels, Gauge>,
     ingest_events: Family<Labels, Counter>,
     backpressure: Family<Labels, Gauge>,
+    quarantined: Counter,
     /// Each tenant's `state="blocked"` series, whose `reason` label changes with the reason.
     blocked_series: Mutex<HashMap<String, Labels>>,
 }
@@ -60,6 +61,13 @@ where
     let family = Family::<Labels, M>::default();
     registry.register(name, help, family.clone());
     family
+}
+
+/// A counter without labels, registered.
+fn counter(registry: &mut Registry, name: &str, help: &str) -> Counter {
+    let counter = Counter::default();
+    registry.register(name, help, counter.clone());
+    counter
 }
 
 impl Default for Metrics {
@@ -95,13 +103,14 @@ impl Default for Metrics {
         let ingest_events = family(
             r,
             "ingest_events",
-            "Events received by the HTTP ingest, by result (stored, duplicate, invalid, backpressure, failed)",
+            "Events received by the HTTP and MQTT ingest, by result (stored, duplicate, invalid, backpressure, failed)",
         );
         let backpressure = family(
             r,
             "backpressure",
             "1 while the outbox refuses new events, by reason (max_pending_events, min_free_disk_mb), else 0",
         );
+        let quarantined = counter(r, "quarantined_messages", "Broker messages put in the quarantine");
         Self {
             inner: Arc::new(Inner {
                 registry,
@@ -119,6 +128,7 @@ impl Default for Metrics {
                 reconcile_last_success,
                 ingest_events,
                 backpressure,
+                quarantined,
                 blocked_series: Mutex::default(),
             }),
         }
@@ -201,6 +211,10 @@ impl Metrics {
     /// Events of a tenant the ingest received with this result so far.
     pub fn ingested_with(&self, t: &str, result: &str) -> u64 {
         self.inner.ingest_events.get_or_create(&vec![("tenant", t.to_owned()), ("result", result.to_owned())]).get()
+    }
+    /// One broker message put in the quarantine.
+    pub fn quarantined(&self) {
+        self.inner.quarantined.inc();
     }
     /// Whether the outbox pushes back now, and why (`pressure`: `None` when it takes events).
     pub fn backpressure(&self, pressure: Option<&crate::backpressure::Pressure>) {

@@ -10,6 +10,7 @@
 //! billsync run --listen 127.0.0.1:9464           # the long-running agent (and the ingest of [ingest])
 //! billsync status                                # counts and state per tenant
 //! billsync reconcile --days 7                     # does the platform hold exactly what was delivered?
+//! billsync quarantine list                       # broker messages the MQTT ingest could not store
 //! ```
 //!
 //! Exit codes: 0 success; 1 a fatal error; 2 invalid input (for example a bad line given to
@@ -26,7 +27,9 @@ mod commands;
 mod demo;
 mod ingest;
 mod key;
+mod mqtt;
 mod output;
+mod quarantine;
 mod reconcile;
 mod serve;
 
@@ -127,6 +130,10 @@ enum Command {
         #[arg(long)]
         exclusive: bool,
     },
+    /// Broker messages the MQTT ingest could not store (unreadable, unknown tenant, invalid
+    /// event): list them, retry them after a fix, or remove them.
+    #[command(subcommand)]
+    Quarantine(QuarantineCommand),
     /// Tokens.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -166,6 +173,31 @@ enum DeadLetterCommand {
     },
     /// Return dead-lettered events to pending.
     Requeue(RequeueArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum QuarantineCommand {
+    /// List the quarantined messages: number, time, topic, size, reason and the payload's start.
+    List {
+        /// Print JSON (with each whole kept payload).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take the messages again by today's configuration; those stored are removed (exit 3 when
+    /// one is still refused).
+    Requeue(QuarantineArgs),
+    /// Remove messages from the quarantine.
+    Purge(QuarantineArgs),
+}
+
+#[derive(Args, Debug)]
+struct QuarantineArgs {
+    /// Every entry.
+    #[arg(long, conflicts_with = "ids")]
+    all: bool,
+    /// These entries (their numbers in `quarantine list`).
+    #[arg(required_unless_present = "all")]
+    ids: Vec<i64>,
 }
 
 #[derive(Args, Debug)]
@@ -300,6 +332,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::DeadLetter(DeadLetterCommand::Requeue(args)) => {
             commands::dead_letter_requeue(&agent().await?, args.tenant.as_deref(), args.all, &args.event_ids).await
+        }
+        Command::Quarantine(QuarantineCommand::List { json }) => quarantine::list(&agent().await?, json).await,
+        Command::Quarantine(QuarantineCommand::Requeue(a)) => {
+            quarantine::requeue(&agent().await?, &quarantine::selection(a.all, &a.ids)).await
+        }
+        Command::Quarantine(QuarantineCommand::Purge(a)) => {
+            quarantine::purge(&agent().await?, &quarantine::selection(a.all, &a.ids)).await
         }
         Command::Doctor { tenant, json } => commands::doctor(&agent().await?, tenant.as_deref(), json).await,
         Command::Reconcile { tenant, days, since, json, repair, exclusive } => {

@@ -65,6 +65,19 @@ pub async fn run(agent: Agent, listen: SocketAddr) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
+    let mqtt = match &agent.config().mqtt {
+        Some(config) => {
+            let task = crate::mqtt::serve(agent.clone(), config, stop.clone())?;
+            eprintln!(
+                "billsync run: taking events from {} on {} (client id {})",
+                config.url,
+                config.subscription(),
+                config.client_id
+            );
+            Some(task)
+        }
+        None => None,
+    };
     let engine = {
         let agent = agent.clone();
         let stopped = stop.clone().cancelled_owned();
@@ -83,6 +96,10 @@ pub async fn run(agent: Agent, listen: SocketAddr) -> anyhow::Result<ExitCode> {
         if tokio::time::timeout(Duration::from_secs(5), ingest).await.is_err() {
             tracing::warn!("the ingest did not stop within 5 s");
         }
+    }
+    if let Some(mqtt) = mqtt {
+        // The run being stored is acknowledged, then the session is closed (the broker keeps it).
+        let _ = mqtt.await;
     }
     if tokio::time::timeout(Duration::from_millis(500), server).await.is_err() {
         tracing::warn!("the /metrics server did not stop within 500 ms");

@@ -52,8 +52,9 @@ pub use ids::{
 pub use policy::{BillingPolicy, BillingRequestHeaders, Violation, ViolationCode, Violations};
 pub use ports::{
     BillingApi, BillingReader, BillingReply, Claim, ClaimOutcome, Clock, DeadLetter, DeadLetterRecord, EnqueueReport,
-    Holder, Lease, LeaseId, ListAnswer, ListReply, ManualClock, Outbox, OutboxError, ReconcileStore, RunId,
-    StorageFailure, SystemClock, TenantCounts, TokenError, TokenSource, TransportError,
+    Holder, Lease, LeaseId, ListAnswer, ListReply, ManualClock, Outbox, OutboxError, QUARANTINE_PAYLOAD_MAX,
+    QuarantineSelection, QuarantineStore, Quarantined, ReconcileStore, RunId, StorageFailure, SystemClock,
+    TenantCounts, TokenError, TokenSource, TransportError,
 };
 pub use rate::{RatePolicy, SharedWindow, SlidingWindow};
 pub use reconcile::{

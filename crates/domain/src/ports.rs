@@ -652,3 +652,79 @@ pub trait ReconcileStore: Send + Sync {
     /// [`OutboxError::Storage`].
     async fn last_reconcile(&self, tenant: &TenantName) -> Result<Option<String>, OutboxError>;
 }
+
+// ---------------------------------------------------------------- quarantine
+
+/// The most bytes of a message's payload a quarantine entry keeps (64 KiB); a longer message
+/// keeps its first bytes and its full size.
+pub const QUARANTINE_PAYLOAD_MAX: usize = 64 * 1024;
+
+/// A message the ingest took from a broker but could not store as events (unreadable, for an
+/// unknown tenant, or holding an invalid event), kept so that it can be looked at, retried
+/// after a fix, or purged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Quarantined {
+    /// The entry's number, given by the outbox (from 1, never reused).
+    pub id: i64,
+    /// When it was quarantined (the outbox's clock).
+    pub received_at: DateTime<Utc>,
+    /// Where it came from: the MQTT topic.
+    pub topic: String,
+    /// Why it was not stored, in plain words (names the line and field of a bad event).
+    pub reason: String,
+    /// The payload's first [`QUARANTINE_PAYLOAD_MAX`] bytes.
+    #[serde(skip)]
+    pub payload: Vec<u8>,
+    /// The whole payload's size in bytes (more than `payload.len()` when it was cut).
+    pub size: u64,
+}
+
+impl Quarantined {
+    /// Whether the payload was cut to [`QUARANTINE_PAYLOAD_MAX`] bytes.
+    pub fn truncated(&self) -> bool {
+        self.size > self.payload.len() as u64
+    }
+}
+
+/// Which quarantine entries a command acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QuarantineSelection {
+    /// Every entry.
+    All,
+    /// These entries (unknown numbers are skipped).
+    Ids(Vec<i64>),
+}
+
+/// The outbox's quarantine of broker messages that could not be stored as events: written by
+/// the MQTT ingest just before it acknowledges such a message (so that the broker does not
+/// redeliver it forever), read and emptied by `billsync quarantine`.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait QuarantineStore: Send + Sync {
+    /// Keeps a message: its topic, its payload (the first [`QUARANTINE_PAYLOAD_MAX`] bytes and
+    /// the full size) and the reason, at the clock's time. The same payload on the same topic
+    /// is kept once (a broker redelivers a message whose acknowledgement was lost): the second
+    /// call returns the first entry's number and changes nothing. Returns the entry's number.
+    ///
+    /// # Errors
+    /// [`OutboxError::Storage`].
+    async fn quarantine(&self, topic: &str, payload: &[u8], reason: &str) -> Result<i64, OutboxError>;
+
+    /// The selected entries, oldest first.
+    ///
+    /// # Errors
+    /// [`OutboxError::Storage`].
+    async fn quarantined(&self, which: &QuarantineSelection) -> Result<Vec<Quarantined>, OutboxError>;
+
+    /// Replaces an entry's reason (a retry that failed again, for a new reason).
+    ///
+    /// # Errors
+    /// [`OutboxError::Storage`].
+    async fn set_quarantine_reason(&self, id: i64, reason: &str) -> Result<(), OutboxError>;
+
+    /// Removes the selected entries; says how many were removed.
+    ///
+    /// # Errors
+    /// [`OutboxError::Storage`].
+    async fn purge_quarantined(&self, which: &QuarantineSelection) -> Result<u64, OutboxError>;
+}

@@ -23,6 +23,13 @@
 //! horizon moving with it); a scratch set of what the platform holds, in the same database; the
 //! comparison of the two as SQL joins, streamed; and each tenant's last result.
 //!
+//! And both serve the port [`billsync_domain::QuarantineStore`] (`billsync quarantine`): the
+//! `quarantine` table of broker messages the MQTT ingest could not store as events, each kept
+//! (its first 64 KiB, its full size, the reason, the clock's time) just before the message is
+//! acknowledged, durable as an enqueue is, and kept once however often the broker redelivers it
+//! (a unique SHA-256 of its topic and whole payload); entries are numbered from 1, never reused.
+//! [`Location::open_stores`] opens one adapter as all three ports ([`Stores`]).
+//!
 //! [`open`] picks one from a URL. Both store times as integer milliseconds from the
 //! injected [`Clock`], migrate their schema with embedded migrations,
 //! and refuse a database written by a newer billsync ([`OutboxError::SchemaTooNew`]).
@@ -61,12 +68,13 @@
 mod common;
 mod error;
 mod postgres;
+mod quarantine;
 mod reconcile;
 mod sqlite;
 
 use std::sync::Arc;
 
-use billsync_domain::{Clock, Outbox, OutboxError, ReconcileStore};
+use billsync_domain::{Clock, Outbox, OutboxError, QuarantineStore, ReconcileStore};
 
 pub use postgres::PostgresOutbox;
 pub use sqlite::{SqliteOptions, SqliteOutbox};
@@ -76,11 +84,11 @@ use crate::error::{StoreError, redact_url};
 /// The SQLite schema version this build writes: its newest embedded migration. An outbox
 /// with a newer one is refused with
 /// [`OutboxError::SchemaTooNew`].
-pub const SQLITE_SCHEMA_VERSION: i64 = 6;
+pub const SQLITE_SCHEMA_VERSION: i64 = 7;
 
 /// The PostgreSQL schema version this build writes, as [`SQLITE_SCHEMA_VERSION`] is for
 /// SQLite (the two schemas move on their own: version 3 is SQLite's lease rows).
-pub const POSTGRES_SCHEMA_VERSION: i64 = 5;
+pub const POSTGRES_SCHEMA_VERSION: i64 = 6;
 
 /// Where an outbox lives, parsed from its URL once, at the edge:
 ///
@@ -147,25 +155,40 @@ impl Location {
         }
     }
 
-    /// Opens (and migrates) the outbox here, as both ports it serves: the outbox, and its side
-    /// of reconciliation (one adapter behind both).
+    /// Opens (and migrates) the outbox here, as every port it serves: the outbox, its side of
+    /// reconciliation and its quarantine (one adapter behind all three).
     ///
     /// # Errors
     /// As [`Location::open`].
-    pub async fn open_with_reconcile(
-        &self,
-        clock: Arc<dyn Clock>,
-    ) -> Result<(Arc<dyn Outbox>, Arc<dyn ReconcileStore>), OutboxError> {
+    pub async fn open_stores(&self, clock: Arc<dyn Clock>) -> Result<Stores, OutboxError> {
         match self {
-            Self::Sqlite { path } => {
-                let outbox = Arc::new(SqliteOutbox::open(path, clock).await?);
-                Ok((outbox.clone(), outbox))
-            }
-            Self::Postgres { url } => {
-                let outbox = Arc::new(PostgresOutbox::connect(url, clock).await?);
-                Ok((outbox.clone(), outbox))
-            }
+            Self::Sqlite { path } => Ok(Stores::of(Arc::new(SqliteOutbox::open(path, clock).await?))),
+            Self::Postgres { url } => Ok(Stores::of(Arc::new(PostgresOutbox::connect(url, clock).await?))),
         }
+    }
+}
+
+/// One outbox as each port it serves ([`Location::open_stores`]): the same adapter (and
+/// database) behind all three handles.
+#[derive(Clone)]
+pub struct Stores {
+    /// The durable outbox of billing events.
+    pub outbox: Arc<dyn Outbox>,
+    /// Its side of reconciliation: the ledger, the scratch set, the repairs.
+    pub reconcile: Arc<dyn ReconcileStore>,
+    /// Its quarantine of broker messages that could not be stored as events.
+    pub quarantine: Arc<dyn QuarantineStore>,
+}
+
+impl Stores {
+    fn of<T: Outbox + ReconcileStore + QuarantineStore + 'static>(adapter: Arc<T>) -> Self {
+        Self { outbox: adapter.clone(), reconcile: adapter.clone(), quarantine: adapter }
+    }
+}
+
+impl std::fmt::Debug for Stores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stores").finish_non_exhaustive()
     }
 }
 

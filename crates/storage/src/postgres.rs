@@ -179,6 +179,7 @@ macro_rules! db_now_ms {
 }
 
 // After the macros above, which it uses.
+mod quarantine;
 mod reconcile;
 
 async fn migrate(pool: &PgPool) -> Result<(), StoreError> {

@@ -37,9 +37,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::common::{EnqueuePlan, count, counts_from, event_id, from_ms, limit, span_ms, to_ms};
 use crate::error::{Chain, During as _, StoreError};
+use crate::quarantine::NewEntry;
 use crate::reconcile::{HeldRow, LedgerFact, ledger_facts};
 
 mod ops;
+mod quarantine;
 mod reconcile;
 mod writer;
 

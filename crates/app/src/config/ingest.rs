@@ -17,10 +17,11 @@ const MIN_TOKEN_CHARS: usize = 16;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawIngest {
-    listen: String,
+    listen: Option<String>,
     tls_cert_file: Option<PathBuf>,
     tls_key_file: Option<PathBuf>,
     read_timeout_seconds: Option<u64>,
+    mqtt: Option<super::mqtt::RawMqtt>,
 }
 
 /// The HTTP ingest of `billsync run` (`[ingest]`; off when the section is absent).
@@ -57,21 +58,51 @@ impl std::fmt::Debug for IngestTls {
 }
 
 impl RawIngest {
-    /// Checks `[ingest]` against the tenants: a non-loopback listener needs TLS and a token on
-    /// every tenant.
+    /// Checks `[ingest]`: the HTTP ingest (`listen`), the MQTT ingest (`[ingest.mqtt]`), or
+    /// both.
     pub(super) fn validate(
         self,
         at: At<'_>,
         tenants: &[TenantConfig],
         warnings: &mut Vec<String>,
+    ) -> Result<(Option<IngestConfig>, Option<super::MqttConfig>), ConfigError> {
+        let mqtt = self.mqtt.map(|m| m.validate(at)).transpose()?;
+        let http = match self.listen {
+            Some(listen) => Some(Self::http(
+                listen,
+                self.tls_cert_file,
+                self.tls_key_file,
+                self.read_timeout_seconds,
+                at,
+                tenants,
+                warnings,
+            )?),
+            None if mqtt.is_some() => None,
+            None => {
+                return Err(at.invalid(
+                    "ingest.listen",
+                    "is missing: set listen for the HTTP ingest, [ingest.mqtt] for MQTT, or both".into(),
+                ));
+            }
+        };
+        Ok((http, mqtt))
+    }
+
+    /// Checks the HTTP ingest against the tenants: a non-loopback listener needs TLS and a
+    /// token on every tenant.
+    fn http(
+        listen: String,
+        tls_cert_file: Option<PathBuf>,
+        tls_key_file: Option<PathBuf>,
+        read_timeout_seconds: Option<u64>,
+        at: At<'_>,
+        tenants: &[TenantConfig],
+        warnings: &mut Vec<String>,
     ) -> Result<IngestConfig, ConfigError> {
-        let listen: SocketAddr = self.listen.parse().map_err(|_| {
-            at.invalid(
-                "ingest.listen",
-                format!("\"{}\" is not an address and port such as 127.0.0.1:8788", self.listen),
-            )
+        let listen: SocketAddr = listen.parse().map_err(|_| {
+            at.invalid("ingest.listen", format!("\"{listen}\" is not an address and port such as 127.0.0.1:8788"))
         })?;
-        let tls = match (self.tls_cert_file, self.tls_key_file) {
+        let tls = match (tls_cert_file, tls_key_file) {
             (None, None) => None,
             (Some(cert), Some(key)) => {
                 let key_file = relative_to(at.0, &key);
@@ -111,7 +142,7 @@ impl RawIngest {
                 ));
             }
         }
-        let read_timeout = match self.read_timeout_seconds {
+        let read_timeout = match read_timeout_seconds {
             None => std::time::Duration::from_secs(30),
             Some(0) => {
                 return Err(at.invalid("ingest.read_timeout_seconds", "must be at least 1".into()));

@@ -8,7 +8,7 @@ use billsync_domain::{DeadLetter, Lease, TenantName};
 use sqlx::Row as _;
 use sqlx::sqlite::SqliteConnection;
 
-use super::{COMPACT_CHUNK, INSERT_CHUNK, Op, Out, reconcile};
+use super::{COMPACT_CHUNK, INSERT_CHUNK, Op, Out, quarantine, reconcile};
 use crate::common::{Row, leased};
 use crate::error::StoreError;
 use crate::reconcile::LedgerFact;
@@ -175,6 +175,9 @@ pub(super) async fn exec_one(
         Op::SettleHeld { tenant, ids, .. } => reconcile::exec_settle_held(conn, tenant, ids, now).await,
         Op::TrimFactsChunk { before } => reconcile::exec_trim_facts_chunk(conn, *before).await,
         Op::SaveLastReconcile { tenant, result } => reconcile::exec_save_last(conn, tenant, result, now).await,
+        Op::Quarantine { entry } => quarantine::exec_quarantine(conn, entry, now).await,
+        Op::SetQuarantineReason { id, reason } => quarantine::exec_set_reason(conn, *id, reason).await,
+        Op::PurgeQuarantined { ids } => quarantine::exec_purge(conn, ids.as_deref()).await,
     }
 }
 

@@ -96,6 +96,18 @@ pub(super) enum Op {
         tenant: String,
         result: String,
     },
+    /// A broker message into the quarantine, unless the same one is there (then its id).
+    Quarantine {
+        entry: NewEntry,
+    },
+    SetQuarantineReason {
+        id: i64,
+        reason: String,
+    },
+    /// `ids`: the entries to remove, `None` for all of them.
+    PurgeQuarantined {
+        ids: Option<Vec<i64>>,
+    },
 }
 
 /// What the operation does, as the `what` of its failures ("ack of 500 events of tenant acme").
@@ -123,6 +135,10 @@ impl fmt::Display for Op {
             Op::SettleHeld { tenant, ids, .. } => write!(f, "settling {} events of tenant {tenant}", ids.len()),
             Op::TrimFactsChunk { before } => write!(f, "dropping the facts of events that occurred before {before} ms"),
             Op::SaveLastReconcile { tenant, .. } => write!(f, "saving the last reconciliation of tenant {tenant}"),
+            Op::Quarantine { entry } => write!(f, "quarantine of a message from topic {:?}", entry.topic),
+            Op::SetQuarantineReason { id, .. } => write!(f, "setting the reason of quarantine entry {id}"),
+            Op::PurgeQuarantined { ids: None } => f.write_str("purge of every quarantine entry"),
+            Op::PurgeQuarantined { ids: Some(ids) } => write!(f, "purge of {} quarantine entries", ids.len()),
         }
     }
 }
@@ -133,9 +149,10 @@ impl Op {
     /// OS crash before the next durable commit or checkpoint can undo it).
     ///
     /// Only the writes that carry information from outside are durable at once: an enqueue
-    /// (the producer's events: losing one would lose billing data) and a requeue, of dead
+    /// (the producer's events: losing one would lose billing data), a requeue, of dead
     /// letters or of delivered events the platform lacks (an operator's decision; undoing the
-    /// latter would leave the platform without them). Undoing any other write only repeats
+    /// latter would leave the platform without them), and a quarantine (the broker forgets the
+    /// message once the ingest acknowledges it, right after). Undoing any other write only repeats
     /// work the platform absorbs: a lease or claim undone is one that expired; an ack, nack,
     /// dead letter or settle of held events undone puts its events back to pending, and the
     /// platform deduplicates on (tenant, event_id) forever (docs/platform.md section 3), so
@@ -144,9 +161,10 @@ impl Op {
     /// a chunk of the facts' retention undone brings back facts the horizon no longer vouches
     /// for, or the older horizon with them (each chunk moves it in its own transaction, so it is
     /// never behind a drop), and the next retention drops them again; a last reconciliation
-    /// undone shows the one before it.
+    /// undone shows the one before it; a quarantine entry's new reason undone shows the one
+    /// before it, and a purge undone brings back entries that the next purge removes.
     pub(super) fn relaxed(&self) -> bool {
-        !matches!(self, Op::Enqueue { .. } | Op::Requeue { .. } | Op::RequeueDelivered { .. })
+        !matches!(self, Op::Enqueue { .. } | Op::Requeue { .. } | Op::RequeueDelivered { .. } | Op::Quarantine { .. })
     }
 
     /// The tenant and claim generation a lease or settle is fenced by: it writes only while
@@ -181,6 +199,8 @@ pub(super) enum Out {
     Leased(Option<Lease>),
     Count(u64),
     Claimed(u64),
+    /// A row's id (a quarantine entry's).
+    Id(i64),
     Done,
     /// Refused: the lease or settle's generation (this one) is no longer the tenant's. Nothing
     /// was written, and the rest of the group commits.

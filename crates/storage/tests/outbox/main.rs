@@ -9,6 +9,7 @@ mod fleet;
 mod frozen;
 mod helpers;
 mod postgres;
+mod quarantine;
 mod reconcile;
 mod sqlite;
 mod tls;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use billsync_domain::{
     BillingEvent, Claim, ClaimOutcome, Clock as _, Comparison, DeadLetter, EncodedEvent, EventId, Fact, Lease,
-    ManualClock, Outbox, OutboxError, ReconcileStore, TenantName, Window,
+    ManualClock, Outbox, OutboxError, QuarantineSelection, QuarantineStore, ReconcileStore, TenantName, Window,
 };
 use billsync_storage::{PostgresOutbox, SqliteOutbox};
 use billsync_testkit::{TestResult, id, t0, tenant};
@@ -627,8 +627,22 @@ async fn check_fixture_comparison(store: &dyn ReconcileStore) -> TestResult {
     Ok(())
 }
 
-/// The SQLite fixture at schema 3 migrates: its ledger holds exactly what enqueue would have
-/// written for each of its 14 events, and its horizon is the upgrade.
+/// The newest migration a database has applied.
+const NEWEST_MIGRATION: &str = "SELECT max(version) FROM _sqlx_migrations";
+
+/// A migrated fixture has an empty quarantine, which then keeps messages from number 1.
+async fn check_fixture_quarantine(store: &dyn QuarantineStore) -> TestResult {
+    assert_eq!(store.quarantined(&QuarantineSelection::All).await?, []);
+    assert_eq!(store.quarantine("billing/acme/events", b"{", "unreadable").await?, 1);
+    assert_eq!(store.quarantine("billing/acme/events", b"{", "unreadable").await?, 1);
+    let kept = store.quarantined(&QuarantineSelection::All).await?;
+    assert_eq!((kept.len(), kept[0].received_at, kept[0].size), (1, t0(), 1));
+    Ok(())
+}
+
+/// The SQLite fixture at schema 3 migrates (to the newest schema): its ledger holds exactly what
+/// enqueue would have written for each of its 14 events, its horizon is the upgrade, and its
+/// quarantine is empty.
 #[tokio::test]
 async fn a_sqlite_outbox_at_schema_3_gets_its_ledger_backfilled() -> TestResult {
     let dir = tempfile::tempdir()?;
@@ -638,13 +652,18 @@ async fn a_sqlite_outbox_at_schema_3_gets_its_ledger_backfilled() -> TestResult 
     let mut conn = SqliteConnection::connect(&format!("sqlite://{}", path.display())).await?;
     let events: Vec<(String, String, String)> = sqlx::query_as(EVENTS).fetch_all(&mut conn).await?;
     let ledger: Vec<LedgerRow> = sqlx::query_as(LEDGER).fetch_all(&mut conn).await?;
+    let version: i64 = sqlx::query_scalar(NEWEST_MIGRATION).fetch_one(&mut conn).await?;
+    conn.close().await?;
     assert_eq!(events.len(), 14);
     assert_eq!(ledger, expected_ledger(&events));
-    check_fixture_comparison(&outbox).await
+    assert_eq!(version, billsync_storage::SQLITE_SCHEMA_VERSION);
+    check_fixture_comparison(&outbox).await?;
+    check_fixture_quarantine(&outbox).await
 }
 
-/// The PostgreSQL fixture at schema 2 migrates (through 3): its ledger holds exactly what
-/// enqueue would have written for each of its 14 events, and its horizon is the upgrade.
+/// The PostgreSQL fixture at schema 2 migrates (through 3, to the newest schema): its ledger
+/// holds exactly what enqueue would have written for each of its 14 events, its horizon is the
+/// upgrade, and its quarantine is empty.
 #[tokio::test]
 async fn a_postgres_outbox_at_schema_2_gets_its_ledger_backfilled() -> TestResult {
     let db = TestDb::create().await?;
@@ -655,10 +674,13 @@ async fn a_postgres_outbox_at_schema_2_gets_its_ledger_backfilled() -> TestResul
     let mut conn = PgConnection::connect(db.url()).await?;
     let events: Vec<(String, String, String)> = sqlx::query_as(EVENTS).fetch_all(&mut conn).await?;
     let ledger: Vec<LedgerRow> = sqlx::query_as(LEDGER).fetch_all(&mut conn).await?;
+    let version: i64 = sqlx::query_scalar(NEWEST_MIGRATION).fetch_one(&mut conn).await?;
     conn.close().await?;
     assert_eq!(events.len(), 14);
     assert_eq!(ledger, expected_ledger(&events));
-    check_fixture_comparison(&outbox).await
+    assert_eq!(version, billsync_storage::POSTGRES_SCHEMA_VERSION);
+    check_fixture_comparison(&outbox).await?;
+    check_fixture_quarantine(&outbox).await
 }
 
 /// Bodies as an earlier billsync (or a hand) may have stored them: `occurred_at` with 0 to 9

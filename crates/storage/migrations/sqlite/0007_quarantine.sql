@@ -1,0 +1,18 @@
+-- The quarantine (SQLite, version 7).
+--
+-- A broker message the MQTT ingest could not store as events (unreadable, for an unknown
+-- tenant, or holding an invalid event), kept just before the message is acknowledged, so that
+-- `billsync quarantine` can show it, retry it after a fix, or purge it. id: from 1, never
+-- reused (AUTOINCREMENT: a purged entry's number is not given again); received_at: when (ms
+-- since the epoch, from the injected clock); payload: the message's first 64 KiB; size: the
+-- whole message's size in bytes; digest: SHA-256 of the topic's bytes, a 0 byte and the whole
+-- payload, so that a message the broker redelivers is kept once.
+CREATE TABLE quarantine (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    received_at INTEGER NOT NULL,
+    topic       TEXT    NOT NULL,
+    reason      TEXT    NOT NULL,
+    payload     BLOB    NOT NULL,
+    size        INTEGER NOT NULL,
+    digest      BLOB    NOT NULL UNIQUE
+);
