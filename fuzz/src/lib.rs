@@ -52,14 +52,23 @@ pub fn billing_event(data: &[u8]) {
     }
 }
 
-/// `billsync::ingest::read_body`, the HTTP ingest's reading of a device's body, in both formats:
-/// the first byte chooses JSON Lines (even) or JSON (odd). An accepted body's events must each
-/// be accepted again on their own, and their ids must be distinct.
+/// `billsync::ingest::read_body`, the HTTP ingest's reading of a device's body, in both formats,
+/// and `read_message`, the MQTT ingest's reading of a message: the first byte chooses JSON Lines
+/// (0 mod 3), JSON (1) or a message (2). An accepted body's events must each be accepted again on
+/// their own, and their ids must be distinct; a refusal must describe itself.
 pub fn ingest_body(data: &[u8]) {
-    use billsync::ingest::{BodyFormat, BodyRefusal, MAX_ERRORS, MAX_EVENTS, read_body};
+    use billsync::ingest::{BodyFormat, BodyRefusal, MAX_ERRORS, MAX_EVENTS, read_body, read_message};
     let Some((&first, body)) = data.split_first() else { return };
-    let format = if first % 2 == 0 { BodyFormat::JsonLines } else { BodyFormat::Json };
-    match read_body(format, body, &billsync_domain::EventRules::default(), now()) {
+    let rules = billsync_domain::EventRules::default();
+    let read = match first % 3 {
+        0 => read_body(BodyFormat::JsonLines, body, &rules, now()),
+        1 => read_body(BodyFormat::Json, body, &rules, now()),
+        _ => read_message(body, &rules, now()),
+    };
+    if let Err(refusal) = &read {
+        assert!(!refusal.describe().is_empty());
+    }
+    match read {
         Ok(events) => {
             assert!(events.len() <= MAX_EVENTS, "{} events accepted", events.len());
             let mut ids = std::collections::HashSet::new();
