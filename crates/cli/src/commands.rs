@@ -128,17 +128,20 @@ pub async fn status(agent: &Agent, json: bool) -> anyhow::Result<ExitCode> {
         tracing::warn!(error = %e, "cannot tell whether the outbox pushes back");
         None
     });
+    // Broker messages waiting for a person (the MQTT ingest's quarantine).
+    let quarantined = agent.quarantined(&billsync_domain::QuarantineSelection::All).await?.len();
     if json {
         let backpressure =
             pressure.as_ref().map(|p| serde_json::json!({ "reason": p.reason(), "message": p.to_string() }));
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "tenants": status, "backpressure": backpressure }))?
-        );
+        let doc = serde_json::json!({ "tenants": status, "backpressure": backpressure, "quarantined": quarantined });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         print!("{}", status_table(&status, chrono::Utc::now()));
         if let Some(p) = pressure {
             println!("\nthe outbox pushes back ({}): {p}", p.reason());
+        }
+        if quarantined > 0 {
+            println!("\n{quarantined} broker message(s) in the quarantine: billsync quarantine list");
         }
     }
     Ok(ExitCode::SUCCESS)
