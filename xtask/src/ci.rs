@@ -52,6 +52,13 @@ pub fn test_env() -> Result<Vec<(String, String)>, String> {
         return Err("scripts/ensure-postgres.sh printed no URL".into());
     }
     let mut vars = vec![("BILLSYNC_TEST_DATABASE_URL".to_owned(), url)];
+    // The MQTT tests start brokers of their own: the binary is all they need.
+    let mosquitto = output(Command::new("bash").arg(scripts.join("ensure-mosquitto.sh")))?;
+    let mosquitto = mosquitto.lines().last().unwrap_or_default().trim().to_owned();
+    if mosquitto.is_empty() {
+        return Err("scripts/ensure-mosquitto.sh printed no path".into());
+    }
+    vars.push(("BILLSYNC_MOSQUITTO".to_owned(), mosquitto));
     let npm = scripts.join("install-npm-test-peers.sh");
     if npm.exists() {
         sh(Command::new("bash").arg(npm))?;

@@ -8,8 +8,16 @@
 //! (keep-alive, reconnection with capped exponential backoff, the subscription on each
 //! connection), and the worker, which takes the messages the loop hands it, a run at a time,
 //! and acknowledges them through the client.
+//!
+//! A message is acknowledged on the connection it arrived on, never on a later one: a packet id
+//! names a message only within its session, and a broker that lost the session (restarted
+//! without persistence) reuses the ids for new messages, which a late acknowledgement would
+//! settle unread. A message stored after its connection dropped is left unacknowledged; if the
+//! session survived, the broker sends it again and that copy (a duplicate in the outbox) is
+//! acknowledged.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -48,8 +56,10 @@ pub fn serve(agent: Agent, config: &MqttConfig, stop: CancellationToken) -> anyh
     let (tx, rx) = mpsc::unbounded_channel();
     report(&agent, HealthStatus::Degraded, format!("connecting to {}", config.url));
     let worker_stop = CancellationToken::new();
-    let worker = tokio::spawn(take(agent.clone(), client.clone(), rx, worker_stop.clone()));
-    let connection = Connection { agent, client, subscription: config.subscription(), url: config.url.clone() };
+    let live = Arc::new(AtomicU64::new(0));
+    let worker = Worker { agent: agent.clone(), client: client.clone(), live: live.clone() };
+    let worker = tokio::spawn(worker.take(rx, worker_stop.clone()));
+    let connection = Connection { agent, client, subscription: config.subscription(), url: config.url.clone(), live };
     Ok(tokio::spawn(async move {
         let mut events = events;
         tokio::select! {
@@ -135,19 +145,27 @@ struct Connection {
     client: AsyncClient,
     subscription: String,
     url: String,
+    /// The number of the connection up now (from 1), 0 while there is none.
+    live: Arc<AtomicU64>,
 }
 
+/// A message and the number of the connection it arrived on.
+type Arrived = (u64, Publish);
+
 impl Connection {
-    async fn poll(&self, events: &mut EventLoop, tx: mpsc::UnboundedSender<Publish>) {
+    async fn poll(&self, events: &mut EventLoop, tx: mpsc::UnboundedSender<Arrived>) {
         let mut backoff = FIRST_BACKOFF;
+        let mut connection = 0;
         loop {
             match events.poll().await {
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    if tx.send(p).is_err() {
+                    if tx.send((connection, p)).is_err() {
                         return;
                     }
                 }
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    connection += 1;
+                    self.live.store(connection, Ordering::SeqCst);
                     backoff = FIRST_BACKOFF;
                     tracing::info!(broker = %self.url, session_present = ack.session_present, "connected to the MQTT broker");
                     report(&self.agent, HealthStatus::Ok, format!("connected to {}", self.url));
@@ -169,6 +187,7 @@ impl Connection {
                 }
                 Ok(_) => {}
                 Err(e) => {
+                    self.live.store(0, Ordering::SeqCst);
                     let why = format!("cannot reach the broker {}: {e}; retrying in {}", self.url, human(backoff));
                     tracing::warn!("{why}");
                     report(&self.agent, HealthStatus::Degraded, why);
@@ -187,49 +206,68 @@ fn human(d: Duration) -> String {
 /// The worker: takes the messages that arrived, a run at a time, and acknowledges each one
 /// stored or quarantined; holds the rest (the outbox pushing back or failing) and takes them
 /// again, acknowledging nothing meanwhile.
-async fn take(agent: Agent, client: AsyncClient, mut rx: mpsc::UnboundedReceiver<Publish>, stop: CancellationToken) {
-    loop {
-        let first = tokio::select! {
-            p = rx.recv() => match p { Some(p) => p, None => return },
-            () = stop.cancelled() => return,
-        };
-        let mut run = vec![first];
-        while run.len() < MAX_RUN {
-            match rx.try_recv() {
-                Ok(p) => run.push(p),
-                Err(_) => break,
+struct Worker {
+    agent: Agent,
+    client: AsyncClient,
+    /// The connection up now (see [`Connection::live`]).
+    live: Arc<AtomicU64>,
+}
+
+impl Worker {
+    async fn take(self, mut rx: mpsc::UnboundedReceiver<Arrived>, stop: CancellationToken) {
+        loop {
+            let first = tokio::select! {
+                p = rx.recv() => match p { Some(p) => p, None => return },
+                () = stop.cancelled() => return,
+            };
+            let mut run = vec![first];
+            while run.len() < MAX_RUN {
+                match rx.try_recv() {
+                    Ok(p) => run.push(p),
+                    Err(_) => break,
+                }
+            }
+            let mut warned = false;
+            while !run.is_empty() {
+                let messages: Vec<Message<'_>> =
+                    run.iter().map(|(_, p)| Message { topic: p.topic.as_str(), payload: p.payload.as_ref() }).collect();
+                let taken = self.agent.take_messages(&messages).await;
+                let mut held = Vec::new();
+                for ((on, p), t) in run.into_iter().zip(taken) {
+                    match t {
+                        Taken::Held { reason, .. } => {
+                            if !warned {
+                                tracing::warn!(%reason, "messages held: not acknowledged until the outbox takes them");
+                                warned = true;
+                            }
+                            held.push((on, p));
+                        }
+                        _ => self.acknowledge(on, &p).await,
+                    }
+                }
+                run = held;
+                if !run.is_empty() {
+                    tokio::select! {
+                        () = tokio::time::sleep(HOLD) => {}
+                        // Unacknowledged: the broker redelivers them to the next session.
+                        () = stop.cancelled() => return,
+                    }
+                }
             }
         }
-        let mut warned = false;
-        while !run.is_empty() {
-            let messages: Vec<Message<'_>> =
-                run.iter().map(|p| Message { topic: p.topic.as_str(), payload: p.payload.as_ref() }).collect();
-            let taken = agent.take_messages(&messages).await;
-            let mut held = Vec::new();
-            for (p, t) in run.into_iter().zip(taken) {
-                match t {
-                    Taken::Held { reason, .. } => {
-                        if !warned {
-                            tracing::warn!(%reason, "messages held: not acknowledged until the outbox takes them");
-                            warned = true;
-                        }
-                        held.push(p);
-                    }
-                    _ => {
-                        if let Err(e) = client.ack(&p).await {
-                            tracing::warn!(error = %e, "cannot acknowledge a message; the broker redelivers it");
-                        }
-                    }
-                }
-            }
-            run = held;
-            if !run.is_empty() {
-                tokio::select! {
-                    () = tokio::time::sleep(HOLD) => {}
-                    // Unacknowledged: the broker redelivers them to the next session.
-                    () = stop.cancelled() => return,
-                }
-            }
+    }
+
+    /// Acknowledges a settled message, on the connection it arrived on only.
+    async fn acknowledge(&self, on: u64, p: &Publish) {
+        if self.live.load(Ordering::SeqCst) != on {
+            tracing::debug!(
+                pkid = p.pkid,
+                "stored after its connection dropped: not acknowledged (a resent copy will be)"
+            );
+            return;
+        }
+        if let Err(e) = self.client.ack(p).await {
+            tracing::warn!(error = %e, "cannot acknowledge a message; the broker redelivers it");
         }
     }
 }

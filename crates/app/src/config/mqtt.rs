@@ -150,7 +150,9 @@ impl std::fmt::Display for TopicTemplate {
 impl RawMqtt {
     pub(super) fn validate(self, at: At<'_>) -> Result<MqttConfig, ConfigError> {
         let key = |k: &str| format!("ingest.mqtt.{k}");
-        let url = Url::parse(&self.url).map_err(|e| at.invalid(&key("url"), format!("\"{}\": {e}", self.url)))?;
+        // Quoted without its password: a URL that does not parse may still hold one.
+        let shown = super::syntax::without_password(&self.url);
+        let url = Url::parse(&self.url).map_err(|e| at.invalid(&key("url"), format!("\"{shown}\": {e}")))?;
         let (tls, default_port) = match url.scheme() {
             "mqtt" => (None, 1883),
             "mqtts" => (Some(self.ca_file.as_ref().map(|p| relative_to(at.0, p))), 8883),
@@ -167,7 +169,7 @@ impl RawMqtt {
         let host = url
             .host_str()
             .filter(|h| !h.is_empty())
-            .ok_or_else(|| at.invalid(&key("url"), format!("\"{}\" names no host", self.url)))?
+            .ok_or_else(|| at.invalid(&key("url"), format!("\"{shown}\" names no host")))?
             .trim_matches(['[', ']'])
             .to_owned();
         if !url.username().is_empty() || url.password().is_some() {
@@ -306,6 +308,8 @@ mod tests {
             assert!(err.contains(key), "{mqtt}: {err}");
             assert!(!err.contains(&secret), "{err}");
         }
+        let unparsable = parse("url = \"mqtt://u:pw-in-url-1f3a@127.0.0.1:99999\"").unwrap_err();
+        assert!(unparsable.contains("invalid port") && !unparsable.contains("pw-in-url-1f3a"), "{unparsable}");
         let ok = parse("url = \"mqtts://broker.example.com\"\nusername = \"u\"\npassword_env = \"PATH\"").unwrap();
         let debug = format!("{:?}", ok.mqtt);
         assert!(!debug.contains(&secret) && debug.contains("redacted"), "{debug}");

@@ -10,6 +10,7 @@ mod fleet;
 mod ingest;
 mod ingest_crash;
 mod keys;
+mod mqtt;
 mod reconcile;
 mod secrets;
 

@@ -3,7 +3,8 @@
 //! password of the PostgreSQL URL, and a secret the platform refuses), and a tenant signs with a
 //! private key (`private_key_file`) whose PEM body must never show either, and two tenants take
 //! events on the ingest with tokens (`ingest_token_env`, `ingest_token_file`) that devices send
-//! right and wrong; every channel a user or
+//! right and wrong, and the MQTT ingest logs in to a broker with a password (`password_env`;
+//! nothing listens there, so it keeps retrying); every channel a user or
 //! a log collector sees is searched for each marker: stdout and stderr of `sync` at `-vvv` with
 //! trace logs, `status --json`, `doctor --json`, `/metrics` and `/healthz` of `run`, and the
 //! errors for a malformed configuration (a syntax error on a secret's line, a URL with a
@@ -24,7 +25,8 @@ const DB_PASSWORD: &str = "MARK-pg-71e0";
 const REFUSED: &str = "MARK-refused-c4d2";
 const INGEST_ENV: &str = "MARK-ingest-env-7a21b4c9";
 const INGEST_FILE: &str = "MARK-ingest-file-3e9d0f12";
-const MARKERS: [&str; 7] = [INLINE, FROM_ENV, IN_FILE, DB_PASSWORD, REFUSED, INGEST_ENV, INGEST_FILE];
+const MQTT_PASSWORD: &str = "MARK-mqtt-password-5b8e0d47";
+const MARKERS: [&str; 8] = [INLINE, FROM_ENV, IN_FILE, DB_PASSWORD, REFUSED, INGEST_ENV, INGEST_FILE, MQTT_PASSWORD];
 
 fn tenant(name: &str, secret_line: &str) -> String {
     format!(
@@ -40,6 +42,7 @@ fn billsync(config: &Path, args: &[&str]) -> Output {
         .env("MARK_SECRET", FROM_ENV)
         .env("REFUSED_SECRET", REFUSED)
         .env("MARK_INGEST", INGEST_ENV)
+        .env("MARK_MQTT", MQTT_PASSWORD)
         .env("RUST_LOG", "trace")
         .stdin(Stdio::null())
         .output()
@@ -89,8 +92,15 @@ async fn no_secret_reaches_any_output_channel() {
     set_mode(&ingest_file, 0o600);
     let url = db.url.replacen("postgres://postgres@", &format!("postgres://postgres:{DB_PASSWORD}@"), 1);
     assert!(url.contains(DB_PASSWORD), "{url}");
+    // The MQTT ingest logs in with a password to a port where nothing listens.
+    let mqtt = format!(
+        "[ingest.mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\nusername = \"u\"\npassword_env = \"MARK_MQTT\"\n\
+         client_id = \"billsync-secrets-{}\"\n",
+        crate::mqtt::free_port(),
+        std::process::id()
+    );
     let good = format!(
-        "[platform]\nbase_url = \"{}\"\n[storage]\nurl = \"{url}\"\n[ingest]\nlisten = \"127.0.0.1:0\"\n{}{}{}{}{}",
+        "[platform]\nbase_url = \"{}\"\n[storage]\nurl = \"{url}\"\n[ingest]\nlisten = \"127.0.0.1:0\"\n{mqtt}{}{}{}{}{}",
         platform.base_url(),
         tenant(
             "keyed",
@@ -179,6 +189,7 @@ async fn served(config: &Path, dir: &Path) -> (String, String, String) {
         .env("MARK_SECRET", FROM_ENV)
         .env("REFUSED_SECRET", REFUSED)
         .env("MARK_INGEST", INGEST_ENV)
+        .env("MARK_MQTT", MQTT_PASSWORD)
         .env("RUST_LOG", "trace")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
@@ -194,6 +205,15 @@ async fn served(config: &Path, dir: &Path) -> (String, String, String) {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     let port = served_port(&log);
+    // The MQTT ingest has tried to log in to its broker.
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("cannot reach the broker mqtt://") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "run did not try the MQTT broker: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     // Devices post with the right token, and with one tenant's token to another.
     let shown = std::fs::read_to_string(&log).unwrap_or_default();
     let ingest = shown.split("taking events on ").nth(1).and_then(|s| s.split("/v1/").next()).unwrap().to_owned();
@@ -217,6 +237,7 @@ async fn served(config: &Path, dir: &Path) -> (String, String, String) {
     }
     let metrics = http_get(port, "/metrics").await.1;
     let health = http_get(port, "/healthz").await.1;
+    assert!(health.contains("cannot reach the broker mqtt://"), "/healthz names the MQTT broker: {health}");
     let _ = Command::new("kill").args(["-TERM", &run.id().to_string()]).status();
     let _ = run.wait();
     (metrics, health, std::fs::read_to_string(&log).unwrap_or_default())
@@ -225,4 +246,32 @@ async fn served(config: &Path, dir: &Path) -> (String, String, String) {
 fn set_mode(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A password written in `[ingest.mqtt] url` is refused (use `password_env`), and never shown:
+/// not even when the URL does not parse.
+#[test]
+fn an_mqtt_url_with_a_password_is_refused_without_showing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("billsync.toml");
+    for (url, says) in [
+        (format!("mqtt://u:{MQTT_PASSWORD}@127.0.0.1:1883"), "holds credentials"),
+        // An invalid port: the URL does not parse.
+        (format!("mqtt://u:{MQTT_PASSWORD}@127.0.0.1:99999"), "invalid port"),
+    ] {
+        std::fs::write(
+            &config,
+            format!(
+                "[platform]\nbase_url = \"https://iot.example.com\"\n[storage]\nurl = \"sqlite://{}\"\n\
+                 [ingest.mqtt]\nurl = \"{url}\"\n{}",
+                dir.path().join("outbox.db").display(),
+                tenant("acme", "client_secret_env = \"MARK_SECRET\"")
+            ),
+        )
+        .unwrap();
+        let out = billsync(&config, &["doctor", "--json"]);
+        let shown = text(&out);
+        assert!(!out.status.success() && shown.contains("ingest.mqtt.url") && shown.contains(says), "{url}: {shown}");
+        assert_no_marker(&format!("the error for url = {url:?}"), &shown);
+    }
 }
