@@ -1,7 +1,6 @@
 //! The HTTP ingest of `billsync run`: devices post events; `200` only after the commit; every
 //! refusal by name, with nothing of a refused request stored.
 
-use std::io::BufRead as _;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -58,17 +57,7 @@ pub(crate) fn start(config: &Path, vars: &[(&str, &str)]) -> Running {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let pipe = child.stderr.take().unwrap();
-    let seen = stderr.clone();
-    std::thread::spawn(move || {
-        for l in std::io::BufReader::new(pipe).lines() {
-            let Ok(l) = l else { break };
-            seen.lock().unwrap().push_str(&format!("{l}\n"));
-            let _ = tx.send(l);
-        }
-    });
+    let (stderr, rx) = crate::stderr_lines(&mut child);
     let (mut ingest, mut ops) = (None, None);
     let deadline = Instant::now() + Duration::from_secs(30);
     while ingest.is_none() || ops.is_none() {

@@ -61,6 +61,25 @@ fn billsync(env: &Env, args: &[&str], stdin: Option<&str>) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// Collects a child's stderr as it comes: the whole text so far, and each line as it arrives.
+fn stderr_lines(
+    child: &mut std::process::Child,
+) -> (std::sync::Arc<std::sync::Mutex<String>>, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead as _;
+    let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let pipe = child.stderr.take().unwrap();
+    let seen = stderr.clone();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(pipe).lines() {
+            let Ok(l) = l else { break };
+            seen.lock().unwrap().push_str(&format!("{l}\n"));
+            let _ = tx.send(l);
+        }
+    });
+    (stderr, rx)
+}
+
 fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }

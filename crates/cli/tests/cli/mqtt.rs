@@ -8,7 +8,6 @@
 //! the `PATH` and at /usr/sbin/mosquitto, and fail when there is none.
 
 use std::collections::HashSet;
-use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -231,17 +230,7 @@ impl Agent {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let pipe = child.stderr.take().unwrap();
-        let seen = stderr.clone();
-        std::thread::spawn(move || {
-            for l in std::io::BufReader::new(pipe).lines() {
-                let Ok(l) = l else { break };
-                seen.lock().unwrap().push_str(&format!("{l}\n"));
-                let _ = tx.send(l);
-            }
-        });
+        let (stderr, rx) = crate::stderr_lines(&mut child);
         let (mut ops, mut mqtt) = (None, false);
         let deadline = Instant::now() + Duration::from_secs(30);
         while ops.is_none() || !mqtt {
