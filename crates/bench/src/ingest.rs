@@ -116,14 +116,19 @@ async fn http_round(bin: &Path, emu: &Emulator, bodies: &[String]) -> Res<f64> {
 /// Reads the child's stderr until it says where it takes events, and keeps draining it after
 /// (so that the child never blocks on a full pipe); returns that URL.
 async fn ingest_url(child: &mut tokio::process::Child) -> Res<String> {
-    const PREFIX: &str = "billsync run: taking events on ";
+    announced(child, "billsync run: taking events on ").await
+}
+
+/// Reads the child's stderr until a line starts with `prefix`, and keeps draining it after
+/// (so that the child never blocks on a full pipe); returns the rest of that line.
+pub(crate) async fn announced(child: &mut tokio::process::Child, prefix: &'static str) -> Res<String> {
     let pipe = child.stderr.take().ok_or("child has no stderr")?;
     let (tx, rx) = tokio::sync::oneshot::channel::<Result<String, String>>();
     tokio::spawn(async move {
         let mut lines = tokio::io::BufReader::new(pipe).lines();
         let (mut tx, mut seen) = (Some(tx), String::new());
         while let Ok(Some(l)) = lines.next_line().await {
-            if let Some(url) = l.strip_prefix(PREFIX)
+            if let Some(url) = l.strip_prefix(prefix)
                 && let Some(tx) = tx.take()
             {
                 let _ = tx.send(Ok(url.trim().to_owned()));
@@ -138,9 +143,9 @@ async fn ingest_url(child: &mut tokio::process::Child) -> Res<String> {
     });
     match tokio::time::timeout(Duration::from_secs(30), rx).await {
         Ok(Ok(Ok(url))) => Ok(url),
-        Ok(Ok(Err(said))) => Err(format!("billsync run exited before taking events: {said}").into()),
+        Ok(Ok(Err(said))) => Err(format!("billsync run exited before saying \"{prefix}\": {said}").into()),
         Ok(Err(_)) => Err("billsync run: stderr reader gone".into()),
-        Err(_) => Err("billsync run did not start its ingest within 30 s".into()),
+        Err(_) => Err(format!("billsync run did not say \"{prefix}\" within 30 s").into()),
     }
 }
 
@@ -185,7 +190,7 @@ async fn post_share(http: reqwest::Client, url: String, bodies: Vec<String>) -> 
 }
 
 /// SIGTERM, then waits for the child to finish (killed if it takes more than 20 s).
-async fn stop(child: &mut tokio::process::Child) -> Res<()> {
+pub(crate) async fn stop(child: &mut tokio::process::Child) -> Res<()> {
     if let Some(pid) = child.id() {
         tokio::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().await?;
     }

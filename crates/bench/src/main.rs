@@ -23,6 +23,22 @@
 //!   `enqueue_sqlite_batch_500`, measured again in the group: an in-process `Agent::enqueue` of
 //!   the same number of events in batches of 500. Fresh SQLite outboxes; medians of three
 //!   rounds in which the two take turns.
+//! - `ingest_mqtt_qos1` (group `ingest`): events/s committed by the MQTT ingest of the real
+//!   `billsync run` (a child process, `[ingest.mqtt]` with a persistent session, delivery held
+//!   off as above) while 4 rumqttc publishers publish single-event JSON messages at QoS 1 for a
+//!   fixed clock (10 s; `--quick` 3 s) to a private mosquitto started on a free loopback port.
+//!   Committed means counted by the agent's `billsync_ingest_events_total{result="stored"}` on
+//!   its `/metrics` when the clock ends, not merely acknowledged by the broker. The broker's
+//!   limits are raised so that neither is what is measured: `max_inflight_messages 1000` (the
+//!   most messages `run` takes in one run; the default is 20) and `max_queued_messages
+//!   1000000` (what the publishers get ahead of the agent; the default is 1000), with
+//!   `persistence false`, `allow_anonymous true`. The agent's session and subscription are
+//!   made before it starts, so that the broker keeps every message from the first. Baseline
+//!   `enqueue_sqlite_single_64_producers`, measured in the group for the same clock: the
+//!   single-event group commit, in-process `Agent::enqueue` of one event per call from 64
+//!   concurrent tasks. Fresh SQLite outboxes; medians of three rounds in which the two take
+//!   turns. No target yet: the ratio is reported. Skipped, with a message, without a
+//!   `mosquitto` on `PATH` or in `/usr/sbin`.
 //! - `drain_rate_limited_2_tenants`: seconds to drain a backlog under an exact sliding-window
 //!   limit (client and emulator both at the limit); baseline `rate_limit_minimum`, the least
 //!   time the limit allows: for R requests at L per window W, the first L go at once and each
@@ -63,6 +79,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{Connection, PgConnection, SqliteConnection};
 
 mod ingest;
+mod mqtt;
 mod reconcile;
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
@@ -213,6 +230,10 @@ async fn run(args: &Args) -> Res<()> {
         }
         figures.push(ingest::ingest_http(bin, q).await?);
         print_last(&figures);
+        if let Some(figure) = mqtt::ingest_mqtt(bin, q).await? {
+            figures.push(figure);
+            print_last(&figures);
+        }
     }
 
     if args.only.as_ref().is_some_and(|o| o.iter().any(|g| g == "probe")) {

@@ -4,6 +4,9 @@
 //! including the thread's misconfigured tenant, which billsync refuses to send for and explains,
 //! and a tenant on a private key (`private_key_jwt`) instead of a secret. One tenant's events
 //! come from a device posting them over HTTP to the agent's ingest, as devices on a LAN do.
+//! When an MQTT broker answers at 127.0.0.1:1883 (or at `BILLSYNC_DEMO_MQTT`), a device also
+//! publishes some of another tenant's events at QoS 1, which the agent takes through its MQTT
+//! ingest, as `billsync run` does; without one, the demo says so and goes on.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -124,9 +127,13 @@ pub async fn run() -> anyhow::Result<ExitCode> {
     let (registry, kid) = keyed_registry(dir.path())?;
     let emulator = Emulator::start(registry, "127.0.0.1:0".parse()?).await?;
     let db = dir.path().join("billsync.db");
-    let text = demo_config(&emulator.base_url(), &db)
+    let broker = mqtt_device::find_broker().await;
+    let mut text = demo_config(&emulator.base_url(), &db)
         + &keyed_config(&emulator.token_v2_url())
         + "\n[ingest]\nlisten = \"127.0.0.1:0\"\n";
+    if let Ok(broker) = &broker {
+        text.push_str(&broker.config());
+    }
     let config = Config::parse(&text, &dir.path().join("billsync.toml"))?;
     println!("billsync demo");
     println!(
@@ -140,15 +147,7 @@ pub async fn run() -> anyhow::Result<ExitCode> {
         emulator.token_v2_url()
     );
     let agent = Agent::builder().config(config).build().await?;
-    let now = chrono::Utc::now();
-    for (name, _, _, n) in TENANTS.into_iter().chain([KEYED]) {
-        if name == DEVICE_TENANT {
-            device_posts(&agent, &sample_events(name, n, now)?).await?;
-            continue;
-        }
-        let report = agent.enqueue(name, &sample_events(name, n, now)?).await?;
-        println!("  enqueued           {name}: {} events", report.stored);
-    }
+    let over_mqtt = feed(&agent, &broker).await?;
     println!("\nsyncing ...\n");
     let started = std::time::Instant::now();
     let reports = agent.sync_once().await;
@@ -167,17 +166,60 @@ pub async fn run() -> anyhow::Result<ExitCode> {
             println!("  Its events stay in the outbox until this is fixed; `billsync doctor` shows every check.");
         }
     }
+    let ok = holdings(&emulator, &over_mqtt);
+    emulator.shutdown().await;
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// Each tenant's sample events: enqueued, posted over HTTP by a device ([`DEVICE_TENANT`]),
+/// or, for [`mqtt_device::MQTT_TENANT`] when a broker answers, partly published over
+/// MQTT by another. Returns the ids of the events taken over MQTT.
+async fn feed(agent: &Agent, broker: &Result<mqtt_device::DemoBroker, String>) -> anyhow::Result<Vec<String>> {
+    use mqtt_device::{MQTT_EVENTS, MQTT_TENANT};
+    let now = chrono::Utc::now();
+    let mut over_mqtt = Vec::new();
+    for (name, _, _, n) in TENANTS.into_iter().chain([KEYED]) {
+        let mut events = sample_events(name, n, now)?;
+        if name == DEVICE_TENANT {
+            device_posts(agent, &events).await?;
+            continue;
+        }
+        let published = match broker {
+            Ok(broker) if name == MQTT_TENANT => events.split_off(n.saturating_sub(MQTT_EVENTS)),
+            Err(skipped) if name == MQTT_TENANT => {
+                println!("{skipped}");
+                Vec::new()
+            }
+            _ => Vec::new(),
+        };
+        let report = agent.enqueue(name, &events).await?;
+        println!("  enqueued           {name}: {} events", report.stored);
+        if let (Ok(broker), false) = (broker, published.is_empty()) {
+            over_mqtt = mqtt_device::device_publishes(agent, broker, &published).await?;
+        }
+    }
+    Ok(over_mqtt)
+}
+
+/// Prints what the platform holds per tenant (and how many of them came over MQTT); whether
+/// every tenant but the misconfigured one has all its events.
+fn holdings(emulator: &Emulator, over_mqtt: &[String]) -> bool {
     println!("\nthe platform now holds:");
     let mut ok = true;
     for (name, tenant_id, _, n) in TENANTS.into_iter().chain([KEYED]) {
-        let held = emulator.stored_event_ids(tenant_id).len();
-        println!("  {tenant_id:<18} {held:>5} events");
+        let held = emulator.stored_event_ids(tenant_id);
+        let mqtt = held.iter().filter(|id| over_mqtt.contains(id)).count();
+        if name == mqtt_device::MQTT_TENANT && !over_mqtt.is_empty() {
+            println!("  {tenant_id:<18} {:>5} events ({mqtt} of them from the MQTT device)", held.len());
+            ok &= mqtt == over_mqtt.len();
+        } else {
+            println!("  {tenant_id:<18} {:>5} events", held.len());
+        }
         if name != "initech" {
-            ok &= held == n;
+            ok &= held.len() == n;
         }
     }
-    emulator.shutdown().await;
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    ok
 }
 
 /// What `billsync emulator` was asked for.
@@ -220,4 +262,271 @@ fn registry(path: Option<&Path>) -> anyhow::Result<EmulatorConfig> {
     let Some(path) = path else { return Ok(EmulatorConfig::builtin()) };
     // Relative `public_key_file`s are read beside the registry file.
     EmulatorConfig::from_toml_file(path).with_context(|| format!("{}", path.display()))
+}
+
+/// The demo's MQTT device: a broker found at 127.0.0.1:1883 (or `BILLSYNC_DEMO_MQTT`), a device
+/// publishing some of one tenant's events to it at QoS 1, and the agent taking them through
+/// its MQTT ingest ([`crate::mqtt::serve`], as `billsync run` does). Client ids and the topic
+/// are this run's own; the agent's session is removed from the broker afterwards.
+mod mqtt_device {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use anyhow::Context as _;
+    use billsync::Agent;
+    use billsync::config::TopicTemplate;
+    use billsync_domain::EncodedEvent;
+    use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS, SubscribeReasonCode};
+    use tokio_util::sync::CancellationToken;
+
+    /// The tenant some of whose events the MQTT device publishes.
+    pub(super) const MQTT_TENANT: &str = "acme";
+    /// How many of its events go over MQTT (the rest are enqueued).
+    pub(super) const MQTT_EVENTS: usize = 200;
+    /// Where the demo looks for a broker without `BILLSYNC_DEMO_MQTT`.
+    const DEFAULT_BROKER: &str = "mqtt://127.0.0.1:1883";
+    /// How long a broker has to answer before the MQTT part is skipped.
+    const CONNECT_WITHIN: Duration = Duration::from_secs(1);
+    /// How long the device and the ingest have for their part.
+    const TAKE_WITHIN: Duration = Duration::from_secs(10);
+
+    /// A broker that answered, and this run's suffix for client ids and the topic.
+    pub(super) struct DemoBroker {
+        host: String,
+        port: u16,
+        suffix: String,
+    }
+
+    /// The broker at `BILLSYNC_DEMO_MQTT` (default [`DEFAULT_BROKER`]) once it has answered
+    /// within [`CONNECT_WITHIN`] and holds the agent's session; else the line that says the MQTT
+    /// part is skipped.
+    pub(super) async fn find_broker() -> Result<DemoBroker, String> {
+        let url = std::env::var("BILLSYNC_DEMO_MQTT")
+            .ok()
+            .filter(|u| !u.trim().is_empty())
+            .unwrap_or_else(|| DEFAULT_BROKER.to_owned());
+        let skipped = |why: String| {
+            format!("  mqtt device        no MQTT broker is reachable at {url} ({why}); the MQTT part is skipped")
+        };
+        let Some((host, port)) = address(&url) else {
+            return Err(skipped("not an mqtt://host:port address".into()));
+        };
+        let broker = DemoBroker { host, port, suffix: run_suffix() };
+        broker.make_session().await.map_err(skipped)?;
+        Ok(broker)
+    }
+
+    /// `mqtt://host:port`, `host:port` or `host` (port 1883).
+    fn address(url: &str) -> Option<(String, u16)> {
+        let url = url.trim();
+        let rest = url.strip_prefix("mqtt://").unwrap_or(url).trim_end_matches('/');
+        let (host, port) = match rest.strip_prefix('[') {
+            Some(v6) => {
+                let (host, after) = v6.split_once(']')?;
+                (host, after.strip_prefix(':'))
+            }
+            None => match rest.split_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (rest, None),
+            },
+        };
+        let port = match port {
+            Some(p) => p.parse().ok()?,
+            None => 1883,
+        };
+        let plain = !host.is_empty() && host.chars().all(|c| c.is_ascii_alphanumeric() || ".-:".contains(c));
+        plain.then(|| (host.to_owned(), port))
+    }
+
+    /// Tells this run's client ids and topic from any other's.
+    fn run_suffix() -> String {
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default();
+        format!("{:x}-{:x}", std::process::id(), nanos % (1 << 40))
+    }
+
+    impl DemoBroker {
+        fn url(&self) -> String {
+            if self.host.contains(':') {
+                format!("mqtt://[{}]:{}", self.host, self.port)
+            } else {
+                format!("mqtt://{}:{}", self.host, self.port)
+            }
+        }
+
+        fn agent_id(&self) -> String {
+            format!("billsync-demo-{}", self.suffix)
+        }
+
+        fn topic(&self) -> String {
+            format!("billsync-demo/{}/{{tenant}}/events", self.suffix)
+        }
+
+        /// The `[ingest.mqtt]` section of the demo's configuration.
+        pub(super) fn config(&self) -> String {
+            format!(
+                "\n[ingest.mqtt]\nurl = \"{}\"\ntopic = \"{}\"\nclient_id = \"{}\"\n",
+                self.url(),
+                self.topic(),
+                self.agent_id()
+            )
+        }
+
+        fn client(&self, client_id: String, clean_session: bool) -> (AsyncClient, rumqttc::EventLoop) {
+            let mut options = MqttOptions::new(client_id, self.host.clone(), self.port);
+            options.set_clean_session(clean_session).set_keep_alive(Duration::from_secs(10));
+            AsyncClient::new(options, 16)
+        }
+
+        /// Connects under the agent's client id (the broker must answer within
+        /// [`CONNECT_WITHIN`]) and makes its persistent session with the subscription, so that
+        /// the broker keeps the device's messages for the agent from the first one, however soon
+        /// the agent's own connection comes up.
+        async fn make_session(&self) -> Result<(), String> {
+            let filter = TopicTemplate::parse(&self.topic())?.filter();
+            let (client, mut events) = self.client(self.agent_id(), false);
+            let connected = async {
+                loop {
+                    if let Event::Incoming(Packet::ConnAck(_)) = events.poll().await.map_err(|e| e.to_string())? {
+                        return Ok::<_, String>(());
+                    }
+                }
+            };
+            tokio::time::timeout(CONNECT_WITHIN, connected).await.map_err(|_| "no answer within 1 s".to_owned())??;
+            client.subscribe(filter, QoS::AtLeastOnce).await.map_err(|e| e.to_string())?;
+            let subscribed = async {
+                loop {
+                    match events.poll().await.map_err(|e| e.to_string())? {
+                        Event::Incoming(Packet::SubAck(ack)) => {
+                            if ack.return_codes.iter().any(|c| matches!(c, SubscribeReasonCode::Failure)) {
+                                return Err("it refused the subscription".to_owned());
+                            }
+                            client.disconnect().await.map_err(|e| e.to_string())?;
+                        }
+                        Event::Outgoing(Outgoing::Disconnect) => return Ok(()),
+                        _ => {}
+                    }
+                }
+            };
+            tokio::time::timeout(TAKE_WITHIN, subscribed).await.map_err(|_| "no answer to a subscription".to_owned())?
+        }
+
+        /// Removes the agent's session from the broker (a clean session under its client id).
+        async fn forget_session(&self) {
+            let (client, mut events) = self.client(self.agent_id(), true);
+            let forget = async {
+                while let Ok(event) = events.poll().await {
+                    match event {
+                        Event::Incoming(Packet::ConnAck(_)) => {
+                            let _ = client.disconnect().await;
+                        }
+                        Event::Outgoing(Outgoing::Disconnect) => return,
+                        _ => {}
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(2), forget).await;
+        }
+
+        /// The device: one message per event at QoS 1 to `topic`, until the broker has
+        /// acknowledged them all.
+        async fn publish(&self, topic: &str, events: &[EncodedEvent]) -> anyhow::Result<()> {
+            let (client, mut connection) = self.client(format!("billsync-demo-device-{}", self.suffix), true);
+            let payloads: Vec<String> = events.iter().map(|e| e.json().to_owned()).collect();
+            let sender = {
+                let (client, topic) = (client.clone(), topic.to_owned());
+                tokio::spawn(async move {
+                    for payload in payloads {
+                        client.publish(topic.as_str(), QoS::AtLeastOnce, false, payload).await?;
+                    }
+                    Ok::<_, rumqttc::ClientError>(())
+                })
+            };
+            let acknowledged = async {
+                let mut acked = 0;
+                while acked < events.len() {
+                    if let Event::Incoming(Packet::PubAck(_)) = connection.poll().await? {
+                        acked += 1;
+                    }
+                }
+                client.disconnect().await?;
+                while let Ok(event) = connection.poll().await {
+                    if matches!(event, Event::Outgoing(Outgoing::Disconnect)) {
+                        break;
+                    }
+                }
+                Ok::<_, anyhow::Error>(())
+            };
+            tokio::time::timeout(TAKE_WITHIN, acknowledged)
+                .await
+                .context("the broker did not acknowledge the device's messages in time")??;
+            sender.await??;
+            Ok(())
+        }
+    }
+
+    /// The device publishes `events` of [`MQTT_TENANT`] and the agent takes them through its
+    /// MQTT ingest; prints one line saying so and returns their ids. Should the MQTT part fail
+    /// midway, the events are enqueued directly instead (the line says so): the demo goes on.
+    ///
+    /// # Errors
+    /// When that enqueue fails.
+    pub(super) async fn device_publishes(
+        agent: &Agent,
+        broker: &DemoBroker,
+        events: &[EncodedEvent],
+    ) -> anyhow::Result<Vec<String>> {
+        match take_over_mqtt(agent, broker, events).await {
+            Ok(line) => {
+                println!("{line}");
+                Ok(events.iter().map(|e| e.event_id().as_str().to_owned()).collect())
+            }
+            Err(e) => {
+                let report = agent.enqueue(MQTT_TENANT, events).await?;
+                println!(
+                    "  mqtt device        {MQTT_TENANT}: the MQTT part failed ({e:#}); its {} events were enqueued \
+                     directly instead",
+                    report.stored
+                );
+                Ok(Vec::new())
+            }
+        }
+    }
+
+    /// Serves the MQTT ingest while the device publishes, until the ingest has committed every
+    /// event; then stops it and removes its session. The line to print.
+    async fn take_over_mqtt(agent: &Agent, broker: &DemoBroker, events: &[EncodedEvent]) -> anyhow::Result<String> {
+        let config = agent.config().mqtt.as_ref().context("the demo configuration has an [ingest.mqtt] section")?;
+        let topic = config.topic.topic_for(MQTT_TENANT);
+        let taken = || {
+            agent.metrics().ingested_with(MQTT_TENANT, "stored")
+                + agent.metrics().ingested_with(MQTT_TENANT, "duplicate")
+        };
+        let before = taken();
+        let stop = CancellationToken::new();
+        let ingest = crate::mqtt::serve(agent.clone(), config, stop.clone())?;
+        let committed = async {
+            broker.publish(&topic, events).await?;
+            let deadline = tokio::time::Instant::now() + TAKE_WITHIN;
+            while taken() - before < events.len() as u64 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let committed = taken() - before;
+            anyhow::ensure!(
+                committed >= events.len() as u64,
+                "the MQTT ingest committed {committed} of {} events in time",
+                events.len()
+            );
+            Ok(committed)
+        }
+        .await;
+        stop.cancel();
+        let _ = ingest.await;
+        broker.forget_session().await;
+        Ok(format!(
+            "  mqtt device        {MQTT_TENANT}: {} events published at QoS 1 to {} on {topic}: {} committed by the \
+             agent's MQTT ingest (each message acknowledged once committed)",
+            events.len(),
+            broker.url(),
+            committed?
+        ))
+    }
 }

@@ -482,15 +482,14 @@ async fn a_sync_killed_anywhere_is_taken_over_by_an_immediate_restart() {
     eprintln!("restart to its first delivered batch, per kill: {waits:?}");
 }
 
-#[test]
-fn the_demo_tells_the_whole_story_with_a_device_posting_over_http() {
-    let out = Command::new(env!("CARGO_BIN_EXE_billsync"))
-        .arg("demo")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-
+/// `billsync demo`'s output, with `BILLSYNC_DEMO_MQTT` set to `mqtt` if given; it succeeded.
+fn demo(mqtt: Option<&str>) -> String {
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_billsync"));
+    demo.arg("demo").env_remove("RUST_LOG").env_remove("BILLSYNC_DEMO_MQTT").stdin(Stdio::null());
+    if let Some(url) = mqtt {
+        demo.env("BILLSYNC_DEMO_MQTT", url);
+    }
+    let out = demo.output().unwrap();
     let shown = text(&out);
     assert!(out.status.success(), "{shown}");
     assert_eq!(shown.matches("device posted      globex: 400 events").count(), 2, "{shown}");
@@ -498,4 +497,30 @@ fn the_demo_tells_the_whole_story_with_a_device_posting_over_http() {
     assert!(shown.contains("1 bad event: 400 Bad Request, line 1: quantity"), "{shown}");
     assert!(shown.contains("initech is blocked") && shown.contains("missing_scope"), "{shown}");
     assert!(shown.contains("globex-prod-001      800 events"), "{shown}");
+    assert!(shown.contains("acme-prod-001       1200 events"), "{shown}");
+    shown
+}
+
+#[test]
+fn the_demo_tells_the_whole_story_with_a_device_posting_over_http() {
+    let shown = demo(None);
+    // A device publishing over MQTT when a broker answers at 127.0.0.1:1883, else a line
+    // saying there is none.
+    let published = shown.contains("mqtt device        acme: 200 events published at QoS 1 to mqtt://127.0.0.1:1883")
+        && shown.contains("200 committed by the agent's MQTT ingest")
+        && shown.contains("acme-prod-001       1200 events (200 of them from the MQTT device)")
+        && shown.contains("enqueued           acme: 1000 events");
+    let skipped = shown.contains("no MQTT broker is reachable at mqtt://127.0.0.1:1883 (")
+        && shown.contains("the MQTT part is skipped")
+        && shown.contains("enqueued           acme: 1200 events");
+    assert!(published ^ skipped, "{shown}");
+}
+
+#[test]
+fn the_demo_goes_on_without_an_mqtt_broker() {
+    let shown = demo(Some("mqtt://127.0.0.1:1"));
+    let line = shown.lines().find(|l| l.contains("no MQTT broker is reachable at mqtt://127.0.0.1:1 ("));
+    assert!(line.is_some_and(|l| l.ends_with("the MQTT part is skipped")), "{shown}");
+    assert!(shown.contains("enqueued           acme: 1200 events"), "{shown}");
+    assert!(!shown.contains("from the MQTT device"), "{shown}");
 }
