@@ -5,7 +5,9 @@
 //! 1. Micro: the criterion benches (`crates/{domain,auth,storage}/benches`) with short
 //!    measurement times, read back from `target/criterion/**/new/estimates.json`.
 //! 2. Macro: `billsync-bench` (crates/bench), built in release with the real `billsync`
-//!    binary, against the in-process emulator (see that crate's documentation).
+//!    binary, against the in-process emulator (see that crate's documentation). A full run
+//!    also builds the agent alone (`--no-default-features`, in `target/no-emulator`) for
+//!    `binary_size_without_emulator`.
 //!
 //! `--quick` runs the domain and auth micro benches only and the macro benches with smaller
 //! workloads (the rate-limited drain still takes one 60 s window).
@@ -145,6 +147,14 @@ pub fn run(quick: bool) -> Result<(), String> {
     cmd.arg("--billsync").arg(root().join("target/release/billsync")).arg("--out").arg(&tsv);
     if quick {
         cmd.arg("--quick");
+    } else {
+        // The agent alone (no emulator), for its size beside the shipped one: a target
+        // directory of its own, so that the default build above stays as it is.
+        let lean = root().join("target/no-emulator");
+        sh(cargo()
+            .args(["build", "--release", "-p", "billsync-cli", "--no-default-features", "--target-dir"])
+            .arg(&lean))?;
+        cmd.arg("--billsync-lean").arg(lean.join("release/billsync"));
     }
     if let Some(url) = &pg {
         cmd.env("BILLSYNC_TEST_DATABASE_URL", url);

@@ -54,7 +54,8 @@
 //!   delivered events with the emulator's same 1,000,000 (rate limit off); baseline
 //!   `idle_rss_same_outbox`, `billsync run` idle on the same outbox.
 //! - `binary_size`: MiB of the release `billsync`, stripped as shipped, with the default
-//!   `emulator` feature (no baseline; target <= 20 MiB).
+//!   `emulator` feature (no baseline; target <= 20 MiB); and, in full runs (`--billsync-lean`),
+//!   `binary_size_without_emulator`, the agent alone, against it.
 //! - `cold_start_status`: median wall time of `billsync status` on an empty outbox; baseline
 //!   `billsync --version` (process start without runtime, configuration or database).
 //! - `per_event_delivery_1m_pending`: µs per event delivering 10,000 events in steady state
@@ -117,6 +118,8 @@ impl Figure {
 struct Args {
     quick: bool,
     billsync: PathBuf,
+    /// The same binary built without the `emulator` feature, when given (full runs).
+    billsync_lean: Option<PathBuf>,
     out: PathBuf,
     only: Option<Vec<String>>,
 }
@@ -126,6 +129,7 @@ impl Args {
         let mut args = Args {
             quick: false,
             billsync: PathBuf::from("target/release/billsync"),
+            billsync_lean: None,
             out: PathBuf::from("target/bench/macro.tsv"),
             only: None,
         };
@@ -133,6 +137,7 @@ impl Args {
         while let Some(a) = it.next() {
             match a.as_str() {
                 "--quick" => args.quick = true,
+                "--billsync-lean" => args.billsync_lean = it.next().map(PathBuf::from),
                 "--billsync" => args.billsync = it.next().ok_or("--billsync needs a path")?.into(),
                 "--out" => args.out = it.next().ok_or("--out needs a path")?.into(),
                 "--only" => {
@@ -280,6 +285,20 @@ async fn run(args: &Args) -> Res<()> {
             note: format!("{} (release profile: stripped, no debug information)", bin.display()),
         });
         print_last(&figures);
+        if let Some(lean) = &args.billsync_lean {
+            let lean_size = std::fs::metadata(lean)?.len() as f64;
+            figures.push(Figure {
+                name: "binary_size_without_emulator".into(),
+                value: lean_size / (1024.0 * 1024.0),
+                unit: "MiB",
+                baseline_name: "binary_size".into(),
+                baseline: Some(size / (1024.0 * 1024.0)),
+                ratio: Some(lean_size / size),
+                target: String::new(),
+                note: format!("{} (--no-default-features: the agent alone; stripped)", lean.display()),
+            });
+            print_last(&figures);
+        }
         figures.push(cold_start(bin, if q { 5 } else { 21 }).await?);
         print_last(&figures);
     }
