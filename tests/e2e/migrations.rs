@@ -53,11 +53,11 @@ async fn delivers_everything_once(storage_url: &str, dir: &tempfile::TempDir) {
     assert_eq!(dead, ["fx-x0", "fx-x1"]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sqlite_outbox_at_schema_3_migrates_and_delivers_everything_once() {
+/// Copies the SQLite fixture `name`, moves its events to now, and checks it delivers everything once.
+async fn sqlite_fixture_delivers_everything_once(name: &str) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("outbox.db");
-    std::fs::copy(fixture("sqlite-v3.db"), &path).unwrap();
+    std::fs::copy(fixture(name), &path).unwrap();
     let mut conn = sqlx::sqlite::SqliteConnectOptions::new().filename(&path).connect().await.unwrap();
     sqlx::query("UPDATE events SET body = json_set(body, '$.occurred_at', ?1)")
         .bind(occurred_at())
@@ -70,17 +70,29 @@ async fn a_sqlite_outbox_at_schema_3_migrates_and_delivers_everything_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_postgres_outbox_at_schema_2_migrates_and_delivers_everything_once() {
+async fn a_sqlite_outbox_at_schema_3_migrates_and_delivers_everything_once() {
+    sqlite_fixture_delivers_everything_once("sqlite-v3.db").await;
+}
+
+/// Schema 7: the last with an event's state in its own row (issue 20 moved it out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_outbox_at_schema_7_migrates_and_delivers_everything_once() {
+    sqlite_fixture_delivers_everything_once("sqlite-v7.db").await;
+}
+
+/// Restores the PostgreSQL dump `name` into a database of its own, moves its events to now,
+/// and checks it delivers everything once.
+async fn postgres_fixture_delivers_everything_once(name: &str, database: &str) {
     let admin_url = std::env::var("BILLSYNC_TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
     let admin = sqlx::postgres::PgConnectOptions::from_str(&admin_url).unwrap();
-    let name = format!("billsync_fixture_{}", std::process::id());
+    let db_name = format!("billsync_fixture_{database}_{}", std::process::id());
     let mut conn = admin.connect().await.expect("PostgreSQL is reachable (cargo xtask ci starts it)");
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await.unwrap();
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
-    let db = admin.clone().database(&name);
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")).execute(&mut conn).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {db_name}")).execute(&mut conn).await.unwrap();
+    let db = admin.clone().database(&db_name);
     let mut restore = db.connect().await.unwrap();
-    let dump = std::fs::read_to_string(fixture("postgres-v2.sql")).unwrap();
+    let dump = std::fs::read_to_string(fixture(name)).unwrap();
     sqlx::raw_sql(&dump).execute(&mut restore).await.expect("the dump restores");
     sqlx::query("UPDATE public.events SET body = jsonb_set(body::jsonb, '{occurred_at}', to_jsonb($1::text))::text")
         .bind(occurred_at())
@@ -92,5 +104,16 @@ async fn a_postgres_outbox_at_schema_2_migrates_and_delivers_everything_once() {
 
     delivers_everything_once(db.to_url_lossy().as_ref(), &dir).await;
 
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await.unwrap();
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")).execute(&mut conn).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_outbox_at_schema_2_migrates_and_delivers_everything_once() {
+    postgres_fixture_delivers_everything_once("postgres-v2.sql", "v2").await;
+}
+
+/// Schema 6: the last before issue 20's PostgreSQL redesign.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_outbox_at_schema_6_migrates_and_delivers_everything_once() {
+    postgres_fixture_delivers_everything_once("postgres-v6.sql", "v6").await;
 }

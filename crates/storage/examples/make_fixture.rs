@@ -1,12 +1,12 @@
 //! Writes a fixture outbox with this build's schema, for the migration tests
-//! (`tests/migrations/`): run it once per schema version, before the schema changes, and
+//! (`tests/e2e/migrations.rs`): run it once per schema version, before the schema changes, and
 //! commit what it wrote.
 //!
 //! ```sh
-//! cargo run -p billsync-storage --example make_fixture -- sqlite tests/migrations/fixtures/sqlite-v3.db
+//! cargo run -p billsync-storage --example make_fixture -- sqlite tests/fixtures/sqlite-v3.db
 //! cargo run -p billsync-storage --example make_fixture -- postgres postgres://postgres@127.0.0.1/fixture
 //! pg_dump --inserts --no-owner --no-privileges postgres://postgres@127.0.0.1/fixture \
-//!     | grep -v '^\\' > tests/migrations/fixtures/postgres-v2.sql
+//!     | grep -v '^\\' > tests/fixtures/postgres-v2.sql
 //! ```
 //!
 //! Each fixture holds, for tenant `acme`: 3 delivered events (`fx-d0`..`fx-d2`), 2
