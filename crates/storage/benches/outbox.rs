@@ -78,8 +78,8 @@ async fn outbox_and_raw(path: &Path) -> (SqliteOutbox, SqliteConnection) {
     (outbox, raw)
 }
 
-const RAW_INSERT: &str = "INSERT INTO events (tenant, event_id, body, state, enqueued_at, due_at) \
-                          VALUES (?1, ?2, ?3, 0, ?4, ?4)";
+/// The event's row alone: the outbox also writes its narrow `pending` row.
+const RAW_INSERT: &str = "INSERT INTO events (tenant, event_id, body, enqueued_at) VALUES (?1, ?2, ?3, ?4)";
 
 async fn raw_insert(conn: &mut SqliteConnection, e: &EncodedEvent, now: i64) {
     sqlx::query(RAW_INSERT)
@@ -207,8 +207,8 @@ async fn prefill(path: &Path, n: u64) {
     let body = fresh_event().json().replace("\"ev-", "\"pre-");
     sqlx::query(
         "WITH RECURSIVE c(x) AS (SELECT 0 UNION ALL SELECT x + 1 FROM c WHERE x + 1 < ?1) \
-         INSERT INTO events (tenant, event_id, body, state, enqueued_at, due_at) \
-         SELECT 'bench', 'pre-' || x, ?2, 0, ?3 + x / 1000, ?3 + x / 1000 FROM c",
+         INSERT INTO events (tenant, event_id, body, enqueued_at) \
+         SELECT 'bench', 'pre-' || x, ?2, ?3 + x / 1000 FROM c",
     )
     .bind(i64::try_from(n).expect("small n"))
     .bind(body)
@@ -216,6 +216,10 @@ async fn prefill(path: &Path, n: u64) {
     .execute(&mut conn)
     .await
     .expect("prefill");
+    sqlx::query("INSERT INTO pending (seq, tenant, due_at, enqueued_at) SELECT seq, tenant, enqueued_at, enqueued_at FROM events")
+        .execute(&mut conn)
+        .await
+        .expect("prefill pending");
     sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&mut conn).await.expect("checkpoint");
     conn.close().await.expect("close");
 }

@@ -84,7 +84,7 @@ use crate::error::{StoreError, redact_url};
 /// The SQLite schema version this build writes: its newest embedded migration. An outbox
 /// with a newer one is refused with
 /// [`OutboxError::SchemaTooNew`].
-pub const SQLITE_SCHEMA_VERSION: i64 = 7;
+pub const SQLITE_SCHEMA_VERSION: i64 = 8;
 
 /// The PostgreSQL schema version this build writes, as [`SQLITE_SCHEMA_VERSION`] is for
 /// SQLite (the two schemas move on their own: version 3 is SQLite's lease rows).

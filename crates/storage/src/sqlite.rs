@@ -405,15 +405,19 @@ impl Outbox for SqliteOutbox {
         let row = sqlx::query(
             "WITH held(seq) AS (SELECT j.value FROM leases AS l, json_each(l.seqs) AS j \
                                 WHERE l.tenant = ?1 AND l.expires_at > ?2) \
+             , n(pending, dead, stored) AS (SELECT \
+                 (SELECT count(*) FROM pending WHERE tenant = ?1), \
+                 (SELECT count(*) FROM dead WHERE tenant = ?1), \
+                 (SELECT count(*) FROM events WHERE tenant = ?1)) \
              SELECT \
-             (SELECT count(*) FROM events WHERE tenant = ?1 AND state = 0 AND seq NOT IN held), \
-             (SELECT count(*) FROM events WHERE tenant = ?1 AND state = 0 AND seq IN held), \
+             (SELECT count(*) FROM pending WHERE tenant = ?1 AND seq NOT IN held), \
+             (SELECT count(*) FROM held WHERE seq IN (SELECT seq FROM pending)), \
              0, \
-             (SELECT count(*) FROM events WHERE tenant = ?1 AND state = 2), \
-             (SELECT count(*) FROM events WHERE tenant = ?1 AND state = 3), \
-             (SELECT min(enqueued_at) FROM events WHERE tenant = ?1 AND state = 0 AND seq NOT IN held), \
+             (SELECT stored - pending - dead FROM n), \
+             (SELECT dead FROM n), \
+             (SELECT min(enqueued_at) FROM pending WHERE tenant = ?1 AND seq NOT IN held), \
              NULL, \
-             (SELECT min(due_at) FROM events WHERE tenant = ?1 AND state = 0 AND due_at > ?2)",
+             (SELECT min(due_at) FROM pending WHERE tenant = ?1 AND due_at > ?2)",
         )
         .bind(tenant.as_str())
         .bind(now)
@@ -424,17 +428,16 @@ impl Outbox for SqliteOutbox {
     }
 
     async fn dead_letters(&self, tenant: Option<TenantName>) -> Result<Vec<DeadLetterRecord>, OutboxError> {
-        const COLUMNS: &str = "SELECT tenant, event_id, dead_code, dead_message, attempts, dead_at FROM events";
+        const COLUMNS: &str = "SELECT e.tenant, e.event_id, d.code, d.message, e.attempts, d.dead_at \
+                               FROM dead AS d JOIN events AS e ON e.seq = d.seq";
         let rows = match &tenant {
             Some(t) => {
-                sqlx::query(&format!("{COLUMNS} WHERE tenant = ?1 AND state = 3 ORDER BY dead_at, seq"))
+                sqlx::query(&format!("{COLUMNS} WHERE d.tenant = ?1 ORDER BY d.dead_at, d.seq"))
                     .bind(t.as_str())
                     .fetch_all(&self.reader)
                     .await
             }
-            None => {
-                sqlx::query(&format!("{COLUMNS} WHERE state = 3 ORDER BY dead_at, seq")).fetch_all(&self.reader).await
-            }
+            None => sqlx::query(&format!("{COLUMNS} ORDER BY d.dead_at, d.seq")).fetch_all(&self.reader).await,
         }
         .during("listing dead letters")?;
         rows.iter().map(dead_letter_record).collect::<Result<_, _>>().during("listing dead letters")

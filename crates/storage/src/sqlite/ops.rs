@@ -13,15 +13,15 @@ use crate::common::{Row, leased};
 use crate::error::StoreError;
 use crate::reconcile::LedgerFact;
 
-/// Inserts new rows, skipping those already stored, with the ledger records of those it
-/// stored; returns the (tenant, event_id) pairs it stored.
+/// Inserts new rows, skipping those already stored, makes them pending (due now), and writes
+/// the ledger records of those it stored; returns the (tenant, event_id) pairs it stored.
 ///
 /// Rows go in multi-row `INSERT`s of power-of-two sizes (at most [`INSERT_CHUNK`]), so that a
 /// handful of cached statements serve every batch and the bound-parameter limit is never
 /// reached. The common case (no duplicates) returns no rows. When some rows were already
 /// stored, the new ones are read back by `seq`: inside the writer's IMMEDIATE transaction
 /// nobody else inserts, so SQLite numbers this statement's rows consecutively up to
-/// `last_insert_rowid`.
+/// `last_insert_rowid`, which is also how their `pending` rows are found.
 pub(super) async fn insert_rows(
     conn: &mut SqliteConnection,
     rows: &[Row<'_>],
@@ -34,10 +34,21 @@ pub(super) async fn insert_rows(
         rest = tail;
         let mut query = sqlx::query(insert_sql(chunk.len()));
         for r in chunk {
-            query = query.bind(r.tenant).bind(r.event_id).bind(r.body).bind(now).bind(now);
+            query = query.bind(r.tenant).bind(r.event_id).bind(r.body).bind(now);
         }
         let done = query.execute(&mut *conn).await?;
         let affected = usize::try_from(done.rows_affected()).unwrap_or(usize::MAX);
+        if affected > 0 {
+            let last = done.last_insert_rowid();
+            sqlx::query(
+                "INSERT INTO pending (seq, tenant, due_at, enqueued_at) \
+                 SELECT seq, tenant, enqueued_at, enqueued_at FROM events WHERE seq > ?1 AND seq <= ?2",
+            )
+            .bind(last.saturating_sub(i64::try_from(affected).unwrap_or(i64::MAX)))
+            .bind(last)
+            .execute(&mut *conn)
+            .await?;
+        }
         if affected == chunk.len() {
             insert_ledger(conn, chunk.iter()).await?;
             inserted.extend(chunk.iter().map(|r| (r.tenant.to_owned(), r.event_id.to_owned())));
@@ -112,14 +123,14 @@ pub(super) fn sized_sql(
     all.get(rows.ilog2() as usize).map_or("", String::as_str)
 }
 
-/// `INSERT ... VALUES` of events: (tenant, event_id, body, time, time) per row.
+/// `INSERT ... VALUES` of events: (tenant, event_id, body, time) per row.
 fn insert_sql(rows: usize) -> &'static str {
     static SQL: OnceLock<Vec<String>> = OnceLock::new();
     sized_sql(&SQL, rows, |n| {
         format!(
-            "INSERT INTO events (tenant, event_id, body, state, enqueued_at, due_at) VALUES {} \
+            "INSERT INTO events (tenant, event_id, body, enqueued_at) VALUES {} \
              ON CONFLICT (tenant, event_id) DO NOTHING",
-            vec!["(?, ?, ?, 0, ?, ?)"; n].join(", ")
+            vec!["(?, ?, ?, ?)"; n].join(", ")
         )
     })
 }
@@ -216,6 +227,10 @@ impl Fences {
 }
 
 /// Marks the acked events delivered and shrinks (or drops) their lease.
+///
+/// The lease's own row lists its events' seqs and ids in the same order, so the acked seqs are
+/// found there, without reading a single event row; an id the lease does not hold (it lapsed
+/// and another took its events) is found by its id.
 async fn exec_ack(
     conn: &mut SqliteConnection,
     tenant: &str,
@@ -223,52 +238,85 @@ async fn exec_ack(
     ids: &[String],
     now: i64,
 ) -> Result<Out, StoreError> {
-    let ids_len = ids.len();
-    let ids = serde_json::to_string(ids).map_err(|e| StoreError::corrupt("event_id", e))?;
-    // By `seq`, through the lease's own row: the rows are found by their primary key,
-    // not by 500 lookups scattered over the (tenant, event_id) index, which grow
-    // slower with the backlog.
-    let done = sqlx::query(
-        "UPDATE events SET state = 2, delivered_at = ?2 \
-         WHERE seq IN (SELECT j.value FROM leases AS l, json_each(l.seqs) AS j WHERE l.lease_id = ?4) \
-         AND state = 0 AND +tenant = ?1 AND +event_id IN (SELECT value FROM json_each(?3))",
+    let row: Option<(String, String)> =
+        sqlx::query_as("SELECT seqs, ids FROM leases WHERE lease_id = ?1 AND tenant = ?2")
+            .bind(lease)
+            .bind(tenant)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let wanted: HashSet<&str> = ids.iter().map(String::as_str).collect();
+    let mut acked = Vec::with_capacity(ids.len());
+    if let Some((seqs, held)) = row {
+        let seqs: Vec<i64> = serde_json::from_str(&seqs).map_err(|e| StoreError::corrupt("leases.seqs", e))?;
+        let held: Vec<&str> = serde_json::from_str(&held).map_err(|e| StoreError::corrupt("leases.ids", e))?;
+        if seqs.len() != held.len() {
+            return Err(StoreError::corrupt("leases.ids", format!("{} ids for {} seqs", held.len(), seqs.len())));
+        }
+        acked.extend(seqs.iter().zip(held).filter(|(_, id)| wanted.contains(id)).map(|(seq, _)| *seq));
+    }
+    let seqs = serde_json::to_string(&acked).map_err(|e| StoreError::corrupt("seq", e))?;
+    let settled = deliver(conn, &seqs, now).await?;
+    if acked.len() < wanted.len() {
+        let ids = serde_json::to_string(ids).map_err(|e| StoreError::corrupt("event_id", e))?;
+        let seqs = pending_seqs(conn, tenant, &ids).await?;
+        deliver(conn, &seqs, now).await?;
+    }
+    prune_lease(conn, lease, settled).await?;
+    Ok(Out::Done)
+}
+
+/// Moves the pending events among `seqs` (a JSON array) to `delivered`, delivered at `now`;
+/// how many it moved.
+pub(super) async fn deliver(conn: &mut SqliteConnection, seqs: &str, now: i64) -> Result<u64, StoreError> {
+    let moved = sqlx::query(
+        "INSERT INTO delivered (seq, delivered_at) \
+         SELECT value, ?2 FROM json_each(?1) WHERE value IN (SELECT seq FROM pending)",
+    )
+    .bind(seqs)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if moved > 0 {
+        sqlx::query("DELETE FROM pending WHERE seq IN (SELECT value FROM json_each(?1))")
+            .bind(seqs)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(moved)
+}
+
+/// The seqs (a JSON array) of the tenant's pending events among `ids` (a JSON array).
+pub(super) async fn pending_seqs(conn: &mut SqliteConnection, tenant: &str, ids: &str) -> Result<String, StoreError> {
+    let seqs: Option<String> = sqlx::query_scalar(
+        "SELECT json_group_array(e.seq) FROM events AS e \
+         WHERE e.tenant = ?1 AND e.event_id IN (SELECT value FROM json_each(?2)) \
+         AND e.seq IN (SELECT seq FROM pending)",
     )
     .bind(tenant)
-    .bind(now)
-    .bind(&ids)
-    .bind(lease)
-    .execute(&mut *conn)
+    .bind(ids)
+    .fetch_one(&mut *conn)
     .await?;
-    // Events the lease no longer holds (it lapsed and another took them) by their ids.
-    if usize::try_from(done.rows_affected()).unwrap_or(usize::MAX) < ids_len {
-        sqlx::query(
-            "UPDATE events SET state = 2, delivered_at = ?2 \
-             WHERE tenant = ?1 AND state = 0 AND event_id IN (SELECT value FROM json_each(?3))",
-        )
-        .bind(tenant)
-        .bind(now)
-        .bind(ids)
-        .execute(&mut *conn)
-        .await?;
-    }
-    prune_lease(conn, lease, done.rows_affected()).await?;
-    Ok(Out::Done)
+    Ok(seqs.unwrap_or_else(|| "[]".to_owned()))
 }
 
 /// Counts an attempt and sets the retry time of the lease's pending events, then drops the lease.
 async fn exec_nack(conn: &mut SqliteConnection, tenant: &str, lease: &str, retry_at: i64) -> Result<Out, StoreError> {
     // Only while the lease still exists: once it lapsed and another lease took its
-    // events, that one (not this nack) decides their fate. `+tenant` keeps SQLite on
-    // the seqs (primary key): through the tenant's pending index it would scan the
-    // whole backlog.
-    sqlx::query(
-        "UPDATE events SET attempts = attempts + 1, due_at = ?3 WHERE seq IN \
-         (SELECT j.value FROM leases AS l, json_each(l.seqs) AS j WHERE l.lease_id = ?2 AND l.tenant = ?1) \
-         AND state = 0 AND +tenant = ?1",
-    )
+    // events, that one (not this nack) decides their fate.
+    const HELD: &str =
+        "SELECT j.value FROM leases AS l, json_each(l.seqs) AS j WHERE l.lease_id = ?2 AND l.tenant = ?1";
+    sqlx::query(&format!("UPDATE pending SET due_at = ?3 WHERE seq IN ({HELD})"))
+        .bind(tenant)
+        .bind(lease)
+        .bind(retry_at)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(&format!(
+        "UPDATE events SET attempts = attempts + 1 WHERE seq IN ({HELD}) AND seq IN (SELECT seq FROM pending)"
+    ))
     .bind(tenant)
     .bind(lease)
-    .bind(retry_at)
     .execute(&mut *conn)
     .await?;
     sqlx::query("DELETE FROM leases WHERE lease_id = ?1").bind(lease).execute(&mut *conn).await?;
@@ -284,17 +332,25 @@ async fn exec_dead_letter(
     now: i64,
 ) -> Result<Out, StoreError> {
     for item in items {
-        sqlx::query(
-            "UPDATE events SET state = 3, attempts = attempts + 1, dead_code = ?3, dead_message = ?4, \
-             dead_at = ?5 WHERE tenant = ?1 AND event_id = ?2 AND state = 0",
+        let seq: Option<i64> = sqlx::query_scalar(
+            "SELECT e.seq FROM events AS e WHERE e.tenant = ?1 AND e.event_id = ?2 \
+             AND e.seq IN (SELECT seq FROM pending)",
         )
         .bind(tenant)
         .bind(item.event_id.as_str())
-        .bind(&item.code)
-        .bind(&item.message)
-        .bind(now)
-        .execute(&mut *conn)
+        .fetch_optional(&mut *conn)
         .await?;
+        let Some(seq) = seq else { continue };
+        sqlx::query("INSERT INTO dead (seq, tenant, dead_at, code, message) VALUES (?1, ?2, ?3, ?4, ?5)")
+            .bind(seq)
+            .bind(tenant)
+            .bind(now)
+            .bind(&item.code)
+            .bind(&item.message)
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query("DELETE FROM pending WHERE seq = ?1").bind(seq).execute(&mut *conn).await?;
+        sqlx::query("UPDATE events SET attempts = attempts + 1 WHERE seq = ?1").bind(seq).execute(&mut *conn).await?;
     }
     // The items were found by id, not through the lease: how many it held is unknown.
     prune_lease(conn, lease, 0).await?;
@@ -308,44 +364,44 @@ async fn exec_requeue(
     ids: Option<&[String]>,
     now: i64,
 ) -> Result<Out, StoreError> {
+    const MOVE: &str = "INSERT INTO pending (seq, tenant, due_at, enqueued_at) \
+         SELECT d.seq, d.tenant, ?2, e.enqueued_at FROM dead AS d JOIN events AS e ON e.seq = d.seq \
+         WHERE d.tenant = ?1";
     let done = match ids {
-        None => {
-            sqlx::query(
-                "UPDATE events SET state = 0, due_at = ?2, dead_code = NULL, dead_message = NULL, \
-                 dead_at = NULL WHERE tenant = ?1 AND state = 3",
-            )
-            .bind(tenant)
-            .bind(now)
-            .execute(&mut *conn)
-            .await?
-        }
+        None => sqlx::query(MOVE).bind(tenant).bind(now).execute(&mut *conn).await?,
         Some(ids) => {
             let ids = serde_json::to_string(ids).map_err(|e| StoreError::corrupt("event_id", e))?;
-            sqlx::query(
-                "UPDATE events SET state = 0, due_at = ?2, dead_code = NULL, dead_message = NULL, \
-                 dead_at = NULL WHERE tenant = ?1 AND state = 3 \
-                 AND event_id IN (SELECT value FROM json_each(?3))",
-            )
-            .bind(tenant)
-            .bind(now)
-            .bind(ids)
-            .execute(&mut *conn)
-            .await?
+            sqlx::query(&format!("{MOVE} AND e.event_id IN (SELECT value FROM json_each(?3))"))
+                .bind(tenant)
+                .bind(now)
+                .bind(ids)
+                .execute(&mut *conn)
+                .await?
         }
     };
+    if done.rows_affected() > 0 {
+        sqlx::query("DELETE FROM dead WHERE tenant = ?1 AND seq IN (SELECT seq FROM pending)")
+            .bind(tenant)
+            .execute(&mut *conn)
+            .await?;
+    }
     Ok(Out::Count(done.rows_affected()))
 }
 
-/// Deletes up to [`COMPACT_CHUNK`] events delivered before `before`.
+/// Deletes up to [`COMPACT_CHUNK`] events delivered before `before`, oldest deliveries first.
 async fn exec_compact_chunk(conn: &mut SqliteConnection, before: i64) -> Result<Out, StoreError> {
-    let done = sqlx::query(
-        "DELETE FROM events WHERE seq IN \
-         (SELECT seq FROM events WHERE state = 2 AND delivered_at < ?1 LIMIT ?2)",
-    )
-    .bind(before)
-    .bind(COMPACT_CHUNK)
-    .execute(&mut *conn)
-    .await?;
+    // The same rows twice: the first statement does not change `delivered`.
+    const CHUNK: &str = "SELECT seq FROM delivered WHERE delivered_at < ?1 ORDER BY delivered_at, seq LIMIT ?2";
+    sqlx::query(&format!("DELETE FROM events WHERE seq IN ({CHUNK})"))
+        .bind(before)
+        .bind(COMPACT_CHUNK)
+        .execute(&mut *conn)
+        .await?;
+    let done = sqlx::query(&format!("DELETE FROM delivered WHERE seq IN ({CHUNK})"))
+        .bind(before)
+        .bind(COMPACT_CHUNK)
+        .execute(&mut *conn)
+        .await?;
     Ok(Out::Count(done.rows_affected()))
 }
 
@@ -426,19 +482,24 @@ pub(super) enum LeasesOf {
 pub(super) async fn trim_leases(conn: &mut SqliteConnection, of: LeasesOf, key: &str) -> Result<(), StoreError> {
     let (shrink, drop) = match of {
         LeasesOf::Lease => (
-            "UPDATE leases SET seqs = (SELECT json_group_array(j.value) FROM json_each(leases.seqs) AS j \
-                                       JOIN events AS e ON e.seq = j.value WHERE e.state = 0) \
+            "UPDATE leases SET seqs = (SELECT json_group_array(j.value ORDER BY j.key) {STILL}), \
+                               ids = (SELECT json_group_array(e.event_id ORDER BY j.key) {STILL_IDS}) \
              WHERE lease_id = ?1",
             "DELETE FROM leases WHERE lease_id = ?1 AND json_array_length(seqs) = 0",
         ),
         LeasesOf::Tenant => (
-            "UPDATE leases SET seqs = (SELECT json_group_array(j.value) FROM json_each(leases.seqs) AS j \
-                                       JOIN events AS e ON e.seq = j.value WHERE e.state = 0) \
+            "UPDATE leases SET seqs = (SELECT json_group_array(j.value ORDER BY j.key) {STILL}), \
+                               ids = (SELECT json_group_array(e.event_id ORDER BY j.key) {STILL_IDS}) \
              WHERE tenant = ?1",
             "DELETE FROM leases WHERE tenant = ?1 AND json_array_length(seqs) = 0",
         ),
     };
-    sqlx::query(shrink).bind(key).execute(&mut *conn).await?;
+    // The seqs and ids still pending, in the lease's order (both read the row as it was).
+    const STILL: &str = "FROM json_each(leases.seqs) AS j WHERE j.value IN (SELECT seq FROM pending)";
+    const STILL_IDS: &str = "FROM json_each(leases.seqs) AS j JOIN events AS e ON e.seq = j.value \
+                             WHERE j.value IN (SELECT seq FROM pending)";
+    let shrink = shrink.replace("{STILL}", STILL).replace("{STILL_IDS}", STILL_IDS);
+    sqlx::query(&shrink).bind(key).execute(&mut *conn).await?;
     sqlx::query(drop).bind(key).execute(&mut *conn).await?;
     Ok(())
 }
@@ -465,10 +526,10 @@ async fn lease(
     // from its SQLite thread one message at a time, and 500 messages cost more than the query.
     let all: Option<String> = sqlx::query_scalar(
         "SELECT group_concat(seq || char(31) || due_at || char(31) || event_id || char(31) || body, char(30)) \
-         FROM (SELECT seq, due_at, event_id, body FROM events \
-               WHERE tenant = ?1 AND state = 0 AND due_at <= ?2 \
-               AND seq NOT IN (SELECT j.value FROM leases AS l, json_each(l.seqs) AS j WHERE l.tenant = ?1) \
-               ORDER BY due_at, seq LIMIT ?3)",
+         FROM (SELECT p.seq, p.due_at, e.event_id, e.body FROM pending AS p CROSS JOIN events AS e ON e.seq = p.seq \
+               WHERE p.tenant = ?1 AND p.due_at <= ?2 \
+               AND p.seq NOT IN (SELECT j.value FROM leases AS l, json_each(l.seqs) AS j WHERE l.tenant = ?1) \
+               ORDER BY p.due_at, p.seq LIMIT ?3)",
     )
     .bind(tenant.as_str())
     .bind(now)
@@ -479,13 +540,16 @@ async fn lease(
     let rows = all.split(RECORD_SEP).map(split_leased).collect::<Result<Vec<_>, _>>()?;
     let seqs = serde_json::to_string(&rows.iter().map(|r| r.0).collect::<Vec<_>>())
         .map_err(|e| StoreError::corrupt("seq", e))?;
+    let ids = serde_json::to_string(&rows.iter().map(|r| r.2.as_str()).collect::<Vec<_>>())
+        .map_err(|e| StoreError::corrupt("event_id", e))?;
     let id = uuid::Uuid::now_v7().to_string();
     let expires_at = now.saturating_add(lease_ms);
-    sqlx::query("INSERT INTO leases (lease_id, tenant, expires_at, seqs) VALUES (?1, ?2, ?3, ?4)")
+    sqlx::query("INSERT INTO leases (lease_id, tenant, expires_at, seqs, ids) VALUES (?1, ?2, ?3, ?4, ?5)")
         .bind(&id)
         .bind(tenant.as_str())
         .bind(expires_at)
         .bind(seqs)
+        .bind(ids)
         .execute(&mut *conn)
         .await?;
     leased(tenant, id, expires_at, rows, |r| Ok(r.clone()))

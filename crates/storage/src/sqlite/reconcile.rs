@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use sqlx::sqlite::{SqliteConnection, SqlitePool};
 use sqlx::{Row as _, Sqlite, Transaction};
 
-use super::ops::{LeasesOf, chunk_size, sized_sql, trim_leases};
+use super::ops::{LeasesOf, chunk_size, deliver, pending_seqs, sized_sql, trim_leases};
 use super::{Op, Out, SqliteOutbox, settle_refused, unexpected};
 use crate::common::{from_ms, to_ms};
 use crate::error::{During as _, StoreError};
@@ -132,23 +132,29 @@ impl SqliteOutbox {
 /// ones) the platform does not hold, by id; whether the event's row (its payload) is still here.
 const MISSING: &str = "SELECT l.event_id, e.seq IS NOT NULL \
      FROM ledger AS l LEFT JOIN events AS e ON e.tenant = l.tenant AND e.event_id = l.event_id \
-     WHERE l.tenant = ?1 AND l.occurred_at >= ?2 AND l.occurred_at < ?3 AND (e.state = 2 OR e.seq IS NULL) \
+     WHERE l.tenant = ?1 AND l.occurred_at >= ?2 AND l.occurred_at < ?3 \
+     AND (e.seq IS NULL OR e.seq IN (SELECT seq FROM delivered)) \
      AND NOT EXISTS (SELECT 1 FROM reconcile_held AS h WHERE h.run = ?4 AND h.event_id = l.event_id) \
      ORDER BY l.event_id";
 
 /// The platform's events that this outbox never had (no ledger row and no event), or holds
-/// pending (0; 1 is PostgreSQL's leased) or dead-lettered (3), by id.
-const HELD: &str = "SELECT h.event_id, l.event_id IS NOT NULL OR e.seq IS NOT NULL, e.state \
+/// pending (0) or dead-lettered (3), by id (the states PostgreSQL's `events.state` numbers).
+const HELD: &str = "SELECT event_id, known, state FROM (SELECT h.event_id, \
+     l.event_id IS NOT NULL OR e.seq IS NOT NULL AS known, \
+     CASE WHEN e.seq IN (SELECT seq FROM pending) THEN 0 WHEN e.seq IN (SELECT seq FROM dead) THEN 3 \
+          WHEN e.seq IS NOT NULL THEN 2 END AS state \
      FROM reconcile_held AS h \
      LEFT JOIN ledger AS l ON l.tenant = ?1 AND l.event_id = h.event_id \
      LEFT JOIN events AS e ON e.tenant = ?1 AND e.event_id = h.event_id \
-     WHERE h.run = ?2 AND ((l.event_id IS NULL AND e.seq IS NULL) OR e.state IN (0, 1, 3)) \
-     ORDER BY h.event_id";
+     WHERE h.run = ?2) \
+     WHERE NOT known OR state IN (0, 3) \
+     ORDER BY event_id";
 
 /// The delivered events of the window, by UTC day (86,400,000 ms) and id.
 const LOCAL_DAYS: &str = "SELECT l.event_id, l.occurred_at, l.meter, l.unit, l.quantity \
      FROM ledger AS l LEFT JOIN events AS e ON e.tenant = l.tenant AND e.event_id = l.event_id \
-     WHERE l.tenant = ?1 AND l.occurred_at >= ?2 AND l.occurred_at < ?3 AND (e.state = 2 OR e.seq IS NULL) \
+     WHERE l.tenant = ?1 AND l.occurred_at >= ?2 AND l.occurred_at < ?3 \
+     AND (e.seq IS NULL OR e.seq IN (SELECT seq FROM delivered)) \
      ORDER BY l.occurred_at / 86400000, l.event_id";
 
 /// The platform's events (all inside the window: `add_held` keeps no others), by day and id.
@@ -261,14 +267,27 @@ pub(super) async fn exec_requeue_delivered(
 ) -> Result<Out, StoreError> {
     let ids = serde_json::to_string(ids).map_err(|e| StoreError::corrupt("event_id", e))?;
     let done = sqlx::query(
-        "UPDATE events SET state = 0, due_at = ?2, delivered_at = NULL \
-         WHERE tenant = ?1 AND state = 2 AND event_id IN (SELECT value FROM json_each(?3))",
+        "INSERT INTO pending (seq, tenant, due_at, enqueued_at) \
+         SELECT e.seq, e.tenant, ?2, e.enqueued_at FROM events AS e \
+         WHERE e.tenant = ?1 AND e.event_id IN (SELECT value FROM json_each(?3)) \
+         AND e.seq IN (SELECT seq FROM delivered)",
     )
     .bind(tenant)
     .bind(now)
-    .bind(ids)
+    .bind(&ids)
     .execute(&mut *conn)
     .await?;
+    if done.rows_affected() > 0 {
+        sqlx::query(
+            "DELETE FROM delivered WHERE seq IN (SELECT e.seq FROM events AS e \
+             WHERE e.tenant = ?1 AND e.event_id IN (SELECT value FROM json_each(?2))) \
+             AND seq IN (SELECT seq FROM pending)",
+        )
+        .bind(tenant)
+        .bind(ids)
+        .execute(&mut *conn)
+        .await?;
+    }
     Ok(Out::Count(done.rows_affected()))
 }
 
@@ -281,19 +300,12 @@ pub(super) async fn exec_settle_held(
     now: i64,
 ) -> Result<Out, StoreError> {
     let ids = serde_json::to_string(ids).map_err(|e| StoreError::corrupt("event_id", e))?;
-    let done = sqlx::query(
-        "UPDATE events SET state = 2, delivered_at = ?2 \
-         WHERE tenant = ?1 AND state = 0 AND event_id IN (SELECT value FROM json_each(?3))",
-    )
-    .bind(tenant)
-    .bind(now)
-    .bind(ids)
-    .execute(&mut *conn)
-    .await?;
-    if done.rows_affected() > 0 {
+    let seqs = pending_seqs(conn, tenant, &ids).await?;
+    let settled = deliver(conn, &seqs, now).await?;
+    if settled > 0 {
         trim_leases(conn, LeasesOf::Tenant, tenant).await?;
     }
-    Ok(Out::Count(done.rows_affected()))
+    Ok(Out::Count(settled))
 }
 
 /// Moves the horizon to `before` (never back), in the same transaction as the chunk it

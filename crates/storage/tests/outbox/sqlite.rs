@@ -345,3 +345,49 @@ async fn a_refused_settle_leaves_the_rest_of_its_group_alone() -> TestResult {
     assert_eq!((c.pending, c.delivered), (3, 0));
     Ok(())
 }
+
+/// Schema 8: every stored event is in exactly one of `pending`, `delivered` and `dead`, whatever
+/// happened to it, and an ack, a nack or a dead letter never rewrites its row's body.
+#[tokio::test]
+async fn every_event_stands_in_exactly_one_state_table() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("outbox.db");
+    let clock = Arc::new(ManualClock::new(t0()));
+    let outbox = SqliteOutbox::open(&path, clock.clone()).await?;
+    let t = tenant("acme");
+    outbox.enqueue(&t, &events("e", 20)).await?;
+    let lease = outbox.lease(&t, 8, Duration::from_secs(30)).await?.ok_or("nothing leased")?;
+    let first: Vec<_> = lease.events[..5].iter().map(|e| e.event_id().clone()).collect();
+    outbox.ack(&lease, &first).await?;
+    let dead = billsync_domain::DeadLetter {
+        event_id: lease.events[5].event_id().clone(),
+        code: "invalid_quantity".into(),
+        message: "quantity: must be positive".into(),
+    };
+    outbox.dead_letter(&lease, &[dead]).await?;
+    outbox.nack(&lease, t0() + chrono::Duration::seconds(5)).await?;
+    let second = outbox.lease(&t, 4, Duration::from_secs(30)).await?.ok_or("nothing leased")?;
+    let ids: Vec<_> = second.events.iter().map(|e| e.event_id().clone()).collect();
+    outbox.ack(&second, &ids).await?;
+    outbox.enqueue(&t, &events("e", 22)).await?;
+
+    let mut conn = raw(&path).await?;
+    let (stored, pending, delivered, dead, twice): (i64, i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM pending), (SELECT count(*) FROM delivered), \
+         (SELECT count(*) FROM dead), \
+         (SELECT count(*) FROM events WHERE (seq IN (SELECT seq FROM pending)) + (seq IN (SELECT seq FROM delivered)) \
+                                          + (seq IN (SELECT seq FROM dead)) <> 1)",
+    )
+    .fetch_one(&mut conn)
+    .await?;
+    assert_eq!((stored, pending, delivered, dead, twice), (22, 12, 9, 1, 0));
+    let counts = outbox.counts(&t).await?;
+    assert_eq!((counts.pending, counts.in_flight, counts.delivered, counts.dead_lettered), (12, 0, 9, 1));
+    let retried: Vec<String> = sqlx::query_scalar(
+        "SELECT e.event_id FROM events AS e JOIN pending AS p ON p.seq = e.seq WHERE e.attempts = 1 ORDER BY e.seq",
+    )
+    .fetch_all(&mut conn)
+    .await?;
+    assert_eq!(retried, ["e-6", "e-7"], "the nack counted an attempt for the two it still held");
+    Ok(())
+}
