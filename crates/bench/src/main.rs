@@ -615,12 +615,10 @@ async fn raw_reqwest(tenants: usize, per_tenant: usize) -> Res<f64> {
     Ok(total as f64 / elapsed.as_secs_f64())
 }
 
-/// Makes every prefilled event (one not yet in `pending`, `delivered` or `dead`) pending, due when
-/// it was enqueued, as the outbox's enqueue does.
+/// Makes every event of a freshly prefilled outbox pending, due when it was enqueued, as the
+/// outbox's enqueue does.
 const PENDING_FROM_PREFILL: &str = "INSERT INTO pending (seq, tenant, due_at, enqueued_at) \
-     SELECT seq, tenant, enqueued_at, enqueued_at FROM events \
-     WHERE seq NOT IN (SELECT seq FROM pending) AND seq NOT IN (SELECT seq FROM delivered) \
-     AND seq NOT IN (SELECT seq FROM dead)";
+     SELECT seq, tenant, enqueued_at, enqueued_at FROM events";
 
 /// The event's row alone: the outbox also writes its narrow `pending` row.
 const RAW_SQLITE_INSERT: &str = "INSERT INTO events (tenant, event_id, body, enqueued_at) VALUES (?1, ?2, ?3, ?4)";
@@ -817,7 +815,7 @@ async fn fill_connection(path: &Path) -> Res<SqliteConnection> {
     .await?)
 }
 
-/// Fills a migrated outbox with `per_tenant` pending events for each of `tenants` tenants, in
+/// Fills a fresh, migrated outbox with `per_tenant` pending events for each of `tenants` tenants, in
 /// a few big statements without fsyncs (setup, not measurement).
 async fn prefill(path: &Path, tenants: usize, per_tenant: usize) -> Res<()> {
     let mut conn = fill_connection(path).await?;

@@ -480,27 +480,19 @@ pub(super) enum LeasesOf {
 /// Shrinks the chosen leases to the events they still hold (still pending) and drops those
 /// left empty.
 pub(super) async fn trim_leases(conn: &mut SqliteConnection, of: LeasesOf, key: &str) -> Result<(), StoreError> {
-    let (shrink, drop) = match of {
-        LeasesOf::Lease => (
-            "UPDATE leases SET seqs = (SELECT json_group_array(j.value ORDER BY j.key) {STILL}), \
-                               ids = (SELECT json_group_array(e.event_id ORDER BY j.key) {STILL_IDS}) \
-             WHERE lease_id = ?1",
-            "DELETE FROM leases WHERE lease_id = ?1 AND json_array_length(seqs) = 0",
-        ),
-        LeasesOf::Tenant => (
-            "UPDATE leases SET seqs = (SELECT json_group_array(j.value ORDER BY j.key) {STILL}), \
-                               ids = (SELECT json_group_array(e.event_id ORDER BY j.key) {STILL_IDS}) \
-             WHERE tenant = ?1",
-            "DELETE FROM leases WHERE tenant = ?1 AND json_array_length(seqs) = 0",
-        ),
-    };
     // The seqs and ids still pending, in the lease's order (both read the row as it was).
-    const STILL: &str = "FROM json_each(leases.seqs) AS j WHERE j.value IN (SELECT seq FROM pending)";
-    const STILL_IDS: &str = "FROM json_each(leases.seqs) AS j JOIN events AS e ON e.seq = j.value \
-                             WHERE j.value IN (SELECT seq FROM pending)";
-    let shrink = shrink.replace("{STILL}", STILL).replace("{STILL_IDS}", STILL_IDS);
+    const SHRINK: &str = "UPDATE leases SET \
+         seqs = (SELECT json_group_array(j.value ORDER BY j.key) FROM json_each(leases.seqs) AS j \
+                 WHERE j.value IN (SELECT seq FROM pending)), \
+         ids = (SELECT json_group_array(e.event_id ORDER BY j.key) FROM json_each(leases.seqs) AS j \
+                JOIN events AS e ON e.seq = j.value WHERE j.value IN (SELECT seq FROM pending))";
+    const EMPTY: &str = "DELETE FROM leases WHERE json_array_length(seqs) = 0";
+    let (shrink, drop) = match of {
+        LeasesOf::Lease => (format!("{SHRINK} WHERE lease_id = ?1"), format!("{EMPTY} AND lease_id = ?1")),
+        LeasesOf::Tenant => (format!("{SHRINK} WHERE tenant = ?1"), format!("{EMPTY} AND tenant = ?1")),
+    };
     sqlx::query(&shrink).bind(key).execute(&mut *conn).await?;
-    sqlx::query(drop).bind(key).execute(&mut *conn).await?;
+    sqlx::query(&drop).bind(key).execute(&mut *conn).await?;
     Ok(())
 }
 
