@@ -88,7 +88,7 @@ pub const SQLITE_SCHEMA_VERSION: i64 = 8;
 
 /// The PostgreSQL schema version this build writes, as [`SQLITE_SCHEMA_VERSION`] is for
 /// SQLite (the two schemas move on their own: version 3 is SQLite's lease rows).
-pub const POSTGRES_SCHEMA_VERSION: i64 = 6;
+pub const POSTGRES_SCHEMA_VERSION: i64 = 7;
 
 /// Where an outbox lives, parsed from its URL once, at the edge:
 ///

@@ -1,9 +1,14 @@
 //! The PostgreSQL adapter: one database shared by a fleet of agents.
 //!
-//! Leases use `FOR UPDATE SKIP LOCKED`, so concurrent agents never block on, nor share, an
-//! event. Enqueues go through a writer task that coalesces concurrent calls into one
+//! An event's row is written once; where it stands is which narrow table holds its seq
+//! (`pending`, `delivered`, `dead`), as in the SQLite adapter. A lease is one row of `leases`
+//! carrying its events' seqs and ids and the claim generation it was taken under; its events
+//! stay pending, and the next lease of the tenant skips those its live leases hold. Leases of
+//! one tenant take turns on a transaction-scoped advisory lock, so concurrent leasers never
+//! share an event; a tenant is owned through its fenced claim, not through row locks on its
+//! events. Enqueues go through a writer task that coalesces concurrent calls into one
 //! statement (group commit), like the SQLite adapter; the other operations run directly on
-//! the pool, each in its own transaction.
+//! the pool, each one statement or one short transaction.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -131,6 +136,54 @@ macro_rules! fence {
         fence_at!("$4")
     };
 }
+
+/// The events a lease (its id the given parameter, of tenant `$1`) holds, as `held(seq, id,
+/// ord)` in the lease's order: the first part of a settle after its fence.
+macro_rules! held_by {
+    ($lease:literal) => {
+        concat!(
+            "lease AS (SELECT seqs, ids FROM leases WHERE lease_id = ",
+            $lease,
+            " AND tenant = $1), \
+             held AS (SELECT h.seq, h.id, h.ord FROM lease, \
+                      unnest(lease.seqs, lease.ids) WITH ORDINALITY AS h(seq, id, ord)), "
+        )
+    };
+}
+
+/// The end of a settle: the lease (see [`held_by!`]) gives up the events `settled` names, and
+/// is dropped once it holds none. A dead-lettered event thus leaves its lease at once, so that
+/// a requeue makes it leasable while the rest of the lease is still out. An ack of a whole
+/// lease, the common case, deletes its one row.
+macro_rules! prune {
+    ($lease:literal) => {
+        concat!(
+            "kept AS (SELECT seq, id, ord FROM held WHERE seq NOT IN (SELECT seq FROM settled)), \
+             dropped AS (DELETE FROM leases WHERE lease_id = ",
+            $lease,
+            " AND EXISTS (SELECT 1 FROM fence) AND NOT EXISTS (SELECT 1 FROM kept)), \
+             trimmed AS (UPDATE leases SET seqs = ARRAY(SELECT seq FROM kept ORDER BY ord), \
+                         ids = ARRAY(SELECT id FROM kept ORDER BY ord) WHERE lease_id = ",
+            $lease,
+            " AND EXISTS (SELECT 1 FROM fence) AND EXISTS (SELECT 1 FROM kept) \
+              AND (SELECT count(*) FROM kept) < cardinality(seqs)) "
+        )
+    };
+}
+
+/// A lease: the tenant's (`$1`) first `$5` pending events due at `$2` that no live lease holds,
+/// in queue order, recorded as lease `$3` expiring at `$4` under generation `$6`. Lapsed leases
+/// of the tenant are dropped on the way (they hold nothing already). Run under the tenant's
+/// advisory lock, so no other lease of the tenant runs between its snapshot and its commit.
+const LEASE: &str = "WITH lapsed AS (DELETE FROM leases WHERE tenant = $1 AND expires_at <= $2), \
+     held AS (SELECT unnest(seqs) AS seq FROM leases WHERE tenant = $1 AND expires_at > $2), \
+     picked AS (SELECT p.seq, p.due_at FROM pending AS p WHERE p.tenant = $1 AND p.due_at <= $2 \
+                AND p.seq NOT IN (SELECT seq FROM held) ORDER BY p.due_at, p.seq LIMIT $5), \
+     got AS (SELECT k.seq, k.due_at, e.event_id, e.body FROM picked AS k JOIN events AS e ON e.seq = k.seq), \
+     lease AS (INSERT INTO leases (lease_id, tenant, generation, expires_at, seqs, ids) \
+               SELECT $3, $1, $6, $4, array_agg(seq ORDER BY due_at, seq), array_agg(event_id ORDER BY due_at, seq) \
+               FROM got HAVING count(*) > 0) \
+     SELECT seq, due_at, event_id, body FROM got";
 
 /// How every transaction of billsync begins: the server ends the session of one left idle
 /// inside it for 10 s. A transaction of billsync waits on nothing but the database (never on
@@ -292,15 +345,16 @@ async fn insert_rows(pool: &PgPool, rows: &[Row<'_>], now: i64) -> Result<HashSe
     let meters: Vec<Option<&str>> = rows.iter().map(|r| r.fact.map(|f| f.meter.as_str())).collect();
     let units: Vec<Option<&str>> = rows.iter().map(|r| r.fact.map(|f| f.unit.as_str())).collect();
     let quantities: Vec<Option<&str>> = rows.iter().map(|r| r.fact.map(|f| f.quantity.as_str())).collect();
-    // The ledger records of exactly the events this statement stored (`ins`), in the same
-    // statement. A record already there (the event was compacted, and is enqueued again) is kept.
+    // The pending rows and ledger records of exactly the events this statement stored (`ins`),
+    // in the same statement. A record already there (the event was compacted, and is enqueued again) is kept.
     let returned = sqlx::query(
-        "WITH ins AS (INSERT INTO events (tenant, event_id, body, state, enqueued_at, due_at) \
-             SELECT u.tenant, u.event_id, u.body, 0, $4, $4 \
+        "WITH ins AS (INSERT INTO events (tenant, event_id, body, enqueued_at) \
+             SELECT u.tenant, u.event_id, u.body, $4 \
              FROM UNNEST($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS u(tenant, event_id, body, ord) \
              ORDER BY u.ord \
              ON CONFLICT (tenant, event_id) DO NOTHING \
-             RETURNING tenant, event_id), \
+             RETURNING seq, tenant, event_id), \
+         pend AS (INSERT INTO pending (seq, tenant, due_at, enqueued_at) SELECT seq, tenant, $4, $4 FROM ins), \
          led AS (INSERT INTO ledger (tenant, event_id, occurred_at, meter, unit, quantity) \
              SELECT f.tenant, f.event_id, f.occurred_at, f.meter, f.unit, f.quantity \
              FROM UNNEST($1::text[], $2::text[], $5::bigint[], $6::text[], $7::text[], $8::text[]) \
@@ -346,45 +400,33 @@ impl PostgresOutbox {
     ) -> Result<Option<Lease>, StoreError> {
         let now = self.now_ms();
         let mut tx = begin(&self.pool).await?;
+        // Leases of the tenant take turns, and the claim row is held shared until commit: a
+        // takeover (FOR UPDATE) waits for this lease, and a lease after a takeover sees the
+        // new generation. Both locks are held before the lease's statement takes its snapshot.
+        let current: Option<i64> = sqlx::query_scalar(
+            "SELECT (SELECT generation FROM tenant_claims WHERE tenant = $1 FOR SHARE) \
+             FROM (SELECT pg_advisory_xact_lock(hashtextextended($1, 0))) AS turn",
+        )
+        .bind(tenant.as_str())
+        .fetch_one(&mut *tx)
+        .await?;
         if let Some(generation) = generation {
-            // The claim row is held shared until commit: a takeover (FOR UPDATE) waits for this
-            // lease, and a lease after a takeover sees the new generation.
-            let current: Option<i64> =
-                sqlx::query_scalar("SELECT generation FROM tenant_claims WHERE tenant = $1 FOR SHARE")
-                    .bind(tenant.as_str())
-                    .fetch_optional(&mut *tx)
-                    .await?;
             if current != Some(gen_i64(generation)) {
                 tx.rollback().await?;
                 return Err(StoreError::ClaimLost { tenant: tenant.clone(), generation });
             }
         }
-        // Expired leases go back to pending, keeping their place (due_at) in the queue; rows
-        // another agent is reclaiming right now are skipped, not waited for.
-        sqlx::query(
-            "UPDATE events SET state = 0, lease_id = NULL, lease_expires_at = NULL WHERE seq IN \
-             (SELECT seq FROM events WHERE tenant = $1 AND state = 1 AND lease_expires_at <= $2 \
-              FOR UPDATE SKIP LOCKED)",
-        )
-        .bind(tenant.as_str())
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
         let id = uuid::Uuid::now_v7().to_string();
         let expires_at = now.saturating_add(span_ms(lease_for));
-        let rows = sqlx::query(
-            "WITH picked AS (SELECT seq FROM events WHERE tenant = $1 AND state = 0 AND due_at <= $2 \
-                             ORDER BY due_at, seq LIMIT $5 FOR UPDATE SKIP LOCKED) \
-             UPDATE events e SET state = 1, lease_id = $3, lease_expires_at = $4 FROM picked \
-             WHERE e.seq = picked.seq RETURNING e.seq, e.due_at, e.event_id, e.body",
-        )
-        .bind(tenant.as_str())
-        .bind(now)
-        .bind(&id)
-        .bind(expires_at)
-        .bind(limit(max))
-        .fetch_all(&mut *tx)
-        .await?;
+        let rows = sqlx::query(LEASE)
+            .bind(tenant.as_str())
+            .bind(now)
+            .bind(&id)
+            .bind(expires_at)
+            .bind(limit(max))
+            .bind(generation.map(gen_i64))
+            .fetch_all(&mut *tx)
+            .await?;
         tx.commit().await?;
         let lease =
             leased(tenant, id, expires_at, rows, |r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))?;
@@ -426,12 +468,7 @@ impl PostgresOutbox {
         let generation = if new_holder { held.saturating_add(1) } else { held };
         if new_holder {
             // Whoever held the tenant before is gone: its leases hold nothing any more.
-            sqlx::query(
-                "UPDATE events SET state = 0, lease_id = NULL, lease_expires_at = NULL WHERE tenant = $1 AND state = 1",
-            )
-            .bind(tenant.as_str())
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query("DELETE FROM leases WHERE tenant = $1").bind(tenant.as_str()).execute(&mut *tx).await?;
         }
         sqlx::query(concat!(
             "UPDATE tenant_claims SET holder = $2, expires_at = ",
@@ -449,17 +486,21 @@ impl PostgresOutbox {
     }
 
     async fn try_counts(&self, tenant: &TenantName) -> Result<TenantCounts, StoreError> {
+        // Delivered events are those stored, neither pending nor dead: no index of its own.
         let row = sqlx::query(
-            "SELECT \
-             count(*) FILTER (WHERE state = 0), \
-             count(*) FILTER (WHERE state = 1 AND lease_expires_at > $2), \
-             count(*) FILTER (WHERE state = 1 AND lease_expires_at <= $2), \
-             count(*) FILTER (WHERE state = 2), \
-             count(*) FILTER (WHERE state = 3), \
-             min(enqueued_at) FILTER (WHERE state = 0), \
-             min(enqueued_at) FILTER (WHERE state = 1 AND lease_expires_at <= $2), \
-             min(due_at) FILTER (WHERE state = 0 AND due_at > $2) \
-             FROM events WHERE tenant = $1",
+            "WITH held AS (SELECT DISTINCT unnest(seqs) AS seq FROM leases WHERE tenant = $1 AND expires_at > $2), \
+             n AS (SELECT (SELECT count(*) FROM pending WHERE tenant = $1) AS pending, \
+                          (SELECT count(*) FROM dead WHERE tenant = $1) AS dead, \
+                          (SELECT count(*) FROM events WHERE tenant = $1) AS stored) \
+             SELECT \
+             (SELECT count(*) FROM pending WHERE tenant = $1 AND seq NOT IN (SELECT seq FROM held)), \
+             (SELECT count(*) FROM pending WHERE tenant = $1 AND seq IN (SELECT seq FROM held)), \
+             0::bigint, \
+             (SELECT stored - pending - dead FROM n), \
+             (SELECT dead FROM n), \
+             (SELECT min(enqueued_at) FROM pending WHERE tenant = $1 AND seq NOT IN (SELECT seq FROM held)), \
+             NULL::bigint, \
+             (SELECT min(due_at) FROM pending WHERE tenant = $1 AND due_at > $2)",
         )
         .bind(tenant.as_str())
         .bind(self.now_ms())
@@ -470,8 +511,9 @@ impl PostgresOutbox {
 
     async fn try_dead_letters(&self, tenant: Option<TenantName>) -> Result<Vec<DeadLetterRecord>, StoreError> {
         let rows = sqlx::query(
-            "SELECT tenant, event_id, dead_code, dead_message, attempts, dead_at FROM events \
-             WHERE state = 3 AND ($1::text IS NULL OR tenant = $1) ORDER BY dead_at, seq",
+            "SELECT d.tenant, e.event_id, d.code, d.message, e.attempts, d.dead_at \
+             FROM dead AS d JOIN events AS e ON e.seq = d.seq \
+             WHERE $1::text IS NULL OR d.tenant = $1 ORDER BY d.dead_at, d.seq",
         )
         .bind(tenant.as_ref().map(TenantName::as_str))
         .fetch_all(&self.pool)
@@ -482,10 +524,13 @@ impl PostgresOutbox {
     async fn try_compact(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
         let mut total = 0;
         loop {
-            // Each chunk is its own short transaction; inserts never wait on it.
+            // Each chunk is its own short transaction, oldest deliveries first; inserts never
+            // wait on it, and a requeue of a delivered event in flight is skipped, not waited for.
             let n = sqlx::query(
-                "DELETE FROM events WHERE seq IN \
-                 (SELECT seq FROM events WHERE state = 2 AND delivered_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                "WITH chunk AS (SELECT seq FROM delivered WHERE delivered_at < $1 \
+                                ORDER BY delivered_at, seq LIMIT $2 FOR UPDATE SKIP LOCKED), \
+                 gone AS (DELETE FROM delivered WHERE seq IN (SELECT seq FROM chunk)) \
+                 DELETE FROM events WHERE seq IN (SELECT seq FROM chunk)",
             )
             .bind(to_ms(before))
             .bind(COMPACT_CHUNK)
@@ -544,15 +589,24 @@ impl Outbox for PostgresOutbox {
         let ids: Vec<&str> = delivered.iter().map(EventId::as_str).collect();
         let fenced = sqlx::query_scalar::<_, bool>(concat!(
             fence!(),
-            "done AS (UPDATE events SET state = 2, delivered_at = $2, lease_id = NULL, lease_expires_at = NULL \
-             WHERE tenant = $1 AND event_id = ANY($3) AND state IN (0, 1) AND EXISTS (SELECT 1 FROM fence) \
-             RETURNING 1) \
-             SELECT EXISTS (SELECT 1 FROM fence)"
+            held_by!("$5"),
+            // The acked events the lease holds, and (when it lapsed and another lease took
+            // them) those it no longer holds, found by id.
+            "settled AS (SELECT seq FROM held WHERE id = ANY($3) \
+                         UNION SELECT e.seq FROM unnest($3::text[]) AS a(id) \
+                         JOIN events AS e ON e.tenant = $1 AND e.event_id = a.id \
+                         WHERE a.id NOT IN (SELECT id FROM held)), \
+             gone AS (DELETE FROM pending AS p USING settled AS s WHERE p.seq = s.seq \
+                      AND EXISTS (SELECT 1 FROM fence) RETURNING p.seq), \
+             done AS (INSERT INTO delivered (seq, delivered_at) SELECT seq, $2 FROM gone), ",
+            prune!("$5"),
+            "SELECT EXISTS (SELECT 1 FROM fence)"
         ))
         .bind(lease.tenant.as_str())
         .bind(self.now_ms())
         .bind(ids)
         .bind(lease.generation.map(gen_i64))
+        .bind(lease.id.as_str())
         .fetch_one(&self.pool)
         .await
         .during(format_args!("ack of {} events of tenant {}", delivered.len(), lease.tenant))?;
@@ -560,11 +614,15 @@ impl Outbox for PostgresOutbox {
     }
 
     async fn nack(&self, lease: &Lease, retry_at: DateTime<Utc>) -> Result<(), OutboxError> {
+        // Only while the lease still exists: once it lapsed and another lease took its events,
+        // that one (not this nack) decides their fate.
         let fenced = sqlx::query_scalar::<_, bool>(concat!(
             fence!(),
-            "done AS (UPDATE events SET state = 0, attempts = attempts + 1, due_at = $3, lease_id = NULL, \
-             lease_expires_at = NULL WHERE lease_id = $2 AND state = 1 AND tenant = $1 \
-             AND EXISTS (SELECT 1 FROM fence) RETURNING 1) \
+            "lease AS (SELECT seqs FROM leases WHERE lease_id = $2 AND tenant = $1), \
+             retried AS (UPDATE pending SET due_at = $3 WHERE seq IN (SELECT unnest(seqs) FROM lease) \
+                         AND EXISTS (SELECT 1 FROM fence) RETURNING seq), \
+             counted AS (UPDATE events SET attempts = attempts + 1 WHERE seq IN (SELECT seq FROM retried)), \
+             dropped AS (DELETE FROM leases WHERE lease_id = $2 AND EXISTS (SELECT 1 FROM fence)) \
              SELECT EXISTS (SELECT 1 FROM fence)"
         ))
         .bind(lease.tenant.as_str())
@@ -586,12 +644,19 @@ impl Outbox for PostgresOutbox {
         let messages: Vec<&str> = items.iter().map(|d| d.message.as_str()).collect();
         let fenced = sqlx::query_scalar::<_, bool>(concat!(
             fence_at!("$6"),
-            "done AS (UPDATE events e SET state = 3, attempts = e.attempts + 1, dead_code = d.code, \
-             dead_message = d.message, dead_at = $5, lease_id = NULL, lease_expires_at = NULL \
-             FROM UNNEST($2::text[], $3::text[], $4::text[]) AS d(event_id, code, message) \
-             WHERE e.tenant = $1 AND e.event_id = d.event_id AND e.state IN (0, 1) \
-             AND EXISTS (SELECT 1 FROM fence) RETURNING 1) \
-             SELECT EXISTS (SELECT 1 FROM fence)"
+            held_by!("$7"),
+            // Found by id, whether or not the lease still holds them (as an ack does).
+            "items AS (SELECT DISTINCT ON (e.seq) e.seq, d.code, d.message \
+                       FROM UNNEST($2::text[], $3::text[], $4::text[]) AS d(event_id, code, message) \
+                       JOIN events AS e ON e.tenant = $1 AND e.event_id = d.event_id), \
+             settled AS (SELECT seq FROM items), \
+             gone AS (DELETE FROM pending AS p USING items AS i WHERE p.seq = i.seq \
+                      AND EXISTS (SELECT 1 FROM fence) RETURNING p.seq), \
+             buried AS (INSERT INTO dead (seq, tenant, dead_at, code, message) \
+                        SELECT i.seq, $1, $5, i.code, i.message FROM items AS i JOIN gone AS g ON g.seq = i.seq), \
+             counted AS (UPDATE events SET attempts = attempts + 1 WHERE seq IN (SELECT seq FROM gone)), ",
+            prune!("$7"),
+            "SELECT EXISTS (SELECT 1 FROM fence)"
         ))
         .bind(lease.tenant.as_str())
         .bind(ids)
@@ -599,6 +664,7 @@ impl Outbox for PostgresOutbox {
         .bind(messages)
         .bind(self.now_ms())
         .bind(lease.generation.map(gen_i64))
+        .bind(lease.id.as_str())
         .fetch_one(&self.pool)
         .await
         .during(format_args!("dead letter of {} events of tenant {}", items.len(), lease.tenant))?;
@@ -607,17 +673,21 @@ impl Outbox for PostgresOutbox {
 
     async fn requeue(&self, tenant: &TenantName, ids: Option<Vec<EventId>>) -> Result<u64, OutboxError> {
         let ids: Option<Vec<String>> = ids.map(|ids| ids.into_iter().map(String::from).collect());
-        let done = sqlx::query(
-            "UPDATE events SET state = 0, due_at = $2, dead_code = NULL, dead_message = NULL, dead_at = NULL \
-             WHERE tenant = $1 AND state = 3 AND ($3::text[] IS NULL OR event_id = ANY($3))",
+        let done: i64 = sqlx::query_scalar(
+            "WITH moved AS (DELETE FROM dead WHERE tenant = $1 AND ($3::text[] IS NULL OR seq IN \
+                            (SELECT seq FROM events WHERE tenant = $1 AND event_id = ANY($3))) RETURNING seq), \
+             back AS (INSERT INTO pending (seq, tenant, due_at, enqueued_at) \
+                      SELECT m.seq, $1, $2, e.enqueued_at FROM moved AS m JOIN events AS e ON e.seq = m.seq \
+                      RETURNING 1) \
+             SELECT count(*) FROM back",
         )
         .bind(tenant.as_str())
         .bind(self.now_ms())
         .bind(ids)
-        .execute(&self.pool)
+        .fetch_one(&self.pool)
         .await
         .during(format_args!("requeue of dead letters of tenant {tenant}"))?;
-        Ok(done.rows_affected())
+        Ok(count(done))
     }
 
     async fn counts(&self, tenant: &TenantName) -> Result<TenantCounts, OutboxError> {

@@ -168,17 +168,20 @@ impl PostgresOutbox {
 /// Delivered events back to pending, due now ($2), attempts kept; under the claim ($4).
 const REQUEUE_DELIVERED: &str = concat!(
     fence!(),
-    "done AS (UPDATE events SET state = 0, due_at = $2, delivered_at = NULL \
-     WHERE tenant = $1 AND state = 2 AND event_id = ANY($3) AND EXISTS (SELECT 1 FROM fence) RETURNING 1) \
+    "moved AS (DELETE FROM delivered WHERE seq IN (SELECT seq FROM events WHERE tenant = $1 AND event_id = ANY($3)) \
+     AND EXISTS (SELECT 1 FROM fence) RETURNING seq), \
+     done AS (INSERT INTO pending (seq, tenant, due_at, enqueued_at) \
+     SELECT m.seq, $1, $2, e.enqueued_at FROM moved AS m JOIN events AS e ON e.seq = m.seq RETURNING 1) \
      SELECT EXISTS (SELECT 1 FROM fence), (SELECT count(*) FROM done)"
 );
 
-/// Pending or leased events settled as delivered now ($2), their lease cleared; under the
-/// claim ($4).
+/// Pending (leased or not) events settled as delivered now ($2); under the claim ($4). A live
+/// lease may still list them: it holds only what is pending, and its ack finds them settled.
 const SETTLE_HELD: &str = concat!(
     fence!(),
-    "done AS (UPDATE events SET state = 2, delivered_at = $2, lease_id = NULL, lease_expires_at = NULL \
-     WHERE tenant = $1 AND state IN (0, 1) AND event_id = ANY($3) AND EXISTS (SELECT 1 FROM fence) RETURNING 1) \
+    "gone AS (DELETE FROM pending WHERE seq IN (SELECT seq FROM events WHERE tenant = $1 AND event_id = ANY($3)) \
+     AND EXISTS (SELECT 1 FROM fence) RETURNING seq), \
+     done AS (INSERT INTO delivered (seq, delivered_at) SELECT seq, $2 FROM gone RETURNING 1) \
      SELECT EXISTS (SELECT 1 FROM fence), (SELECT count(*) FROM done)"
 );
 
@@ -267,23 +270,30 @@ async fn trim_facts(pool: &PgPool, before: i64) -> Result<u64, StoreError> {
 /// ones) the platform does not hold, by id; whether the event's row (its payload) is still here.
 const MISSING: &str = "SELECT l.event_id, e.seq IS NOT NULL \
      FROM ledger AS l LEFT JOIN events AS e ON e.tenant = l.tenant AND e.event_id = l.event_id \
-     WHERE l.tenant = $1 AND l.occurred_at >= $2 AND l.occurred_at < $3 AND (e.state = 2 OR e.seq IS NULL) \
+     WHERE l.tenant = $1 AND l.occurred_at >= $2 AND l.occurred_at < $3 \
+     AND (e.seq IS NULL OR EXISTS (SELECT 1 FROM delivered AS d WHERE d.seq = e.seq)) \
      AND NOT EXISTS (SELECT 1 FROM reconcile_held AS h WHERE h.run = $4 AND h.event_id = l.event_id) \
      ORDER BY l.event_id COLLATE \"C\"";
 
 /// The platform's events that this outbox never had (no ledger row and no event), or holds
-/// pending or leased (0, 1) or dead-lettered (3), by id.
-const HELD: &str = "SELECT h.event_id, l.event_id IS NOT NULL OR e.seq IS NOT NULL, e.state::bigint \
+/// pending (0) or dead-lettered (3), by id (the states version 6 numbered in `events.state`).
+const HELD: &str = "SELECT event_id, known, state FROM (SELECT h.event_id, \
+     l.event_id IS NOT NULL OR e.seq IS NOT NULL AS known, \
+     CASE WHEN EXISTS (SELECT 1 FROM pending AS p WHERE p.seq = e.seq) THEN 0::bigint \
+          WHEN EXISTS (SELECT 1 FROM dead AS d WHERE d.seq = e.seq) THEN 3::bigint \
+          WHEN e.seq IS NOT NULL THEN 2::bigint END AS state \
      FROM reconcile_held AS h \
      LEFT JOIN ledger AS l ON l.tenant = $1 AND l.event_id = h.event_id \
      LEFT JOIN events AS e ON e.tenant = $1 AND e.event_id = h.event_id \
-     WHERE h.run = $2 AND ((l.event_id IS NULL AND e.seq IS NULL) OR e.state IN (0, 1, 3)) \
-     ORDER BY h.event_id COLLATE \"C\"";
+     WHERE h.run = $2) AS s \
+     WHERE NOT known OR state IN (0, 3) \
+     ORDER BY event_id COLLATE \"C\"";
 
 /// The delivered events of the window, by UTC day (86,400,000 ms) and id.
 const LOCAL_DAYS: &str = "SELECT l.event_id, l.occurred_at, l.meter, l.unit, l.quantity \
      FROM ledger AS l LEFT JOIN events AS e ON e.tenant = l.tenant AND e.event_id = l.event_id \
-     WHERE l.tenant = $1 AND l.occurred_at >= $2 AND l.occurred_at < $3 AND (e.state = 2 OR e.seq IS NULL) \
+     WHERE l.tenant = $1 AND l.occurred_at >= $2 AND l.occurred_at < $3 \
+     AND (e.seq IS NULL OR EXISTS (SELECT 1 FROM delivered AS d WHERE d.seq = e.seq)) \
      ORDER BY l.occurred_at / 86400000, l.event_id COLLATE \"C\"";
 
 /// The platform's events (all inside the window: `add_held` keeps no others), by day and id.

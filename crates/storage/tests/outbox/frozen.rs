@@ -20,8 +20,7 @@ use crate::helpers::TestDb;
 
 /// The lease's statement right after it took the claim row shared (its first use on a
 /// connection carries its text).
-const AFTER_THE_CLAIM_ROW: &[u8] =
-    b"UPDATE events SET state = 0, lease_id = NULL, lease_expires_at = NULL WHERE seq IN";
+const AFTER_THE_CLAIM_ROW: &[u8] = b"WITH lapsed AS (DELETE FROM leases WHERE tenant = $1";
 
 /// Whether the process behind the proxy is frozen, and whether its next lease freezes it.
 #[derive(Default)]

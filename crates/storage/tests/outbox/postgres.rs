@@ -1,6 +1,7 @@
 //! The PostgreSQL adapter: the conformance suite, plus schema versions, URLs and secrets.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use billsync_domain::{ManualClock, Outbox, OutboxError};
 use billsync_storage::PostgresOutbox;
@@ -68,5 +69,76 @@ async fn debug_and_errors_never_show_the_password() -> TestResult {
     assert!(chain[0].contains("127.0.0.1:1"), "{chain:?}");
     assert!(chain.len() > 1 && chain[1].to_lowercase().contains("refused"), "{chain:?}");
     assert!(chain.iter().all(|m| !m.contains("hunter2")), "{chain:?}");
+    Ok(())
+}
+
+/// Schema 7: every stored event is in exactly one of `pending`, `delivered` and `dead`,
+/// whatever happened to it; a lease is one row carrying its generation, and neither a lease
+/// nor an ack rewrites an event's row (its `xmin`, the transaction that wrote it, stays that
+/// of the enqueue).
+#[tokio::test]
+async fn every_event_stands_in_exactly_one_state_table_and_a_lease_is_one_row() -> TestResult {
+    let db = TestDb::create().await?;
+    let clock = Arc::new(ManualClock::new(t0()));
+    let outbox = PostgresOutbox::connect(db.url(), clock.clone()).await?;
+    let t = tenant("acme");
+    outbox.enqueue(&t, &events("e", 20)).await?;
+    let mut conn = PgConnection::connect(db.url()).await?;
+    let written: Vec<String> =
+        sqlx::query_scalar("SELECT xmin::text FROM events ORDER BY seq").fetch_all(&mut conn).await?;
+
+    let claim = match outbox.claim_tenant(&t, "agent-a", Duration::from_secs(30)).await? {
+        billsync_domain::ClaimOutcome::Claimed(c) => c,
+        other => return Err(format!("not claimed: {other:?}").into()),
+    };
+    let lease = outbox.lease_claimed(&claim, 8, Duration::from_secs(30)).await?.ok_or("nothing leased")?;
+    let (leases, generation, held): (i64, Option<i64>, i64) =
+        sqlx::query_as("SELECT count(*), max(generation), max(cardinality(seqs))::bigint FROM leases")
+            .fetch_one(&mut conn)
+            .await?;
+    assert_eq!((leases, generation, held), (1, Some(i64::try_from(claim.generation)?), 8));
+    let first: Vec<_> = lease.events[..5].iter().map(|e| e.event_id().clone()).collect();
+    outbox.ack(&lease, &first).await?;
+    let kept: Vec<String> = sqlx::query_scalar("SELECT unnest(ids) FROM leases WHERE lease_id = $1")
+        .bind(lease.id.as_str())
+        .fetch_all(&mut conn)
+        .await?;
+    assert_eq!(kept, ["e-5", "e-6", "e-7"], "the lease gave up what it acked, in order");
+    let after_ack: Vec<String> =
+        sqlx::query_scalar("SELECT xmin::text FROM events ORDER BY seq").fetch_all(&mut conn).await?;
+    assert_eq!(after_ack, written, "a lease and an ack rewrote event rows");
+
+    let dead = billsync_domain::DeadLetter {
+        event_id: lease.events[5].event_id().clone(),
+        code: "invalid_quantity".into(),
+        message: "quantity: must be positive".into(),
+    };
+    outbox.dead_letter(&lease, &[dead]).await?;
+    outbox.nack(&lease, t0() + chrono::Duration::seconds(5)).await?;
+    let second = outbox.lease_claimed(&claim, 4, Duration::from_secs(30)).await?.ok_or("nothing leased")?;
+    let ids: Vec<_> = second.events.iter().map(|e| e.event_id().clone()).collect();
+    outbox.ack(&second, &ids).await?;
+    outbox.enqueue(&t, &events("e", 22)).await?;
+
+    let (stored, pending, delivered, dead, twice, leases): (i64, i64, i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM pending), (SELECT count(*) FROM delivered), \
+         (SELECT count(*) FROM dead), \
+         (SELECT count(*) FROM events AS e WHERE (SELECT count(*) FROM pending AS p WHERE p.seq = e.seq) \
+             + (SELECT count(*) FROM delivered AS d WHERE d.seq = e.seq) \
+             + (SELECT count(*) FROM dead AS d WHERE d.seq = e.seq) <> 1), \
+         (SELECT count(*) FROM leases)",
+    )
+    .fetch_one(&mut conn)
+    .await?;
+    assert_eq!((stored, pending, delivered, dead, twice, leases), (22, 12, 9, 1, 0, 0));
+    let counts = outbox.counts(&t).await?;
+    assert_eq!((counts.pending, counts.in_flight, counts.delivered, counts.dead_lettered), (12, 0, 9, 1));
+    let retried: Vec<String> = sqlx::query_scalar(
+        "SELECT e.event_id FROM events AS e JOIN pending AS p ON p.seq = e.seq WHERE e.attempts = 1 ORDER BY e.seq",
+    )
+    .fetch_all(&mut conn)
+    .await?;
+    assert_eq!(retried, ["e-6", "e-7"], "the nack counted an attempt for the two it still held");
+    conn.close().await?;
     Ok(())
 }
