@@ -61,6 +61,16 @@
 //! - `per_event_delivery_1m_pending`: µs per event delivering 10,000 events in steady state
 //!   (timed from the first batch stored) over a 1,000,000-event backlog, median of three runs;
 //!   baseline the same over a 10,000-event backlog.
+//! - The two figures above again on PostgreSQL (`..._postgres`): the same workloads, the
+//!   backlog prefilled by SQL into a fresh database.
+//! - `fleet_postgres_2_agents` (full runs only): events/s of two `billsync run` processes
+//!   started together on one PostgreSQL outbox (100 tenants x 2,000 events prefilled, emulator
+//!   rate limit off), from the first event stored to the last; baseline one process on the same
+//!   data. Each tenant must get exactly its events; duplicates are reported.
+//! - `drain_at_limit_1m_backlog_{sqlite,postgres}` (full runs only): events/s stored over a 60 s
+//!   slice (from 30 s after the first) while `run` drains a 1,000,000-event backlog of 10
+//!   tenants prefilled by SQL, agent and emulator at the platform's real limit (100 requests a
+//!   minute of 500 events); baseline the limit itself, 8,333 events/s.
 //!
 //! `--quick` scales the workloads down (the drain still takes one 60 s window: the emulator's
 //! window is fixed at 60 s).
@@ -80,6 +90,7 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{Connection, PgConnection, SqliteConnection};
 
+mod fleet;
 mod ingest;
 mod mqtt;
 mod reconcile;
@@ -271,8 +282,19 @@ async fn run(args: &Args) -> Res<()> {
                 format!("{} not found: build it with cargo build --release -p billsync-cli", bin.display()).into()
             );
         }
-        figures.push(footprint(bin, q).await?);
-        print_last(&figures);
+        let pg = Postgres::create().await;
+        if let Err(e) = &pg {
+            eprintln!("postgres footprint skipped: {e}");
+        }
+        let backends: Vec<Backend<'_>> =
+            std::iter::once(Backend::Sqlite).chain(pg.as_ref().ok().map(Backend::Postgres)).collect();
+        for backend in &backends {
+            figures.push(footprint(bin, q, backend).await?);
+            print_last(&figures);
+        }
+        if let Ok(pg) = &pg {
+            pg.drop_all().await;
+        }
         let size = std::fs::metadata(bin)?.len() as f64;
         figures.push(Figure {
             name: "binary_size".into(),
@@ -304,8 +326,44 @@ async fn run(args: &Args) -> Res<()> {
     }
 
     if args.wants("scaling") {
-        figures.push(scaling(q).await?);
-        print_last(&figures);
+        let pg = Postgres::create().await;
+        if let Err(e) = &pg {
+            eprintln!("postgres scaling skipped: {e}");
+        }
+        let backends: Vec<Backend<'_>> =
+            std::iter::once(Backend::Sqlite).chain(pg.as_ref().ok().map(Backend::Postgres)).collect();
+        for backend in &backends {
+            figures.push(scaling(q, backend).await?);
+            print_last(&figures);
+        }
+        if let Ok(pg) = &pg {
+            pg.drop_all().await;
+        }
+    }
+
+    // Full runs only: minutes each, and their targets are about a fleet's scale.
+    if !q && args.wants("fleet") {
+        let bin = &args.billsync;
+        if !bin.exists() {
+            return Err(
+                format!("{} not found: build it with cargo build --release -p billsync-cli", bin.display()).into()
+            );
+        }
+        let pg = Postgres::create().await;
+        match &pg {
+            Ok(pg) => {
+                let result = fleet::fleet_postgres_2_agents(bin, pg).await;
+                pg.drop_all().await;
+                figures.push(result?);
+                print_last(&figures);
+            }
+            Err(e) => eprintln!("fleet_postgres_2_agents skipped: {e}"),
+        }
+        let result = fleet::drain_at_limit(pg.as_ref().ok()).await;
+        if let Ok(pg) = &pg {
+            pg.drop_all().await;
+        }
+        figures.extend(result?);
     }
 
     let text: String = figures.iter().map(|f| f.line() + "\n").collect();
@@ -853,6 +911,68 @@ async fn prefill(path: &Path, tenants: usize, per_tenant: usize) -> Res<()> {
     Ok(())
 }
 
+/// Starts `billsync run` (quiet, its servers on a free port) on `dir/billsync.toml`; killed
+/// when dropped.
+fn spawn_run(bin: &Path, dir: &Path) -> Res<tokio::process::Child> {
+    Ok(tokio::process::Command::new(bin)
+        .arg("--config")
+        .arg(dir.join("billsync.toml"))
+        .arg("-q")
+        .args(["run", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?)
+}
+
+/// Where a footprint or scaling figure keeps its outbox.
+enum Backend<'a> {
+    Sqlite,
+    Postgres(&'a Postgres),
+}
+
+impl Backend<'_> {
+    fn name(&self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+
+    /// A fresh outbox (its URL) prefilled by SQL with `per_tenant` pending events for each of
+    /// `tenants` tenants; a SQLite one lives in `dir`.
+    async fn prefilled(&self, dir: &Path, tenants: usize, per_tenant: usize) -> Res<String> {
+        match self {
+            Backend::Sqlite => {
+                let db = dir.join("outbox.db");
+                prefill(&db, tenants, per_tenant).await?;
+                Ok(format!("sqlite://{}", db.display()))
+            }
+            Backend::Postgres(pg) => {
+                let url = pg.fresh().await?;
+                fleet::prefill_postgres(&url, tenants, per_tenant).await?;
+                Ok(url)
+            }
+        }
+    }
+
+    /// A fresh, empty outbox (its URL).
+    async fn empty(&self, dir: &Path) -> Res<String> {
+        match self {
+            Backend::Sqlite => Ok(format!("sqlite://{}", dir.join("outbox.db").display())),
+            Backend::Postgres(pg) => pg.fresh().await,
+        }
+    }
+
+    /// The figure's name with this backend's suffix (SQLite keeps the name it always had).
+    fn named(&self, name: String) -> String {
+        match self {
+            Backend::Sqlite => name,
+            Backend::Postgres(_) => format!("{name}_postgres"),
+        }
+    }
+}
+
 fn vm_hwm_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
@@ -862,16 +982,7 @@ fn vm_hwm_kib(pid: u32) -> Option<u64> {
 /// Runs `billsync run` over the outbox until the emulator has `expect` events (or `limit`
 /// passes); returns the peak RSS in KiB and the events delivered.
 async fn run_child(bin: &Path, dir: &Path, emu: &Emulator, expect: u64, limit: Duration) -> Res<(u64, u64, Duration)> {
-    let cfg = dir.join("billsync.toml");
-    let mut child = tokio::process::Command::new(bin)
-        .arg("--config")
-        .arg(&cfg)
-        .arg("-q")
-        .args(["run", "--listen", "127.0.0.1:0"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
+    let mut child = spawn_run(bin, dir)?;
     let pid = child.id().ok_or("child has no pid")?;
     let start = Instant::now();
     let mut peak = 0;
@@ -897,7 +1008,7 @@ async fn run_child(bin: &Path, dir: &Path, emu: &Emulator, expect: u64, limit: D
     Ok((peak, stored(emu), took))
 }
 
-async fn footprint(bin: &Path, quick: bool) -> Res<Figure> {
+async fn footprint(bin: &Path, quick: bool, backend: &Backend<'_>) -> Res<Figure> {
     const TENANTS: usize = 1_000;
     let per_tenant = if quick { 100 } else { 1_000 };
     let total = (TENANTS * per_tenant) as u64;
@@ -908,9 +1019,8 @@ async fn footprint(bin: &Path, quick: bool) -> Res<Figure> {
     // of 100 requests/min per tenant does not bind: 2 requests per tenant).
     let emu = start(platform(TENANTS, None)).await?;
     let dir = tempfile::tempdir_in(tmp_root())?;
-    let db = dir.path().join("outbox.db");
-    prefill(&db, TENANTS, per_tenant).await?;
-    let text = config_text(&emu.base_url(), &format!("sqlite://{}", db.display()), TENANTS, sync);
+    let url = backend.prefilled(dir.path(), TENANTS, per_tenant).await?;
+    let text = config_text(&emu.base_url(), &url, TENANTS, sync);
     std::fs::write(dir.path().join("billsync.toml"), text)?;
     let (busy, delivered, took) = run_child(bin, dir.path(), &emu, total, limit).await?;
     emu.shutdown().await;
@@ -919,19 +1029,21 @@ async fn footprint(bin: &Path, quick: bool) -> Res<Figure> {
     // Idle: the same tenants, an empty outbox, for a few seconds.
     let emu = start(platform(TENANTS, None)).await?;
     let idle_dir = tempfile::tempdir_in(tmp_root())?;
-    let db = idle_dir.path().join("outbox.db");
-    let text = config_text(&emu.base_url(), &format!("sqlite://{}", db.display()), TENANTS, sync);
+    let url = backend.empty(idle_dir.path()).await?;
+    let text = config_text(&emu.base_url(), &url, TENANTS, sync);
     std::fs::write(idle_dir.path().join("billsync.toml"), text)?;
     let (idle, _, _) = run_child(bin, idle_dir.path(), &emu, u64::MAX, Duration::from_secs(5)).await?;
     emu.shutdown().await;
     Ok(rss_figure(
-        format!("peak_rss_1000_tenants_{}_pending", if quick { "100k" } else { "1m" }),
+        backend.named(format!("peak_rss_1000_tenants_{}_pending", if quick { "100k" } else { "1m" })),
         (busy, idle),
-        "idle_rss_1000_tenants",
+        &backend.named("idle_rss_1000_tenants".into()),
         "value < 50 MiB",
         format!(
             "VmHWM of `billsync run` (release) delivering {delivered} of {total} pending events of {TENANTS} tenants \
-             to the emulator (rate limit off) in {took:.1?}; baseline: the same process, same tenants, empty outbox, 5 s"
+             to the emulator (rate limit off) in {took:.1?}, {} outbox; baseline: the same process, same tenants, \
+             empty outbox, 5 s",
+            backend.name()
         ),
     ))
 }
@@ -1000,17 +1112,15 @@ async fn cold_start(bin: &Path, runs: usize) -> Res<Figure> {
 /// neither the agent's start nor its first lease of a cold file is counted as a per-event
 /// cost). The backlog shrinks by about `window` per run; it is sized so that it stays at
 /// `backlog` within a few per cent. Returns the median µs per event and each run's figure.
-async fn per_event_cost(backlog: usize, window: u64, reps: usize) -> Res<(f64, Vec<f64>)> {
+async fn per_event_cost(backend: &Backend<'_>, backlog: usize, window: u64, reps: usize) -> Res<(f64, Vec<f64>)> {
     let dir = tempfile::tempdir_in(tmp_root())?;
-    let db = dir.path().join("outbox.db");
     let extra = usize::try_from(window)? * reps + 500 * reps;
-    prefill(&db, 1, backlog + extra).await?;
+    let url = backend.prefilled(dir.path(), 1, backlog + extra).await?;
     let mut runs = Vec::with_capacity(reps);
     for _ in 0..reps {
         let emu = start(platform(1, None)).await?;
         let sync = format!("max_batch_events = 500\nrequests_per_minute = {NO_LIMIT_RPM}");
-        let agent =
-            agent(&config_text(&emu.base_url(), &format!("sqlite://{}", db.display()), 1, &sync), dir.path()).await?;
+        let agent = agent(&config_text(&emu.base_url(), &url, 1, &sync), dir.path()).await?;
         warm_tokens(&agent).await?;
         let stored = |emu: &Emulator| emu.counters().events_stored.values().sum::<u64>();
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -1039,23 +1149,25 @@ async fn per_event_cost(backlog: usize, window: u64, reps: usize) -> Res<(f64, V
     Ok((median(&runs), runs))
 }
 
-async fn scaling(quick: bool) -> Res<Figure> {
+async fn scaling(quick: bool, backend: &Backend<'_>) -> Res<Figure> {
     const WINDOW: u64 = 10_000;
     const REPS: usize = 3;
     let big = if quick { 200_000 } else { 1_000_000 };
-    let (small, small_runs) = per_event_cost(10_000, WINDOW, REPS).await?;
-    let (large, large_runs) = per_event_cost(big, WINDOW, REPS).await?;
+    let (small, small_runs) = per_event_cost(backend, 10_000, WINDOW, REPS).await?;
+    let (large, large_runs) = per_event_cost(backend, big, WINDOW, REPS).await?;
     Ok(Figure {
-        name: format!("per_event_delivery_{}_pending", if quick { "200k" } else { "1m" }),
+        name: backend.named(format!("per_event_delivery_{}_pending", if quick { "200k" } else { "1m" })),
         value: large,
         unit: "us/event",
-        baseline_name: "per_event_delivery_10k_pending".into(),
+        baseline_name: backend.named("per_event_delivery_10k_pending".into()),
         baseline: Some(small),
         ratio: Some(large / small),
         target: "ratio <= 1.3".into(),
         note: format!(
             "median of {REPS} runs, each {WINDOW} events delivered in steady state (from the first batch stored), \
-             backlog {big} vs 10000 (+ what the runs take), 1 tenant; runs: {large_runs:.2?} vs {small_runs:.2?}"
+             backlog {big} vs 10000 (+ what the runs take), 1 tenant, {} outbox; runs: {large_runs:.2?} vs \
+             {small_runs:.2?}",
+            backend.name()
         ),
     })
 }
