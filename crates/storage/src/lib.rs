@@ -8,9 +8,12 @@
 //!   thousands of small enqueues share one fsync. A tenant is held through an OS lock on a
 //!   file beside the outbox, which the kernel releases when its holder dies; leases and
 //!   settles under a claim are fenced by its generation, as in PostgreSQL.
-//! - [`PostgresOutbox`], for a fleet of agents sharing one database: leases with
-//!   `FOR UPDATE SKIP LOCKED`, tenant claims dated by the database's clock so that one agent
-//!   drains a tenant at a time, and leases and settles fenced by the claim's generation.
+//! - [`PostgresOutbox`], for a fleet of agents sharing one database: tenant claims dated by
+//!   the database's clock so that one agent drains a tenant at a time, leases as one row each
+//!   (taken in turn per tenant), and leases and settles fenced by the claim's generation.
+//!
+//! In both, an event's row is written once; its state is which narrow table (`pending`,
+//! `delivered`, `dead`) holds its `seq`, and a lease is one row listing what it holds.
 //!
 //! Enqueues (and requeues) are durable when they return. In SQLite the other writes (leases,
 //! acks, nacks, dead letters, claims) commit without an fsync of their own: a power loss can
