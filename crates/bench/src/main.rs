@@ -254,7 +254,16 @@ async fn run(args: &Args) -> Res<()> {
     }
 
     if args.only.as_ref().is_some_and(|o| o.iter().any(|g| g == "probe")) {
-        probe().await?;
+        let dir = tempfile::tempdir_in(tmp_root())?;
+        probe(&format!("sqlite://{}", dir.path().join("outbox.db").display())).await?;
+        match Postgres::create().await {
+            Ok(pg) => {
+                let result = probe(&pg.fresh().await?).await;
+                pg.drop_all().await;
+                result?;
+            }
+            Err(e) => eprintln!("postgres probe skipped: {e}"),
+        }
     }
 
     if args.wants("drain") {
@@ -1175,13 +1184,12 @@ async fn scaling(quick: bool, backend: &Backend<'_>) -> Res<Figure> {
 }
 
 /// Where a batch's time goes (diagnosis only: `--only probe`).
-async fn probe() -> Res<()> {
+async fn probe(storage: &str) -> Res<()> {
     use billsync_domain::TokenSource;
     let emu = start(platform(1, None)).await?;
     let dir = tempfile::tempdir_in(tmp_root())?;
     let sync = format!("max_batch_events = 500\nrequests_per_minute = {NO_LIMIT_RPM}");
-    let storage = format!("sqlite://{}", dir.path().join("outbox.db").display());
-    let agent = agent(&config_text(&emu.base_url(), &storage, 1, &sync), dir.path()).await?;
+    let agent = agent(&config_text(&emu.base_url(), storage, 1, &sync), dir.path()).await?;
     let (name, ..) = tenant(0);
     for chunk in events("probe", 20_000)?.chunks(500) {
         agent.enqueue(&name, chunk).await?;
@@ -1189,7 +1197,7 @@ async fn probe() -> Res<()> {
     let t = agent.engine().tenants()[0].clone();
     let api = billsync_transport_probe(&emu)?;
     // The outbox itself, beside the agent's own connection to it: the probe times its calls.
-    let outbox = billsync_storage::open(&storage, std::sync::Arc::new(billsync_domain::SystemClock)).await?;
+    let outbox = billsync_storage::open(storage, std::sync::Arc::new(billsync_domain::SystemClock)).await?;
     let mut sums = [Duration::ZERO; 5];
     for _ in 0..40 {
         let a = Instant::now();
@@ -1208,7 +1216,8 @@ async fn probe() -> Res<()> {
         }
     }
     eprintln!(
-        "probe per batch: lease {:?} body+headers {:?} post {:?} ack {:?} total {:?}",
+        "probe per batch ({}): lease {:?} body+headers {:?} post {:?} ack {:?} total {:?}",
+        storage.split(':').next().unwrap_or_default(),
         sums[0] / 40,
         sums[1] / 40,
         sums[2] / 40,

@@ -175,11 +175,17 @@ macro_rules! prune {
 /// in queue order, recorded as lease `$3` expiring at `$4` under generation `$6`. Lapsed leases
 /// of the tenant are dropped on the way (they hold nothing already). Run under the tenant's
 /// advisory lock, so no other lease of the tenant runs between its snapshot and its commit.
+///
+/// The events are read one primary-key lookup each (`LATERAL ... LIMIT 1`, which the planner
+/// cannot turn into a join): with everything cached, a plain join was planned as a hash join
+/// over the whole `events` table below a few hundred thousand rows, 10 ms a lease at 50,000
+/// instead of 2.
 const LEASE: &str = "WITH lapsed AS (DELETE FROM leases WHERE tenant = $1 AND expires_at <= $2), \
      held AS (SELECT unnest(seqs) AS seq FROM leases WHERE tenant = $1 AND expires_at > $2), \
      picked AS (SELECT p.seq, p.due_at FROM pending AS p WHERE p.tenant = $1 AND p.due_at <= $2 \
                 AND p.seq NOT IN (SELECT seq FROM held) ORDER BY p.due_at, p.seq LIMIT $5), \
-     got AS (SELECT k.seq, k.due_at, e.event_id, e.body FROM picked AS k JOIN events AS e ON e.seq = k.seq), \
+     got AS (SELECT k.seq, k.due_at, e.event_id, e.body FROM picked AS k CROSS JOIN LATERAL \
+             (SELECT event_id, body FROM events WHERE events.seq = k.seq LIMIT 1) AS e), \
      lease AS (INSERT INTO leases (lease_id, tenant, generation, expires_at, seqs, ids) \
                SELECT $3, $1, $6, $4, array_agg(seq ORDER BY due_at, seq), array_agg(event_id ORDER BY due_at, seq) \
                FROM got HAVING count(*) > 0) \
@@ -592,7 +598,9 @@ impl Outbox for PostgresOutbox {
             held_by!("$5"),
             // The acked events the lease holds, and (when it lapsed and another lease took
             // them) those it no longer holds, found by id.
-            "settled AS (SELECT seq FROM held WHERE id = ANY($3) \
+            // (`IN (SELECT unnest(..))`, a hash: `= ANY($3)` compares every pair in a generic
+            // plan, 3.5 ms for 500.)
+            "settled AS (SELECT seq FROM held WHERE id IN (SELECT unnest($3::text[])) \
                          UNION SELECT e.seq FROM unnest($3::text[]) AS a(id) \
                          JOIN events AS e ON e.tenant = $1 AND e.event_id = a.id \
                          WHERE a.id NOT IN (SELECT id FROM held)), \
