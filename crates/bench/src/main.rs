@@ -292,12 +292,7 @@ async fn run(args: &Args) -> Res<()> {
             );
         }
         let pg = Postgres::create().await;
-        if let Err(e) = &pg {
-            eprintln!("postgres footprint skipped: {e}");
-        }
-        let backends: Vec<Backend<'_>> =
-            std::iter::once(Backend::Sqlite).chain(pg.as_ref().ok().map(Backend::Postgres)).collect();
-        for backend in &backends {
+        for backend in &backends(&pg, "footprint") {
             figures.push(footprint(bin, q, backend).await?);
             print_last(&figures);
         }
@@ -336,12 +331,7 @@ async fn run(args: &Args) -> Res<()> {
 
     if args.wants("scaling") {
         let pg = Postgres::create().await;
-        if let Err(e) = &pg {
-            eprintln!("postgres scaling skipped: {e}");
-        }
-        let backends: Vec<Backend<'_>> =
-            std::iter::once(Backend::Sqlite).chain(pg.as_ref().ok().map(Backend::Postgres)).collect();
-        for backend in &backends {
+        for backend in &backends(&pg, "scaling") {
             figures.push(scaling(q, backend).await?);
             print_last(&figures);
         }
@@ -437,7 +427,8 @@ async fn postgres_figures(pg: &Postgres, one: usize, hundred: usize, figures: &m
                 base,
                 "ratio >= 1.5",
                 "Agent::enqueue in batches of 500 (one UNNEST statement for events, pending rows and ledger) vs the multi-row \
-                 INSERT ... VALUES it replaced (events, then their ledger records), one transaction per 500",
+                 INSERT ... VALUES it replaced (events writing their pending rows, then their ledger records), one \
+                 transaction per 500",
             ));
             print_last(figures);
         }
@@ -934,6 +925,15 @@ fn spawn_run(bin: &Path, dir: &Path) -> Res<tokio::process::Child> {
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()?)
+}
+
+/// The backends a figure runs on: SQLite, and PostgreSQL when a server answers (otherwise
+/// its figure is skipped, saying so).
+fn backends<'a>(pg: &'a Res<Postgres>, figure: &str) -> Vec<Backend<'a>> {
+    if let Err(e) = pg {
+        eprintln!("postgres {figure} skipped: {e}");
+    }
+    std::iter::once(Backend::Sqlite).chain(pg.as_ref().ok().map(Backend::Postgres)).collect()
 }
 
 /// Where a footprint or scaling figure keeps its outbox.

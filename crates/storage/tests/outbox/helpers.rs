@@ -85,3 +85,30 @@ impl Drop for TestDb {
         }
     }
 }
+
+/// The rest of the story of a lease of `e-0..e-7` (of `e-0..e-19`, tenant `acme`) whose first
+/// five were acked: `e-5` dead-lettered, the lease nacked 5 s out (`e-6`, `e-7` count an
+/// attempt), the next four leased without a claim and acked, `e-0..e-21` enqueued again (two
+/// new). Then 12 are pending, 9 delivered and 1 dead, which the counts must say.
+pub async fn settle_the_rest(outbox: &dyn billsync_domain::Outbox, lease: &billsync_domain::Lease) -> TestResult {
+    let t = billsync_testkit::tenant("acme");
+    let dead = billsync_domain::DeadLetter {
+        event_id: lease.events[5].event_id().clone(),
+        code: "invalid_quantity".into(),
+        message: "quantity: must be positive".into(),
+    };
+    outbox.dead_letter(lease, &[dead]).await?;
+    outbox.nack(lease, t0() + chrono::Duration::seconds(5)).await?;
+    let second = outbox.lease(&t, 4, std::time::Duration::from_secs(30)).await?.ok_or("nothing leased")?;
+    let ids: Vec<_> = second.events.iter().map(|e| e.event_id().clone()).collect();
+    outbox.ack(&second, &ids).await?;
+    outbox.enqueue(&t, &billsync_testkit::events("e", 22)).await?;
+    let counts = outbox.counts(&t).await?;
+    assert_eq!((counts.pending, counts.in_flight, counts.delivered, counts.dead_lettered), (12, 0, 9, 1));
+    Ok(())
+}
+
+/// The events that are pending with one attempt counted, by id in enqueue order (the same SQL
+/// on both backends).
+pub const RETRIED: &str =
+    "SELECT e.event_id FROM events AS e JOIN pending AS p ON p.seq = e.seq WHERE e.attempts = 1 ORDER BY e.seq";
