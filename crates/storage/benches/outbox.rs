@@ -11,6 +11,7 @@
 //!   from 10,000 pending: lease 500 + ack 500 in one call, and lease 500 + 500 concurrent
 //!   one-event acks (the writer groups them; the per-operation cost of a settle).
 //! - `postgres_enqueue_batch_1000`: PostgreSQL, against a raw insert loop in one transaction
+//!   (each statement writes the event and its `pending` row, as the outbox does, without ledger)
 //!   (skipped with a message when no server answers at `BILLSYNC_TEST_DATABASE_URL`).
 //!
 //! Files live under Cargo's target tmp dir (a real disk, so fsyncs cost what they cost).
@@ -358,8 +359,9 @@ fn postgres_enqueue(c: &mut Criterion) {
                     let mut tx = raw.begin().await.expect("begin");
                     for e in &batch {
                         sqlx::query(
-                            "INSERT INTO events (tenant, event_id, body, state, enqueued_at, due_at) \
-                             VALUES ($1, $2, $3, 0, $4, $4)",
+                            "WITH ins AS (INSERT INTO events (tenant, event_id, body, enqueued_at) \
+                             VALUES ($1, $2, $3, $4) RETURNING seq, tenant) \
+                             INSERT INTO pending (seq, tenant, due_at, enqueued_at) SELECT seq, tenant, $4, $4 FROM ins",
                         )
                         .bind("bench")
                         .bind(e.event_id().as_str())
