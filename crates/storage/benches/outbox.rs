@@ -10,9 +10,9 @@
 //! - `lease_ack_claimed`: under a tenant claim (leases and settles fenced by its generation),
 //!   from 10,000 pending: lease 500 + ack 500 in one call, and lease 500 + 500 concurrent
 //!   one-event acks (the writer groups them; the per-operation cost of a settle).
-//! - `postgres_enqueue_batch_1000`: PostgreSQL, against a raw insert loop in one transaction
-//!   (each statement writes the event and its `pending` row, as the outbox does, without ledger)
-//!   (skipped with a message when no server answers at `BILLSYNC_TEST_DATABASE_URL`).
+//! - `postgres_enqueue_batch_1000`: PostgreSQL, against a raw insert loop in one transaction,
+//!   each statement writing an event and its `pending` row as the outbox does, without the
+//!   ledger (skipped with a message when no server answers at `BILLSYNC_TEST_DATABASE_URL`).
 //!
 //! Files live under Cargo's target tmp dir (a real disk, so fsyncs cost what they cost).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)] // bench and example code: a panic is a failure
