@@ -4,53 +4,10 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use billsync_domain::{Clock, SystemClock};
-use billsync_emulator::Emulator;
-
 use crate::{
-    Figure, NO_LIMIT_RPM, Postgres, Res, agent, config_text, event_json, median, platform, prefill, start, tmp_root,
-    warm_tokens,
+    Figure, NO_LIMIT_RPM, Postgres, Res, agent, config_text, median, platform, prefill, prefill_postgres, start,
+    stored, tmp_root, warm_tokens,
 };
-
-/// Events stored by the emulator so far, all tenants.
-fn stored(emu: &Emulator) -> u64 {
-    emu.counters().events_stored.values().sum()
-}
-
-/// Fills a fresh PostgreSQL outbox (migrated through billsync) with `per_tenant` pending events
-/// for each of `tenants` tenants, in a few set-based statements (setup, not measurement), then
-/// vacuums and analyses it, as autovacuum would have by then.
-pub(crate) async fn prefill_postgres(url: &str, tenants: usize, per_tenant: usize) -> Res<()> {
-    use sqlx::Connection as _;
-    drop(billsync_storage::open(url, std::sync::Arc::new(SystemClock)).await?);
-    let mut conn = sqlx::PgConnection::connect(url).await?;
-    let now = SystemClock.now();
-    let due = now.timestamp_millis() - 3_600_000;
-    let template = event_json("@@", 42, &(now - chrono::Duration::minutes(1)).to_rfc3339());
-    let (head, tail) = template.split_once("@@").ok_or("template")?;
-    let started = Instant::now();
-    sqlx::query(
-        "INSERT INTO events (tenant, event_id, body, enqueued_at) \
-         SELECT 'b' || (x % $1), 'pre-' || x, $2 || 'pre-' || x || $3, $4 + x / 1000 \
-         FROM generate_series(0, $5 - 1) AS x",
-    )
-    .bind(i64::try_from(tenants)?)
-    .bind(head)
-    .bind(tail)
-    .bind(due)
-    .bind(i64::try_from(tenants * per_tenant)?)
-    .execute(&mut conn)
-    .await?;
-    sqlx::query(
-        "INSERT INTO pending (seq, tenant, due_at, enqueued_at) SELECT seq, tenant, enqueued_at, enqueued_at FROM events",
-    )
-    .execute(&mut conn)
-    .await?;
-    sqlx::query("VACUUM ANALYZE events, pending").execute(&mut conn).await?;
-    conn.close().await?;
-    eprintln!("  prefilled {} events for {tenants} tenant(s) in {:.2?}", tenants * per_tenant, started.elapsed());
-    Ok(())
-}
 
 // ---------------------------------------------------------------------------------------------
 // fleet_postgres_2_agents
@@ -95,7 +52,7 @@ async fn fleet_run(bin: &Path, pg: &Postgres, agents: usize) -> Res<(f64, u64)> 
     }
     let counters = emu.counters();
     emu.shutdown().await;
-    let got = stored_total(&counters);
+    let got: u64 = counters.events_stored.values().sum();
     if got < total {
         return Err(format!("fleet of {agents}: only {got} of {total} events delivered in time").into());
     }
@@ -108,10 +65,6 @@ async fn fleet_run(bin: &Path, pg: &Postgres, agents: usize) -> Res<(f64, u64)> 
     let rate = (total - from) as f64 / took.as_secs_f64();
     eprintln!("  fleet of {agents}: {total} events, {rate:.0} events/s after the first, {duplicates} duplicates");
     Ok((rate, duplicates))
-}
-
-fn stored_total(c: &billsync_emulator::Counters) -> u64 {
-    c.events_stored.values().sum()
 }
 
 /// `fleet_postgres_2_agents`: two agents against one on the same data, in alternating rounds.

@@ -913,6 +913,45 @@ async fn prefill(path: &Path, tenants: usize, per_tenant: usize) -> Res<()> {
     Ok(())
 }
 
+/// Fills a fresh PostgreSQL outbox (migrated through billsync) with `per_tenant` pending events
+/// for each of `tenants` tenants, in a few set-based statements (setup, not measurement), then
+/// vacuums and analyses it, as autovacuum would have by then.
+async fn prefill_postgres(url: &str, tenants: usize, per_tenant: usize) -> Res<()> {
+    drop(billsync_storage::open(url, Arc::new(SystemClock)).await?);
+    let mut conn = PgConnection::connect(url).await?;
+    let now = SystemClock.now();
+    let due = now.timestamp_millis() - 3_600_000;
+    let template = event_json("@@", 42, &(now - chrono::Duration::minutes(1)).to_rfc3339());
+    let (head, tail) = template.split_once("@@").ok_or("template")?;
+    let started = Instant::now();
+    sqlx::query(
+        "INSERT INTO events (tenant, event_id, body, enqueued_at) \
+         SELECT 'b' || (x % $1), 'pre-' || x, $2 || 'pre-' || x || $3, $4 + x / 1000 \
+         FROM generate_series(0, $5 - 1) AS x",
+    )
+    .bind(i64::try_from(tenants)?)
+    .bind(head)
+    .bind(tail)
+    .bind(due)
+    .bind(i64::try_from(tenants * per_tenant)?)
+    .execute(&mut conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO pending (seq, tenant, due_at, enqueued_at) SELECT seq, tenant, enqueued_at, enqueued_at FROM events",
+    )
+    .execute(&mut conn)
+    .await?;
+    sqlx::query("VACUUM ANALYZE events, pending").execute(&mut conn).await?;
+    conn.close().await?;
+    eprintln!("  prefilled {} events for {tenants} tenant(s) in {:.2?}", tenants * per_tenant, started.elapsed());
+    Ok(())
+}
+
+/// Events the emulator has stored so far, all tenants.
+fn stored(emu: &Emulator) -> u64 {
+    emu.counters().events_stored.values().sum()
+}
+
 /// Starts `billsync run` (quiet, its servers on a free port) on `dir/billsync.toml`; killed
 /// when dropped.
 fn spawn_run(bin: &Path, dir: &Path) -> Res<tokio::process::Child> {
@@ -961,7 +1000,7 @@ impl Backend<'_> {
             }
             Backend::Postgres(pg) => {
                 let url = pg.fresh().await?;
-                fleet::prefill_postgres(&url, tenants, per_tenant).await?;
+                prefill_postgres(&url, tenants, per_tenant).await?;
                 Ok(url)
             }
         }
@@ -997,7 +1036,6 @@ async fn run_child(bin: &Path, dir: &Path, emu: &Emulator, expect: u64, limit: D
     let pid = child.id().ok_or("child has no pid")?;
     let start = Instant::now();
     let mut peak = 0;
-    let stored = |emu: &Emulator| emu.counters().events_stored.values().sum::<u64>();
     loop {
         if let Some(h) = vm_hwm_kib(pid) {
             peak = peak.max(h);
@@ -1133,7 +1171,6 @@ async fn per_event_cost(backend: &Backend<'_>, backlog: usize, window: u64, reps
         let sync = format!("max_batch_events = 500\nrequests_per_minute = {NO_LIMIT_RPM}");
         let agent = agent(&config_text(&emu.base_url(), &url, 1, &sync), dir.path()).await?;
         warm_tokens(&agent).await?;
-        let stored = |emu: &Emulator| emu.counters().events_stored.values().sum::<u64>();
         let deadline = Instant::now() + Duration::from_secs(120);
         let mut timed = (0, Duration::ZERO);
         agent

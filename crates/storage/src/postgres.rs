@@ -352,7 +352,8 @@ async fn insert_rows(pool: &PgPool, rows: &[Row<'_>], now: i64) -> Result<HashSe
     let units: Vec<Option<&str>> = rows.iter().map(|r| r.fact.map(|f| f.unit.as_str())).collect();
     let quantities: Vec<Option<&str>> = rows.iter().map(|r| r.fact.map(|f| f.quantity.as_str())).collect();
     // The pending rows and ledger records of exactly the events this statement stored (`ins`),
-    // in the same statement. A record already there (the event was compacted, and is enqueued again) is kept.
+    // in the same statement. A ledger record already there (the event was compacted, and is
+    // enqueued again) is kept.
     let returned = sqlx::query(
         "WITH ins AS (INSERT INTO events (tenant, event_id, body, enqueued_at) \
              SELECT u.tenant, u.event_id, u.body, $4 \
